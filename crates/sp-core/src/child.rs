@@ -1,0 +1,207 @@
+//! Starting a child process that holds the other end of a pair, and adopting that end in the child.
+//!
+//! The parent calls [`spawn`] with a `std::process::Command` and the end meant for the child. The
+//! end stays close-on-exec in the parent the whole time; only in the forked child, between `fork`
+//! and `exec`, is the flag cleared on that one descriptor, so no other child started concurrently
+//! by another thread can inherit it. The child finds the descriptor's number in the environment
+//! variable [`FD_ENV`] and calls [`adopt`]. The parent's copy of the child's end is closed as soon
+//! as `spawn` returns, so when the child dies the parent reads end of file (the hang that
+//! ipc-channel #281 describes cannot happen).
+
+#![allow(unsafe_code)] // `pre_exec` and taking ownership of the inherited descriptor number.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{self, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::FileType;
+use rustix::io::{Errno, FdFlags};
+use rustix::net::AddressFamily;
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+use crate::end::End;
+use crate::error::{Error, Result};
+
+/// The environment variable through which a child learns the number of its inherited end.
+pub const FD_ENV: &str = "SP_CORE_FD";
+
+/// Options for [`spawn_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpawnOptions {
+    parent_death_signal: Option<Signal>,
+}
+
+/// A child process started by [`spawn`]: the `std::process::Child` plus, where the kernel has
+/// one (Linux 5.3+), a pidfd that refers to this process and no other.
+#[derive(Debug)]
+pub struct Child {
+    child: process::Child,
+    pidfd: Option<OwnedFd>,
+}
+
+impl SpawnOptions {
+    /// Default options: no parent-death signal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `prctl(PR_SET_PDEATHSIG)`: the child receives `signal` when the parent dies. If the parent
+    /// is already gone by the time the child sets this up, the child exits at once with status 1.
+    ///
+    /// The kernel sends the signal when the *thread* that spawned the child exits, not only the
+    /// whole process; spawn from a long-lived thread.
+    pub fn parent_death_signal(mut self, signal: Signal) -> Self {
+        self.parent_death_signal = Some(signal);
+        self
+    }
+}
+
+/// Starts `cmd` as a child that inherits `end`; see [`spawn_with`].
+///
+/// # Errors
+/// As `Command::spawn`.
+///
+/// # Examples
+/// ```no_run
+/// let (mut parent_end, child_end) = sp_core::pair(sp_core::SocketKind::Stream)?;
+/// let mut child = sp_core::spawn(&mut std::process::Command::new("my-worker"), child_end)?;
+/// // ... talk over parent_end; when the child exits, reads on parent_end see end of file.
+/// child.wait()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn spawn(cmd: &mut Command, end: End) -> io::Result<Child> {
+    spawn_with(cmd, end, SpawnOptions::new())
+}
+
+/// `fork` + `exec` through `Command::spawn`, passing `end` to the child at the number named by
+/// [`FD_ENV`].
+///
+/// `end` is consumed: the parent's copy is closed when this returns, whether the spawn succeeded
+/// or not, so the parent will see end of file when the child exits.
+///
+/// # Errors
+/// As `Command::spawn`; also when the child-side set-up (`fcntl`, `prctl`) fails, which
+/// `Command::spawn` reports as the child's error.
+pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> io::Result<Child> {
+    let child_fd: RawFd = end.as_raw_fd();
+    let parent_pid = rustix::process::getpid();
+    cmd.env(FD_ENV, child_fd.to_string());
+    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
+    // calls are allowed. It calls only raw system calls through rustix (`fcntl`, `prctl`,
+    // `getppid`), allocates nothing and takes no lock. `child_fd` is open in the child because
+    // `fork` copied the parent's table while `end` (moved into this function) was still open.
+    unsafe {
+        cmd.pre_exec(move || {
+            // SAFETY: `child_fd` is open in this freshly forked child (see above) and is used only
+            // for the duration of this closure.
+            let fd = BorrowedFd::borrow_raw(child_fd);
+            rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
+            if let Some(signal) = opts.parent_death_signal {
+                rustix::process::set_parent_process_death_signal(Some(signal))?;
+                // The parent may have died before the prctl took effect.
+                if rustix::process::getppid() != Some(parent_pid) {
+                    return Err(io::Error::other("parent exited before the child started"));
+                }
+            }
+            Ok(())
+        });
+    }
+    let res = cmd.spawn();
+    drop(end);
+    let child = res?;
+    let pidfd = Pid::from_raw(child.id() as i32)
+        .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
+    Ok(Child { child, pidfd })
+}
+
+static ADOPTED: AtomicBool = AtomicBool::new(false);
+
+/// In a child started by [`spawn`]: takes ownership of the inherited end.
+///
+/// Reads the descriptor number from [`FD_ENV`], checks that it is open and a Unix-domain socket,
+/// marks it close-on-exec again (so grandchildren do not inherit it) and returns it. Only the first
+/// call can succeed; later calls return [`Error::NoInheritedEnd`]. The variable stays in the
+/// environment; remove it from commands you start yourself (`Command::env_remove`) if they are not
+/// meant to look for an end.
+///
+/// # Errors
+/// [`Error::NoInheritedEnd`] when the variable is missing, malformed or already adopted;
+/// [`Error::NotASocket`] when the descriptor is closed, not a socket, or not `AF_UNIX`.
+pub fn adopt() -> Result<End> {
+    let value = std::env::var(FD_ENV).map_err(|_| Error::NoInheritedEnd)?;
+    let raw: RawFd = value.trim().parse().map_err(|_| Error::NoInheritedEnd)?;
+    if raw < 0 {
+        return Err(Error::NoInheritedEnd);
+    }
+    if ADOPTED.swap(true, Ordering::AcqRel) {
+        return Err(Error::NoInheritedEnd);
+    }
+    // SAFETY: the descriptor is only borrowed for the checks below; a closed number makes
+    // `fstat` fail with EBADF, which is handled, and no ownership is taken yet.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    check_unix_socket(borrowed)?;
+    rustix::io::fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
+    // SAFETY: `raw` is an open Unix socket (checked above) that the parent placed here for this
+    // process; `ADOPTED` guarantees that this is the only place that ever takes ownership of it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(End::from(fd))
+}
+
+fn check_unix_socket(fd: BorrowedFd<'_>) -> Result<()> {
+    let stat = match rustix::fs::fstat(fd) {
+        Ok(stat) => stat,
+        Err(Errno::BADF) => return Err(Error::NotASocket),
+        Err(err) => return Err(err.into()),
+    };
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
+        return Err(Error::NotASocket);
+    }
+    if rustix::net::sockopt::socket_domain(fd)? != AddressFamily::UNIX {
+        return Err(Error::NotASocket);
+    }
+    Ok(())
+}
+
+impl Child {
+    /// The child's process id, as the spawn reported it.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A pidfd for the child (`pidfd_open(2)`), if the kernel provides them. It becomes readable
+    /// when the child exits and cannot be confused with a later process that reuses the pid.
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Waits for the child to exit.
+    ///
+    /// # Errors
+    /// As `std::process::Child::wait`.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait()
+    }
+
+    /// Returns the exit status if the child has exited.
+    ///
+    /// # Errors
+    /// As `std::process::Child::try_wait`.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Sends `SIGKILL` to the child.
+    ///
+    /// # Errors
+    /// As `std::process::Child::kill`.
+    pub fn kill(&mut self) -> io::Result<()> {
+        self.child.kill()
+    }
+
+    /// The underlying `std::process::Child` (for its stdio handles, say).
+    pub fn as_std_mut(&mut self) -> &mut process::Child {
+        &mut self.child
+    }
+}

@@ -1,0 +1,699 @@
+//! Messages of bytes plus file descriptors (`SCM_RIGHTS`) over a seqpacket or stream pair.
+//!
+//! Every message is one *frame*: an 8-byte header, then the payload. The header is
+//!
+//! | offset | size | field                                   |
+//! |--------|------|-----------------------------------------|
+//! | 0      | 2    | magic `0x5350` ("SP"), little-endian     |
+//! | 2      | 1    | version, 1                              |
+//! | 3      | 1    | `n_fds`, descriptors sent with the frame |
+//! | 4      | 4    | `n_bytes`, payload length, little-endian |
+//!
+//! The header gives every message at least one data byte (an empty seqpacket record would read as
+//! end of file, and a stream cannot carry descriptors without data) and declares how many
+//! descriptors belong to the frame, so the receiver can insist on an exact match.
+//!
+//! On a seqpacket pair a frame is one record and its descriptors travel with it. On a stream pair
+//! the descriptors are attached to the first byte of the frame, but a `recvmsg` can return the tail
+//! of one frame together with the start of the next and the next one's descriptors; the receiver
+//! therefore keeps a FIFO of arrived descriptors and hands each completed frame exactly the number
+//! its header declares (the scheme Wayland uses).
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFlags;
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+use crate::end::{End, SocketKind, poll_one};
+use crate::error::{Error, Result};
+
+/// The most file descriptors one message may carry.
+///
+/// Well under the kernel's `SCM_MAX_FD` (253): the receive buffer for control data is sized for
+/// exactly this many, so a peer that sends more has its message truncated by the kernel, which
+/// sp-core reports as [`Error::FdsTruncated`] after closing what arrived. A sender asking to send
+/// more gets [`Error::TooManyFds`] and nothing is sent; split the descriptors over several
+/// messages.
+pub const MAX_FDS: usize = 64;
+
+/// The default cap on a message's payload, in bytes (1 MiB). See
+/// [`Channel::with_max_message_len`].
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 1 << 20;
+
+/// Bytes of frame header in front of every payload.
+pub const HEADER_LEN: usize = 8;
+
+const MAGIC: u16 = 0x5350;
+const VERSION: u8 = 1;
+/// The kernel refuses a seqpacket record longer than `SO_SNDBUF` minus this overhead
+/// (`unix_dgram_sendmsg`: `len > sk_sndbuf - 32`).
+const SEQPACKET_OVERHEAD: usize = 32;
+/// How much a stream receiver asks the kernel for at a time when the frame needs less.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// A received message: its bytes and the file descriptors that came with it, each close-on-exec.
+#[derive(Debug, Default)]
+pub struct Message {
+    /// The payload.
+    pub bytes: Vec<u8>,
+    /// The descriptors, in the order they were sent.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// The sending half of a message channel. `send` takes `&self`; a `Sender` can be shared between
+/// threads, and on a stream pair whole frames never interleave.
+#[derive(Debug)]
+pub struct Sender {
+    fd: Arc<OwnedFd>,
+    kind: SocketKind,
+    max_len: usize,
+    /// Serialises stream frames: a stream `sendmsg` can be partial, and two senders must not
+    /// interleave their pieces.
+    stream_lock: Mutex<()>,
+}
+
+/// The receiving half of a message channel.
+#[derive(Debug)]
+pub struct Receiver {
+    fd: Arc<OwnedFd>,
+    kind: SocketKind,
+    max_len: usize,
+    /// Seqpacket: one record at a time lands here. Stream: bytes `start..end` are received and not
+    /// yet handed out.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Stream only: descriptors that arrived and are not yet matched to a frame.
+    fd_fifo: VecDeque<OwnedFd>,
+    poisoned: bool,
+}
+
+/// A duplex message channel over one end of a seqpacket (default) or stream pair.
+///
+/// # Examples
+/// ```
+/// use std::os::fd::AsFd;
+/// let (a, mut b) = sp_core::Channel::pair(sp_core::SocketKind::SeqPacket)?;
+/// let file = std::fs::File::open("/dev/null")?;
+/// a.send(b"here is a file", &[file.as_fd()])?;
+/// let msg = b.recv()?;
+/// assert_eq!(msg.bytes, b"here is a file");
+/// assert_eq!(msg.fds.len(), 1);
+/// # Ok::<(), sp_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Channel {
+    tx: Sender,
+    rx: Receiver,
+}
+
+/// How long a receive may wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    Forever,
+    Never,
+    Until(Instant),
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    n_fds: usize,
+    n_bytes: usize,
+}
+
+impl Channel {
+    /// Wraps an end of a stream or seqpacket pair as a message channel.
+    ///
+    /// # Errors
+    /// [`Error::NotASocket`] if the descriptor is not a socket; [`Error::WrongSocketKind`] for a
+    /// datagram socket, which cannot tell a reader that its peer is gone.
+    pub fn new(end: End) -> Result<Self> {
+        let kind = end.kind().map_err(|err| match Errno::from_io_error(&err) {
+            Some(Errno::NOTSOCK) => Error::NotASocket,
+            Some(Errno::INVAL) => Error::WrongSocketKind,
+            _ => Error::Os(err),
+        })?;
+        if kind == SocketKind::Datagram {
+            return Err(Error::WrongSocketKind);
+        }
+        let fd = Arc::new(OwnedFd::from(end));
+        Ok(Self {
+            tx: Sender {
+                fd: Arc::clone(&fd),
+                kind,
+                max_len: DEFAULT_MAX_MESSAGE_LEN,
+                stream_lock: Mutex::new(()),
+            },
+            rx: Receiver {
+                fd,
+                kind,
+                max_len: DEFAULT_MAX_MESSAGE_LEN,
+                buf: Vec::new(),
+                start: 0,
+                end: 0,
+                fd_fifo: VecDeque::new(),
+                poisoned: false,
+            },
+        })
+    }
+
+    /// A connected pair of channels of the given kind (see [`pair`](crate::pair)).
+    ///
+    /// # Errors
+    /// `EMFILE` when out of descriptors; [`Error::WrongSocketKind`] for a datagram kind.
+    pub fn pair(kind: SocketKind) -> Result<(Self, Self)> {
+        let (a, b) = crate::pair(kind)?;
+        Ok((Self::new(a)?, Self::new(b)?))
+    }
+
+    /// Sets the largest payload this channel sends or accepts (default
+    /// [`DEFAULT_MAX_MESSAGE_LEN`]). Both ends should agree: a larger incoming message is dropped
+    /// with [`Error::MessageTooLarge`]. On a seqpacket pair the socket's send buffer also bounds a
+    /// message (see [`Sender::send`]).
+    #[must_use]
+    pub fn with_max_message_len(mut self, n_bytes: usize) -> Self {
+        let n_bytes = n_bytes.min(u32::MAX as usize);
+        self.tx.max_len = n_bytes;
+        self.rx.max_len = n_bytes;
+        self
+    }
+
+    /// Sends `bytes` with `fds`; see [`Sender::send`].
+    ///
+    /// # Errors
+    /// As [`Sender::send`].
+    pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        self.tx.send(bytes, fds)
+    }
+
+    /// Receives the next message, blocking; see [`Receiver::recv`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    pub fn recv(&mut self) -> Result<Message> {
+        self.rx.recv()
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`], plus [`Error::TimedOut`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// Receives a message if one is complete, without blocking.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`], plus [`Error::WouldBlock`].
+    pub fn try_recv(&mut self) -> Result<Message> {
+        self.rx.try_recv()
+    }
+
+    /// Splits the channel into halves that can live on different threads.
+    pub fn split(self) -> (Sender, Receiver) {
+        (self.tx, self.rx)
+    }
+
+    /// The sending half.
+    pub fn sender(&self) -> &Sender {
+        &self.tx
+    }
+
+    /// The receiving half.
+    pub fn receiver(&mut self) -> &mut Receiver {
+        &mut self.rx
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tx.fd.as_fd()
+    }
+}
+
+impl Sender {
+    /// `sendmsg(2)` with `SCM_RIGHTS` and `MSG_NOSIGNAL`: sends one message of `bytes` plus `fds`.
+    ///
+    /// The descriptors are duplicated into the receiver by the kernel; the caller keeps its own.
+    /// On a stream pair the whole frame is always sent (a partial write is finished, waiting for
+    /// buffer space if needed), so frames stay intact even on a non-blocking socket. On a seqpacket
+    /// pair a non-blocking socket with a full buffer gives [`Error::WouldBlock`] and sends nothing.
+    ///
+    /// # Errors
+    /// - [`Error::TooManyFds`] for more than [`MAX_FDS`] descriptors and
+    ///   [`Error::MessageTooLarge`] for more than the channel's maximum, both before anything is
+    ///   sent; on a seqpacket pair also when the record does not fit the socket's send buffer
+    ///   (`EMSGSIZE`), with the limit that buffer sets;
+    /// - [`Error::PeerGone`] when the peer has closed its end (never `SIGPIPE`);
+    /// - [`Error::Os`] with `ETOOMANYREFS` when descriptors in flight nest too deeply.
+    ///
+    /// # References
+    /// [sendmsg(2)](https://man7.org/linux/man-pages/man2/sendmsg.2.html),
+    /// [unix(7)](https://man7.org/linux/man-pages/man7/unix.7.html)
+    #[doc(alias = "SCM_RIGHTS")]
+    #[doc(alias = "sendmsg")]
+    pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        if fds.len() > MAX_FDS {
+            return Err(Error::TooManyFds {
+                n_fds: fds.len(),
+                max: MAX_FDS,
+            });
+        }
+        if bytes.len() > self.max_len {
+            return Err(Error::MessageTooLarge {
+                n_bytes: bytes.len(),
+                limit: self.max_len,
+            });
+        }
+        let header = encode_header(Header {
+            n_fds: fds.len(),
+            n_bytes: bytes.len(),
+        });
+        let mut cmsg_space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut cmsg = SendAncillaryBuffer::new(&mut cmsg_space);
+        if !fds.is_empty() {
+            // Cannot fail: the buffer has room for MAX_FDS descriptors.
+            let pushed = cmsg.push(SendAncillaryMessage::ScmRights(fds));
+            debug_assert!(pushed);
+        }
+        let iov = [IoSlice::new(&header), IoSlice::new(bytes)];
+        match self.kind {
+            SocketKind::Stream => {
+                let _guard = self.stream_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let sent = retry_intr(|| {
+                    rustix::net::sendmsg(&*self.fd, &iov, &mut cmsg, SendFlags::NOSIGNAL)
+                })?;
+                self.finish_stream_frame(&header, bytes, sent)
+            }
+            _ => {
+                let res = retry_intr(|| {
+                    rustix::net::sendmsg(&*self.fd, &iov, &mut cmsg, SendFlags::NOSIGNAL)
+                });
+                match res {
+                    Ok(_) => Ok(()),
+                    Err(Errno::MSGSIZE) => Err(Error::MessageTooLarge {
+                        n_bytes: bytes.len(),
+                        limit: self.seqpacket_limit(),
+                    }),
+                    Err(err) => Err(err.into()),
+                }
+            }
+        }
+    }
+
+    /// The largest payload the socket's current send buffer lets one seqpacket record carry.
+    fn seqpacket_limit(&self) -> usize {
+        let sndbuf = rustix::net::sockopt::socket_send_buffer_size(&*self.fd).unwrap_or(0);
+        sndbuf
+            .saturating_sub(SEQPACKET_OVERHEAD + HEADER_LEN)
+            .min(self.max_len)
+    }
+
+    /// Sends what a partial stream `sendmsg` left of the frame; the descriptors went with the
+    /// first byte, so the rest is plain data.
+    fn finish_stream_frame(
+        &self,
+        header: &[u8; HEADER_LEN],
+        bytes: &[u8],
+        mut sent: usize,
+    ) -> Result<()> {
+        let total = HEADER_LEN + bytes.len();
+        while sent < total {
+            let rest = if sent < HEADER_LEN {
+                let iov = [IoSlice::new(&header[sent..]), IoSlice::new(bytes)];
+                let mut none = SendAncillaryBuffer::default();
+                rustix::net::sendmsg(&*self.fd, &iov, &mut none, SendFlags::NOSIGNAL)
+            } else {
+                rustix::net::send(&*self.fd, &bytes[sent - HEADER_LEN..], SendFlags::NOSIGNAL)
+            };
+            match rest {
+                Ok(n) => sent += n,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => {
+                    // A non-blocking socket or SO_SNDTIMEO: finish the frame anyway, or the
+                    // stream would be left mid-frame.
+                    poll_one(self.fd.as_fd(), PollFlags::OUT, None)?;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Receiver {
+    /// `recvmsg(2)` with `MSG_CMSG_CLOEXEC`: receives the next message, blocking until one is
+    /// complete.
+    ///
+    /// Received descriptors are close-on-exec from the kernel. If anything about a message is
+    /// wrong, every descriptor that arrived with it is closed before the error is returned.
+    ///
+    /// # Errors
+    /// - [`Error::PeerGone`] at end of file (the peer closed its end or died);
+    /// - [`Error::FdLimit`] when this process is at `RLIMIT_NOFILE` and the kernel dropped
+    ///   descriptors; [`Error::FdsTruncated`] for any other `MSG_CTRUNC`;
+    /// - [`Error::FdCountMismatch`] when the arrived descriptors do not match the declared count;
+    /// - [`Error::MessageTooLarge`] / [`Error::Malformed`] for a message this channel does not
+    ///   accept.
+    ///
+    /// On a seqpacket pair the bad message is consumed and the channel keeps working. On a stream
+    /// pair a descriptor error leaves no safe way to match later descriptors to later frames, so the
+    /// receiver answers [`Error::Poisoned`] from then on.
+    ///
+    /// # References
+    /// [recvmsg(2)](https://man7.org/linux/man-pages/man2/recvmsg.2.html),
+    /// [unix(7)](https://man7.org/linux/man-pages/man7/unix.7.html)
+    #[doc(alias = "recvmsg")]
+    #[doc(alias = "MSG_CMSG_CLOEXEC")]
+    pub fn recv(&mut self) -> Result<Message> {
+        self.recv_wait(Wait::Forever)
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), plus [`Error::TimedOut`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message> {
+        self.recv_wait(Wait::Until(Instant::now() + timeout))
+    }
+
+    /// Receives a message if one is complete now.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), plus [`Error::WouldBlock`].
+    pub fn try_recv(&mut self) -> Result<Message> {
+        self.recv_wait(Wait::Never)
+    }
+
+    /// Turns this receiver into a [`crossbeam_channel::Receiver`] fed by a reader thread; see
+    /// [`Bridge`](crate::Bridge).
+    ///
+    /// # Errors
+    /// When the stop pipe or the thread cannot be created.
+    pub fn into_crossbeam(self, capacity: usize) -> Result<crate::Bridge> {
+        crate::bridge::Bridge::start(self, capacity)
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn recv_wait(&mut self, wait: Wait) -> Result<Message> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        match self.kind {
+            SocketKind::Stream => self.recv_stream(wait),
+            _ => self.recv_record(wait),
+        }
+    }
+
+    /// Blocks (per `wait`) until the socket is readable; returns the flags for `recvmsg`.
+    fn wait_readable(&self, wait: Wait) -> Result<RecvFlags> {
+        match wait {
+            Wait::Forever => Ok(RecvFlags::empty()),
+            Wait::Never => Ok(RecvFlags::DONTWAIT),
+            Wait::Until(deadline) => {
+                match poll_one(self.fd.as_fd(), PollFlags::IN, Some(deadline))? {
+                    Some(_) => Ok(RecvFlags::DONTWAIT),
+                    None => Err(Error::TimedOut),
+                }
+            }
+        }
+    }
+
+    /// One `recvmsg`: bytes into `self.buf[self.end..limit]`, descriptors into `fds`.
+    fn recvmsg_into(
+        &mut self,
+        limit: usize,
+        flags: RecvFlags,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<(usize, ReturnFlags)> {
+        let mut cmsg_space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut cmsg_space);
+        let flags = flags | RecvFlags::CMSG_CLOEXEC;
+        let res = loop {
+            let mut iov = [IoSliceMut::new(&mut self.buf[self.end..limit])];
+            match rustix::net::recvmsg(&*self.fd, &mut iov, &mut cmsg, flags) {
+                Err(Errno::INTR) => continue,
+                other => break other,
+            }
+        };
+        // Take every descriptor that arrived, even on an error path, so each is closed by drop
+        // rather than left to a later reader.
+        for msg in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(iter) = msg {
+                fds.extend(iter);
+            }
+        }
+        let res = res?;
+        Ok((res.bytes, res.flags))
+    }
+
+    fn recv_record(&mut self, wait: Wait) -> Result<Message> {
+        let flags = self.wait_readable(wait)? | RecvFlags::TRUNC;
+        let capacity = HEADER_LEN + self.max_len;
+        if self.buf.len() < capacity {
+            self.buf.resize(capacity, 0);
+        }
+        self.end = 0;
+        let mut fds = Vec::new();
+        let (n, rflags) = self.recvmsg_into(capacity, flags, &mut fds)?;
+        if n == 0 && fds.is_empty() {
+            // Every frame has a header, so a zero-length record is end of file.
+            return Err(Error::PeerGone);
+        }
+        let header = decode_header(&self.buf[..n.min(capacity)]);
+        if rflags.contains(ReturnFlags::CTRUNC) {
+            let declared = header.map_or(fds.len(), |h| h.n_fds);
+            return Err(self.truncated(declared, fds));
+        }
+        if rflags.contains(ReturnFlags::TRUNC) || n > capacity {
+            return Err(Error::MessageTooLarge {
+                n_bytes: n.saturating_sub(HEADER_LEN),
+                limit: self.max_len,
+            });
+        }
+        let header = header?;
+        if header.n_bytes != n - HEADER_LEN {
+            return Err(Error::Malformed("payload length differs from the header"));
+        }
+        if header.n_fds != fds.len() {
+            return Err(Error::FdCountMismatch {
+                declared: header.n_fds,
+                received: fds.len(),
+            });
+        }
+        Ok(Message {
+            bytes: self.buf[HEADER_LEN..n].to_vec(),
+            fds,
+        })
+    }
+
+    fn recv_stream(&mut self, wait: Wait) -> Result<Message> {
+        loop {
+            match self.parse_stream_frame() {
+                Ok(Some(msg)) => return Ok(msg),
+                Ok(None) => {}
+                Err(err) => {
+                    self.poison();
+                    return Err(err);
+                }
+            }
+            self.fill_stream(wait)?;
+        }
+    }
+
+    /// Hands out the first buffered frame if it is complete.
+    fn parse_stream_frame(&mut self) -> Result<Option<Message>> {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let header = decode_header(avail)?;
+        if header.n_bytes > self.max_len {
+            return Err(Error::MessageTooLarge {
+                n_bytes: header.n_bytes,
+                limit: self.max_len,
+            });
+        }
+        if avail.len() < HEADER_LEN + header.n_bytes {
+            return Ok(None);
+        }
+        if self.fd_fifo.len() < header.n_fds {
+            return Err(Error::FdCountMismatch {
+                declared: header.n_fds,
+                received: self.fd_fifo.len(),
+            });
+        }
+        let frame_end = self.start + HEADER_LEN + header.n_bytes;
+        let bytes = self.buf[self.start + HEADER_LEN..frame_end].to_vec();
+        let fds: Vec<OwnedFd> = self.fd_fifo.drain(..header.n_fds).collect();
+        self.start = frame_end;
+        if self.start == self.end && !self.fd_fifo.is_empty() {
+            // Descriptors arrive with the first byte of their frame, so with no bytes left over
+            // any descriptor still queued came with this frame beyond its declared count.
+            let received = header.n_fds + self.fd_fifo.len();
+            return Err(Error::FdCountMismatch {
+                declared: header.n_fds,
+                received,
+            });
+        }
+        Ok(Some(Message { bytes, fds }))
+    }
+
+    /// Reads more stream bytes (and descriptors) after the buffered ones.
+    fn fill_stream(&mut self, wait: Wait) -> Result<()> {
+        // Move a partial frame to the front so the buffer never grows past one frame plus a chunk.
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let frame_len =
+            decode_header(&self.buf[..self.end]).map_or(HEADER_LEN, |h| HEADER_LEN + h.n_bytes);
+        let want = frame_len.max(self.end + STREAM_CHUNK);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        let flags = self.wait_readable(wait)?;
+        let mut fds = Vec::new();
+        let limit = self.buf.len();
+        let (n, rflags) = self.recvmsg_into(limit, flags, &mut fds)?;
+        if rflags.contains(ReturnFlags::CTRUNC) {
+            let err = self.truncated(fds.len(), fds);
+            self.poison();
+            return Err(err);
+        }
+        if n == 0 {
+            self.poison_quiet();
+            return Err(Error::PeerGone);
+        }
+        self.end += n;
+        self.fd_fifo.extend(fds);
+        if self.fd_fifo.len() > MAX_FDS * 2 {
+            self.poison();
+            return Err(Error::Malformed(
+                "descriptors arrived without frames to claim them",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the error for `MSG_CTRUNC`, telling `EMFILE` apart from other causes while the
+    /// arrived descriptors are still open, then closes them.
+    fn truncated(&self, declared: usize, fds: Vec<OwnedFd>) -> Error {
+        let received = fds.len();
+        let declared = declared.max(received);
+        let at_limit = matches!(
+            rustix::io::fcntl_dupfd_cloexec(&*self.fd, 0),
+            Err(Errno::MFILE)
+        );
+        drop(fds);
+        if at_limit {
+            Error::FdLimit { declared, received }
+        } else {
+            Error::FdsTruncated { declared, received }
+        }
+    }
+
+    /// Closes queued descriptors and refuses further receives.
+    fn poison(&mut self) {
+        self.poison_quiet();
+        self.poisoned = true;
+    }
+
+    /// Drops buffered state after end of file; later receives report end of file again.
+    fn poison_quiet(&mut self) {
+        self.fd_fifo.clear();
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
+fn encode_header(header: Header) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+    out[2] = VERSION;
+    // Both fit: n_fds <= MAX_FDS < 256 and n_bytes <= max_len <= u32::MAX, checked by the caller.
+    out[3] = header.n_fds as u8;
+    out[4..8].copy_from_slice(&(header.n_bytes as u32).to_le_bytes());
+    out
+}
+
+/// Parses the header at the front of `bytes` (which may hold more than a header).
+fn decode_header(bytes: &[u8]) -> Result<Header> {
+    let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
+        return Err(Error::Malformed("shorter than a frame header"));
+    };
+    if u16::from_le_bytes([head[0], head[1]]) != MAGIC {
+        return Err(Error::Malformed("bad magic"));
+    }
+    if head[2] != VERSION {
+        return Err(Error::Malformed("unsupported version"));
+    }
+    let n_fds = usize::from(head[3]);
+    if n_fds > MAX_FDS {
+        return Err(Error::Malformed("more descriptors declared than MAX_FDS"));
+    }
+    let n_bytes = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    Ok(Header { n_fds, n_bytes })
+}
+
+fn retry_intr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    loop {
+        match f() {
+            Err(Errno::INTR) => {}
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let h = Header {
+            n_fds: 3,
+            n_bytes: 70_000,
+        };
+        assert_eq!(decode_header(&encode_header(h)).unwrap(), h);
+    }
+
+    #[test]
+    fn header_rejects_garbage() {
+        assert!(matches!(decode_header(&[0; 4]), Err(Error::Malformed(_))));
+        assert!(matches!(
+            decode_header(&[0; 8]),
+            Err(Error::Malformed("bad magic"))
+        ));
+        let mut h = encode_header(Header {
+            n_fds: 0,
+            n_bytes: 0,
+        });
+        h[2] = 9;
+        assert!(matches!(
+            decode_header(&h),
+            Err(Error::Malformed("unsupported version"))
+        ));
+        let mut h = encode_header(Header {
+            n_fds: 0,
+            n_bytes: 0,
+        });
+        h[3] = 200;
+        assert!(matches!(decode_header(&h), Err(Error::Malformed(_))));
+    }
+}
