@@ -352,9 +352,8 @@ impl FromRawFd for End {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         // SAFETY: the caller hands over ownership of an open descriptor, as this function's
         // contract requires.
-        Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        }
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self { fd }
     }
 }
 

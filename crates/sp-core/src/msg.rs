@@ -146,25 +146,11 @@ impl Channel {
         if kind == SocketKind::Datagram {
             return Err(Error::WrongSocketKind);
         }
-        let fd = Arc::new(OwnedFd::from(end));
-        Ok(Self {
-            tx: Sender {
-                fd: Arc::clone(&fd),
-                kind,
-                max_len: DEFAULT_MAX_MESSAGE_LEN,
-                stream_lock: Mutex::new(()),
-            },
-            rx: Receiver {
-                fd,
-                kind,
-                max_len: DEFAULT_MAX_MESSAGE_LEN,
-                buf: Vec::new(),
-                start: 0,
-                end: 0,
-                fd_fifo: VecDeque::new(),
-                poisoned: false,
-            },
-        })
+        Ok(Self::from_parts(
+            Arc::new(OwnedFd::from(end)),
+            kind,
+            DEFAULT_MAX_MESSAGE_LEN,
+        ))
     }
 
     /// A connected pair of channels of the given kind (see [`pair`](crate::pair)).
@@ -223,6 +209,46 @@ impl Channel {
     /// Splits the channel into halves that can live on different threads.
     pub fn split(self) -> (Sender, Receiver) {
         (self.tx, self.rx)
+    }
+
+    /// Gives back the socket, for a protocol that continues without frames (sp-shm uses the
+    /// socket for wake-ups after its handshake). Returns the channel unchanged if the receiver
+    /// still holds bytes or descriptors of an unfinished stream frame, which would be lost.
+    ///
+    /// # Errors
+    /// The channel itself, when it still buffers received data.
+    pub fn into_end(self) -> std::result::Result<End, Box<Self>> {
+        if self.rx.start != self.rx.end || !self.rx.fd_fifo.is_empty() {
+            return Err(Box::new(self));
+        }
+        let Self { tx, rx } = self;
+        drop(tx);
+        match Arc::try_unwrap(rx.fd) {
+            Ok(fd) => Ok(End::from(fd)),
+            // Unreachable: the sender's clone was dropped above and no other clone exists.
+            Err(fd) => Err(Box::new(Self::from_parts(fd, rx.kind, rx.max_len))),
+        }
+    }
+
+    fn from_parts(fd: Arc<OwnedFd>, kind: SocketKind, max_len: usize) -> Self {
+        Self {
+            tx: Sender {
+                fd: Arc::clone(&fd),
+                kind,
+                max_len,
+                stream_lock: Mutex::new(()),
+            },
+            rx: Receiver {
+                fd,
+                kind,
+                max_len,
+                buf: Vec::new(),
+                start: 0,
+                end: 0,
+                fd_fifo: VecDeque::new(),
+                poisoned: false,
+            },
+        }
     }
 
     /// The sending half.
