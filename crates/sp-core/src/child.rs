@@ -81,10 +81,19 @@ pub fn spawn(cmd: &mut Command, end: End) -> io::Result<Child> {
 /// `end` is consumed: the parent's copy is closed when this returns, whether the spawn succeeded
 /// or not, so the parent will see end of file when the child exits.
 ///
+/// `cmd` keeps the environment variable and the pre-exec step that hands over this end; use a
+/// fresh `Command` for every spawn.
+///
 /// # Errors
 /// As `Command::spawn`; also when the child-side set-up (`fcntl`, `prctl`) fails, which
 /// `Command::spawn` reports as the child's error.
 pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> io::Result<Child> {
+    // Keep the end clear of the standard descriptors, which `Command` rewires in the child.
+    let end = if end.as_raw_fd() <= 2 {
+        End::from(rustix::io::fcntl_dupfd_cloexec(&end, 3)?)
+    } else {
+        end
+    };
     let child_fd: RawFd = end.as_raw_fd();
     let parent_pid = rustix::process::getpid();
     cmd.env(FD_ENV, child_fd.to_string());
