@@ -1,0 +1,207 @@
+//! Immutable blobs of any size handed over by descriptor: zero-copy for data larger than a ring.
+//!
+//! The sender fills an anonymous memfd, unmaps it, and seals it `WRITE | SHRINK | GROW | SEAL`
+//! (`F_SEAL_WRITE` is refused while any writable shared mapping exists, so after it succeeds
+//! nobody, the sender included, can change the bytes again). The memfd travels by `SCM_RIGHTS`
+//! in a 16-byte BLOB message on the control channel. The receiver checks the seals and the size
+//! against the message and maps it read-only. Because the bytes are immutable, a blob derefs to a
+//! plain `&[u8]` with no trust assumption: the pattern of shmem-ipc and Wayland's `wl_shm` pools,
+//! made immutable.
+
+#![allow(unsafe_code)] // Maps a sealed memfd; `memmap2::MmapOptions::map` is unsafe.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use memmap2::{Mmap, MmapOptions};
+use rustix::fs::SealFlags;
+use sp_core::{Channel, Message};
+
+use crate::error::{Error, RefuseReason, Result};
+use crate::region::{self, BASE_SEALS};
+
+/// First 8 bytes of a BLOB message.
+pub const BLOB_MAGIC: [u8; 8] = *b"SPSHMBLB";
+/// Length of a BLOB message in bytes.
+pub const BLOB_MSG_LEN: usize = 16;
+/// The seals a blob must carry.
+const BLOB_SEALS: SealFlags = BASE_SEALS.union(SealFlags::WRITE);
+
+/// A sealed, immutable, read-only mapped memfd.
+///
+/// # Examples
+/// ```
+/// let (a, mut b) = sp_core::Channel::pair(sp_core::SocketKind::SeqPacket)?;
+/// let blob = sp_shm::Blob::build(1 << 20, |bytes| bytes.fill(7))?;
+/// blob.send(&a)?;
+/// let got = sp_shm::Blob::recv(&mut b)?;
+/// assert_eq!(got.len(), 1 << 20);
+/// assert!(got.iter().all(|&byte| byte == 7));
+/// # Ok::<(), sp_shm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Blob {
+    fd: OwnedFd,
+    map: Option<Mmap>,
+    len: usize,
+}
+
+impl Blob {
+    /// A blob holding a copy of `bytes`.
+    ///
+    /// # Errors
+    /// When memory or descriptors run out.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::build(bytes.len(), |dst| dst.copy_from_slice(bytes))
+    }
+
+    /// `memfd_create(2)`, `mmap(2)`, `munmap(2)`, then `fcntl(F_ADD_SEALS)` with
+    /// `F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`: a blob of `len` bytes filled in
+    /// place by `fill` (zero-initialised), then made immutable.
+    ///
+    /// # Errors
+    /// When memory or descriptors run out.
+    ///
+    /// # References
+    /// [memfd_create(2)](https://man7.org/linux/man-pages/man2/memfd_create.2.html),
+    /// [fcntl(2) file sealing](https://man7.org/linux/man-pages/man2/fcntl.2.html)
+    #[doc(alias = "F_SEAL_WRITE")]
+    pub fn build(len: usize, fill: impl FnOnce(&mut [u8])) -> Result<Self> {
+        let fd = region::create_memfd("sp-shm-blob", len, false)?;
+        if len > 0 {
+            // SAFETY: the memfd is ours alone and not yet sealed or shared; nobody else can
+            // resize or write it while this private writable mapping lives.
+            let mut map = unsafe { MmapOptions::new().len(len).map_mut(&fd)? };
+            fill(&mut map);
+            // `F_SEAL_WRITE` fails with EBUSY while a writable shared mapping exists.
+            drop(map);
+        } else {
+            fill(&mut []);
+        }
+        region::add_seals(&fd, BLOB_SEALS)?;
+        Self::map(fd, len)
+    }
+
+    /// Checks a received memfd (seals `WRITE | SHRINK | GROW | SEAL`, exactly `len` bytes) and
+    /// maps it read-only.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] when a check fails.
+    pub fn from_fd(fd: OwnedFd, len: u64) -> Result<Self> {
+        region::check_memfd(&fd, BLOB_SEALS, len)?;
+        let len = usize::try_from(len).map_err(|_| Error::Refused(RefuseReason::SizeMismatch))?;
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> Result<Self> {
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the memfd is sealed against writes, shrinking and growing (checked or
+            // applied by the callers), so its `len` bytes can neither change nor disappear while
+            // mapped: a `&[u8]` over them is sound.
+            Some(unsafe { MmapOptions::new().len(len).map(&fd)? })
+        };
+        Ok(Self { fd, map, len })
+    }
+
+    /// `sendmsg(2)` with `SCM_RIGHTS`: sends the blob's descriptor in a BLOB message.
+    ///
+    /// # Errors
+    /// As [`sp_core::Channel::send`].
+    pub fn send(&self, channel: &Channel) -> Result<()> {
+        let mut msg = [0u8; BLOB_MSG_LEN];
+        msg[0..8].copy_from_slice(&BLOB_MAGIC);
+        msg[8..16].copy_from_slice(&(self.len as u64).to_le_bytes());
+        channel.send(&msg, &[self.fd.as_fd()])?;
+        Ok(())
+    }
+
+    /// Receives a BLOB message and checks its memfd.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for a message that is not a blob or a memfd that fails the checks;
+    /// otherwise as [`sp_core::Channel::recv`].
+    pub fn recv(channel: &mut Channel) -> Result<Self> {
+        Self::from_message(channel.recv()?)
+    }
+
+    /// As [`recv`](Self::recv), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), plus [`Error::TimedOut`].
+    pub fn recv_timeout(channel: &mut Channel, timeout: Duration) -> Result<Self> {
+        Self::from_message(channel.recv_timeout(timeout)?)
+    }
+
+    /// Parses a BLOB message received by other means.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub fn from_message(msg: Message) -> Result<Self> {
+        let Message { bytes, fds } = msg;
+        if bytes.len() != BLOB_MSG_LEN || bytes[0..8] != BLOB_MAGIC {
+            return Err(Error::Refused(RefuseReason::BadMagic));
+        }
+        let Ok::<[OwnedFd; 1], _>([fd]) = fds.try_into() else {
+            return Err(Error::Refused(RefuseReason::WrongFdCount));
+        };
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[8..16]);
+        Self::from_fd(fd, u64::from_le_bytes(len))
+    }
+
+    /// The blob's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsFd for Blob {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_is_immutable() {
+        let blob = Blob::from_bytes(b"immutable").unwrap();
+        assert_eq!(&*blob, b"immutable");
+        assert!(rustix::fs::ftruncate(&blob, 0).is_err());
+        assert!(rustix::io::pwrite(&blob, b"X", 0).is_err());
+        assert!(
+            memmap2::MmapOptions::new()
+                .len(9)
+                .map_raw(std::os::fd::AsRawFd::as_raw_fd(&blob.fd))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn unsealed_blob_is_refused() {
+        let fd = region::create_memfd("t", 4096, false).unwrap();
+        assert!(matches!(
+            Blob::from_fd(fd, 4096),
+            Err(Error::Refused(RefuseReason::MissingSeals))
+        ));
+    }
+
+    #[test]
+    fn empty_blob_round_trips() {
+        let (a, mut b) = Channel::pair(sp_core::SocketKind::SeqPacket).unwrap();
+        Blob::from_bytes(&[]).unwrap().send(&a).unwrap();
+        assert!(Blob::recv(&mut b).unwrap().is_empty());
+    }
+}

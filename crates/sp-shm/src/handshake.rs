@@ -1,0 +1,324 @@
+//! Setting up a duplex pair of rings over an sp-core socket: offers, checks, READY, spawning.
+//!
+//! One sp-core seqpacket socketpair carries the whole set-up. Each side creates the ring it will
+//! produce into and sends an OFFER (40 bytes) with three descriptors: the control memfd, the data
+//! memfd and one end of the ring's private wake socketpair. Each side checks the offer it
+//! receives (length, magic, version, layout, geometry, descriptor count, seals, sizes, control
+//! block header, wake socket type), attaches a consumer, and answers READY with status 0 or the
+//! code of the reason it refused. Afterwards the socketpair stays open as a control channel (for
+//! blobs, or the application's own messages); the rings never use it. `docs/protocol.md` gives
+//! the exact bytes.
+//!
+//! The wake socketpairs are how "one socketpair carries a duplex pair of rings" is realised
+//! without a shared wake channel: a Producer and a Consumer used on different threads each own
+//! their wake end, so neither can consume the other's wake bytes, and `POLLHUP` on either means
+//! the peer process is gone.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Command;
+
+use sp_core::{Channel, End, Message, SocketKind, SpawnOptions};
+
+use crate::config::Config;
+use crate::error::{Error, RefuseReason, Result};
+use crate::layout::{self, CTRL_SIZE};
+use crate::ring::{Consumer, Producer};
+use crate::setup::{RingOffer, accept_consumer, create_producer};
+
+/// First 8 bytes of an OFFER message.
+pub const OFFER_MAGIC: [u8; 8] = *b"SPSHMOFR";
+/// First 8 bytes of a READY message.
+pub const READY_MAGIC: [u8; 8] = *b"SPSHMRDY";
+/// Length of an OFFER message in bytes.
+pub const OFFER_LEN: usize = 40;
+/// Length of a READY message in bytes.
+pub const READY_LEN: usize = 16;
+/// The status a READY carries when the refusal was not a protocol check (out of memory, say).
+const STATUS_LOCAL_ERROR: u32 = 0xFFFF;
+
+/// Both directions between two processes: the ring this side produces into, the ring it
+/// consumes from, and the control channel that set them up.
+///
+/// # Examples
+/// ```
+/// let (a, b) = sp_core::Channel::pair(sp_core::SocketKind::SeqPacket)?;
+/// let config = sp_shm::Config::new().capacity(64 << 10);
+/// let peer = std::thread::spawn(move || sp_shm::Duplex::connect(b, &config));
+/// let mut here = sp_shm::Duplex::connect(a, &sp_shm::Config::new())?;
+/// let mut there = peer.join().unwrap()?;
+/// here.producer().send(b"ping")?;
+/// let mut buf = Vec::new();
+/// there.consumer().recv_into(&mut buf)?;
+/// assert_eq!(buf, b"ping");
+/// # Ok::<(), sp_shm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Duplex {
+    producer: Producer,
+    consumer: Consumer,
+    control: Channel,
+}
+
+impl Duplex {
+    /// Runs the handshake over `channel` (any connected sp-core seqpacket or stream channel):
+    /// offers this side's ring, accepts the peer's, exchanges READY.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] if the peer's offer fails a check (the peer is told why);
+    /// [`Error::Rejected`] if the peer refused ours; [`Error::TimedOut`] if a step takes longer
+    /// than [`Config::handshake_timeout`]; [`Error::PeerGone`] if the peer closed the socket.
+    pub fn connect(mut channel: Channel, config: &Config) -> Result<Self> {
+        let (producer, offer) = create_producer(config)?;
+        channel.send(
+            &encode_offer(&offer),
+            &[offer.ctrl.as_fd(), offer.data.as_fd(), offer.wake.as_fd()],
+        )?;
+        // Our copy of the peer's wake end must go now: POLLHUP means "peer gone" only when the
+        // peer holds the last copy.
+        drop(offer);
+
+        let msg = channel.recv_timeout(config.handshake_timeout)?;
+        let consumer = match decode_offer(msg).and_then(|offer| accept_consumer(offer, config)) {
+            Ok(consumer) => consumer,
+            Err(err) => {
+                let status = match &err {
+                    Error::Refused(why) => why.code(),
+                    _ => STATUS_LOCAL_ERROR,
+                };
+                // Best effort: the peer may be gone already.
+                let _ = channel.send(&encode_ready(status), &[]);
+                return Err(err);
+            }
+        };
+        channel.send(&encode_ready(0), &[])?;
+        let reply = channel.recv_timeout(config.handshake_timeout)?;
+        match decode_ready(&reply)? {
+            0 => Ok(Self {
+                producer,
+                consumer,
+                control: channel,
+            }),
+            code => Err(Error::Rejected(RefuseReason::from_code(code))),
+        }
+    }
+
+    /// The ring this side writes.
+    pub fn producer(&mut self) -> &mut Producer {
+        &mut self.producer
+    }
+
+    /// The ring this side reads.
+    pub fn consumer(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+
+    /// The control channel the rings were set up over (for blobs and application messages).
+    pub fn control(&mut self) -> &mut Channel {
+        &mut self.control
+    }
+
+    /// Splits into parts that can move to different threads.
+    pub fn into_parts(self) -> (Producer, Consumer, Channel) {
+        (self.producer, self.consumer, self.control)
+    }
+}
+
+/// `socketpair(2)` + `fork`/`exec` (through [`sp_core::spawn_with`]): starts `cmd` as a child
+/// holding the other end of a fresh seqpacket pair, then runs the handshake with it (the child
+/// calls [`adopt`]).
+///
+/// The parent's copy of the child's end is closed before the handshake, so the child's death is
+/// seen as `PeerGone`. If the handshake fails the child is killed and reaped.
+///
+/// # Errors
+/// As `Command::spawn` and [`Duplex::connect`].
+///
+/// # Examples
+/// ```no_run
+/// use sp_core::{Signal, SpawnOptions};
+/// let opts = SpawnOptions::new().parent_death_signal(Signal::KILL);
+/// let config = sp_shm::Config::new();
+/// let (mut child, mut duplex) =
+///     sp_shm::spawn(&mut std::process::Command::new("my-worker"), opts, &config)?;
+/// duplex.producer().send(b"work")?;
+/// drop(duplex);
+/// child.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn spawn(
+    cmd: &mut Command,
+    opts: SpawnOptions,
+    config: &Config,
+) -> Result<(sp_core::Child, Duplex)> {
+    let (ours, theirs) = sp_core::pair(SocketKind::SeqPacket)?;
+    let mut child = sp_core::spawn_with(cmd, theirs, opts)?;
+    match Channel::new(ours)
+        .map_err(Error::from)
+        .and_then(|ch| Duplex::connect(ch, config))
+    {
+        Ok(duplex) => Ok((child, duplex)),
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(err)
+        }
+    }
+}
+
+/// In a child started by [`spawn`]: adopts the inherited socket and runs the handshake.
+///
+/// # Errors
+/// As [`sp_core::adopt`] and [`Duplex::connect`].
+pub fn adopt(config: &Config) -> Result<Duplex> {
+    let end = sp_core::adopt()?;
+    Duplex::connect(Channel::new(end)?, config)
+}
+
+fn encode_offer(offer: &RingOffer) -> [u8; OFFER_LEN] {
+    let mut out = [0u8; OFFER_LEN];
+    out[0..8].copy_from_slice(&OFFER_MAGIC);
+    out[8..12].copy_from_slice(&layout::VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&layout::LAYOUT.to_le_bytes());
+    out[16..24].copy_from_slice(&offer.capacity.to_le_bytes());
+    out[24..32].copy_from_slice(&offer.max_payload.to_le_bytes());
+    out[32..40].copy_from_slice(&(CTRL_SIZE as u64).to_le_bytes());
+    out
+}
+
+/// Parses an OFFER; the descriptors are closed on any error.
+fn decode_offer(msg: Message) -> Result<RingOffer> {
+    let Message { bytes, fds } = msg;
+    let refuse = |why| Err(Error::Refused(why));
+    let Ok(bytes) = <[u8; OFFER_LEN]>::try_from(bytes.as_slice()) else {
+        return refuse(RefuseReason::BadMagic);
+    };
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    if bytes[0..8] != OFFER_MAGIC {
+        return refuse(RefuseReason::BadMagic);
+    }
+    if u32_at(8) != layout::VERSION {
+        return refuse(RefuseReason::BadVersion);
+    }
+    if u32_at(12) != layout::LAYOUT || u64_at(32) != CTRL_SIZE as u64 {
+        return refuse(RefuseReason::BadLayout);
+    }
+    let Ok::<[OwnedFd; 3], _>([ctrl, data, wake]) = fds.try_into() else {
+        return refuse(RefuseReason::WrongFdCount);
+    };
+    Ok(RingOffer {
+        ctrl,
+        data,
+        wake: End::from(wake),
+        capacity: u64_at(16),
+        max_payload: u64_at(24),
+    })
+}
+
+fn encode_ready(status: u32) -> [u8; READY_LEN] {
+    let mut out = [0u8; READY_LEN];
+    out[0..8].copy_from_slice(&READY_MAGIC);
+    out[8..12].copy_from_slice(&status.to_le_bytes());
+    out
+}
+
+fn decode_ready(msg: &Message) -> Result<u32> {
+    if msg.bytes.len() != READY_LEN || msg.bytes[0..8] != READY_MAGIC || !msg.fds.is_empty() {
+        return Err(Error::Rejected(RefuseReason::BadMagic));
+    }
+    let mut status = [0u8; 4];
+    status.copy_from_slice(&msg.bytes[8..12]);
+    Ok(u32::from_le_bytes(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer_msg(bytes: &[u8], n_fds: usize) -> Message {
+        let fds = (0..n_fds)
+            .map(|_| crate::region::create_memfd("t", 4096, false).unwrap())
+            .collect();
+        Message {
+            bytes: bytes.to_vec(),
+            fds,
+        }
+    }
+
+    #[test]
+    fn offer_checks_magic_version_layout_and_fd_count() {
+        let (_, offer) = create_producer(&Config::new().capacity(4096).max_payload(512)).unwrap();
+        let good = encode_offer(&offer);
+        assert!(decode_offer(offer_msg(&good, 3)).is_ok());
+        let check =
+            |bytes: &[u8], n_fds, want: RefuseReason| match decode_offer(offer_msg(bytes, n_fds)) {
+                Err(Error::Refused(why)) => assert_eq!(why, want),
+                other => panic!("expected {want:?}, got {other:?}"),
+            };
+        check(&good[..39], 3, RefuseReason::BadMagic);
+        let mut bad = good;
+        bad[0] = b'X';
+        check(&bad, 3, RefuseReason::BadMagic);
+        let mut bad = good;
+        bad[8] = 2;
+        check(&bad, 3, RefuseReason::BadVersion);
+        let mut bad = good;
+        bad[12] = 64;
+        check(&bad, 3, RefuseReason::BadLayout);
+        check(&good, 2, RefuseReason::WrongFdCount);
+        check(&good, 4, RefuseReason::WrongFdCount);
+    }
+
+    #[test]
+    fn connect_over_a_stream_pair() {
+        let (a, b) = Channel::pair(SocketKind::Stream).unwrap();
+        let config = Config::new().capacity(8192);
+        let peer = std::thread::spawn(move || Duplex::connect(b, &Config::new()));
+        let mut here = Duplex::connect(a, &config).unwrap();
+        let mut there = peer.join().unwrap().unwrap();
+        assert_eq!(here.producer().capacity(), 8192);
+        assert_eq!(there.consumer().capacity(), 8192);
+        assert_eq!(there.producer().capacity(), 1 << 20);
+        there.producer().send(b"pong").unwrap();
+        assert_eq!(here.consumer().read().unwrap().to_vec(), b"pong");
+        drop(there);
+        assert!(matches!(here.consumer().read(), Err(Error::PeerGone)));
+    }
+
+    #[test]
+    fn handshake_times_out_on_a_silent_peer() {
+        let (a, _b) = Channel::pair(SocketKind::SeqPacket).unwrap();
+        let config = Config::new().handshake_timeout(std::time::Duration::from_millis(20));
+        assert!(matches!(Duplex::connect(a, &config), Err(Error::TimedOut)));
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes and however many descriptors arrive, the decoder returns an offer or
+        /// `Refused`, never panics, and closes what it does not keep.
+        #[test]
+        fn offer_decoder_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            n_fds in 0usize..5,
+            keep_magic: bool,
+        ) {
+            let mut bytes = bytes;
+            if keep_magic && bytes.len() >= 8 {
+                bytes[..8].copy_from_slice(&OFFER_MAGIC);
+            }
+            match decode_offer(offer_msg(&bytes, n_fds)) {
+                Ok(_offer) => proptest::prop_assert_eq!(bytes.len(), OFFER_LEN),
+                Err(Error::Refused(_)) => {}
+                Err(err) => proptest::prop_assert!(false, "unexpected {}", err),
+            }
+        }
+    }
+
+    #[test]
+    fn ready_round_trips() {
+        let msg = Message {
+            bytes: encode_ready(7).to_vec(),
+            fds: Vec::new(),
+        };
+        assert_eq!(decode_ready(&msg).unwrap(), 7);
+    }
+}

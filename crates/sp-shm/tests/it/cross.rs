@@ -1,0 +1,480 @@
+//! The trials and child roles of the cross-process tests (see `main.rs`).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::hostile;
+use libtest_mimic::{Arguments, Failed, Trial};
+use sp_core::{Signal, SpawnOptions};
+use sp_shm::{Blob, Config, Consumer, Duplex, Error, IdleStrategy, Producer, RefuseReason};
+
+const ROLE_ENV: &str = "SP_SHM_IT_ROLE";
+const IDLE_ENV: &str = "SP_SHM_IT_IDLE";
+const COUNT_ENV: &str = "SP_SHM_IT_COUNT";
+const TRIAL_LIMIT: Duration = Duration::from_secs(30);
+/// How soon a side must report a killed peer.
+const PROMPT: Duration = Duration::from_secs(3);
+
+pub(crate) type TestResult = Result<(), String>;
+
+pub(crate) fn main() {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        std::process::exit(child_main(&role));
+    }
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let mut trials = Vec::new();
+    for idle in ["spin", "adaptive", "park"] {
+        trials.push(trial(&format!("stream_both_ways_{idle}"), move || {
+            stream_both_ways(idle)
+        }));
+        trials.push(trial(&format!("consumer_sees_kill_{idle}"), move || {
+            consumer_sees_kill(idle)
+        }));
+        trials.push(trial(
+            &format!("full_producer_sees_kill_{idle}"),
+            move || full_producer_sees_kill(idle),
+        ));
+    }
+    trials.push(trial("writer_killed_mid_record", writer_killed_mid_record));
+    trials.push(trial(
+        "hostile_peer_control_block",
+        hostile::hostile_peer_control_block,
+    ));
+    trials.push(trial("seals_stop_the_peer", hostile::seals_stop_the_peer));
+    trials.push(trial("unsealed_memfd_refused", || {
+        hostile::bad_offer_refused("bad-offer-unsealed", RefuseReason::MissingSeals)
+    }));
+    trials.push(trial("short_memfd_refused", || {
+        hostile::bad_offer_refused("bad-offer-short", RefuseReason::SizeMismatch)
+    }));
+    trials.push(trial("no_future_write_seal_refused", || {
+        hostile::bad_offer_refused("bad-offer-writable", RefuseReason::MissingSeals)
+    }));
+    trials.push(trial("blob_zero_copy", blob_zero_copy));
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// A trial run under a watchdog and an fd-leak check.
+fn trial(name: &str, f: impl FnOnce() -> TestResult + Send + 'static) -> Trial {
+    let name_owned = name.to_owned();
+    Trial::test(name, move || {
+        let before = open_fds();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let watchdog_name = name_owned.clone();
+        let watchdog = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(TRIAL_LIMIT) {
+                eprintln!("watchdog: {watchdog_name} ran longer than {TRIAL_LIMIT:?}; failing");
+                std::process::exit(3);
+            }
+        });
+        let started = Instant::now();
+        let res = f();
+        drop(done_tx);
+        let _ = watchdog.join();
+        eprintln!("{name_owned}: {:.2?}", started.elapsed());
+        res.map_err(Failed::from)?;
+        let after = open_fds();
+        if before != after {
+            return Err(format!("fd leak: before {before:?}, after {after:?}").into());
+        }
+        Ok(())
+    })
+}
+
+fn open_fds() -> BTreeSet<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn idle_from(name: &str) -> IdleStrategy {
+    match name {
+        "spin" => IdleStrategy::spin(),
+        "park" => IdleStrategy::park(),
+        _ => IdleStrategy::adaptive(),
+    }
+}
+
+fn config_for(idle: &str) -> Config {
+    Config::new().capacity(64 << 10).idle(idle_from(idle))
+}
+
+pub(crate) fn child_command(role: &str, idle: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.env(ROLE_ENV, role).env(IDLE_ENV, idle);
+    cmd
+}
+
+pub(crate) fn spawn_child(
+    cmd: &mut Command,
+    config: &Config,
+) -> Result<(sp_core::Child, Duplex), String> {
+    let opts = SpawnOptions::new().parent_death_signal(Signal::KILL);
+    sp_shm::spawn(cmd, opts, config).map_err(|e| format!("spawn: {e}"))
+}
+
+fn record_count() -> u64 {
+    if cfg!(debug_assertions) {
+        200_000
+    } else {
+        1_000_000
+    }
+}
+
+// --- records with sequence numbers and checksums -------------------------------------------
+
+/// FNV-1a, 64-bit.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Record `seq`: `[seq: u64][pattern][fnv of the preceding bytes: u64]`, 16..=256 bytes.
+fn write_record(seq: u64, out: &mut [u8]) -> usize {
+    let len = record_len(seq);
+    out[..8].copy_from_slice(&seq.to_le_bytes());
+    for (i, byte) in out[8..len - 8].iter_mut().enumerate() {
+        *byte = (seq as u8).wrapping_add(i as u8).wrapping_mul(7);
+    }
+    let sum = fnv(&out[..len - 8]);
+    out[len - 8..len].copy_from_slice(&sum.to_le_bytes());
+    len
+}
+
+fn record_len(seq: u64) -> usize {
+    16 + (seq.wrapping_mul(13) % 241) as usize
+}
+
+fn check_record(want_seq: u64, bytes: &[u8]) -> TestResult {
+    if bytes.len() != record_len(want_seq) {
+        return Err(format!("record {want_seq}: length {}", bytes.len()));
+    }
+    let seq = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+    if seq != want_seq {
+        return Err(format!("expected record {want_seq}, got {seq}"));
+    }
+    let n = bytes.len();
+    let sum = u64::from_le_bytes(bytes[n - 8..].try_into().unwrap_or_default());
+    if sum != fnv(&bytes[..n - 8]) {
+        return Err(format!("record {seq}: checksum mismatch"));
+    }
+    Ok(())
+}
+
+fn produce(producer: &mut Producer, n: u64) -> Result<(), Error> {
+    for seq in 0..n {
+        let mut grant = producer.reserve(record_len(seq))?;
+        let used = write_record(seq, &mut grant);
+        grant.commit(used)?;
+    }
+    Ok(())
+}
+
+fn consume(consumer: &mut Consumer, n: u64) -> TestResult {
+    let mut buf = Vec::new();
+    for seq in 0..n {
+        consumer
+            .recv_into(&mut buf)
+            .map_err(|e| format!("recv {seq}: {e}"))?;
+        check_record(seq, &buf)?;
+    }
+    Ok(())
+}
+
+// --- trials -------------------------------------------------------------------------------
+
+/// A million records each way at once, parent and child each producing on one thread and
+/// consuming on another; then both see the other leave.
+fn stream_both_ways(idle: &str) -> TestResult {
+    let n = record_count();
+    let mut cmd = child_command("stream", idle);
+    cmd.env(COUNT_ENV, n.to_string());
+    let (mut child, duplex) = spawn_child(&mut cmd, &config_for(idle))?;
+    let (mut producer, mut consumer, _control) = duplex.into_parts();
+    let sender = std::thread::spawn(move || {
+        let res = produce(&mut producer, n);
+        (res, producer.stats())
+    });
+    let got = consume(&mut consumer, n);
+    let (sent, stats) = sender.join().map_err(|_| "producer thread panicked")?;
+    sent.map_err(|e| format!("send: {e}"))?;
+    got?;
+    match consumer.read() {
+        Err(Error::PeerGone) => {}
+        other => return Err(format!("after the stream: {:?}", other.map(|r| r.len()))),
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("child failed: {status}"));
+    }
+    let cstats = consumer.stats();
+    eprintln!(
+        "  {idle}: {n} records each way; wake bytes per 1000 records: producer {:.2}, consumer {:.2}; parks {} / {}",
+        stats.wakes_sent as f64 * 1000.0 / n as f64,
+        cstats.wakes_sent as f64 * 1000.0 / n as f64,
+        stats.parks,
+        cstats.parks,
+    );
+    Ok(())
+}
+
+/// The child is killed while this side waits for data (parked, or spinning); `PeerGone` follows
+/// promptly.
+fn consumer_sees_kill(idle: &str) -> TestResult {
+    let (mut child, mut duplex) = spawn_child(&mut child_command("idle", idle), &config_for(idle))?;
+    let mut buf = Vec::new();
+    duplex
+        .consumer()
+        .recv_into(&mut buf)
+        .map_err(|e| format!("ready: {e}"))?;
+    let killer = kill_when_waiting(child.id(), idle);
+    let res = duplex.consumer().read().map(|r| r.len());
+    let killed_at = killer.join().map_err(|_| "killer panicked")??;
+    let late = killed_at.elapsed();
+    let _ = child.wait();
+    let parks = duplex.consumer().stats().parks;
+    if (idle == "spin") != (parks == 0) {
+        return Err(format!("{idle}: consumer parked {parks} times"));
+    }
+    match res {
+        Err(Error::PeerGone) if late < PROMPT => Ok(()),
+        other => Err(format!(
+            "expected PeerGone within {PROMPT:?}: {other:?} after {late:?}"
+        )),
+    }
+}
+
+/// The child never reads; this side fills the ring, blocks in `send`, and the child is killed.
+fn full_producer_sees_kill(idle: &str) -> TestResult {
+    let (mut child, mut duplex) = spawn_child(&mut child_command("idle", idle), &config_for(idle))?;
+    let mut buf = Vec::new();
+    duplex
+        .consumer()
+        .recv_into(&mut buf)
+        .map_err(|e| format!("ready: {e}"))?;
+    let producer = duplex.producer();
+    let mut n_sent = 0;
+    while producer.try_send(&[7; 1000]).is_ok() {
+        n_sent += 1;
+    }
+    if n_sent == 0 {
+        return Err("ring took nothing".into());
+    }
+    let killer = kill_when_waiting(child.id(), idle);
+    let res = duplex.producer().send(&[7; 1000]);
+    let killed_at = killer.join().map_err(|_| "killer panicked")??;
+    let late = killed_at.elapsed();
+    let _ = child.wait();
+    match res {
+        Err(Error::PeerGone) if late < PROMPT => Ok(()),
+        other => Err(format!(
+            "expected PeerGone within {PROMPT:?}: {other:?} after {late:?}"
+        )),
+    }
+}
+
+/// Kills `pid` once the calling thread waits: for a parking strategy, once it is inside
+/// `poll`/`ppoll`; for spinning, once it has been observed running in its wait loop (any time
+/// after this call, since the waiting call follows immediately).
+fn kill_when_waiting(pid: u32, idle: &str) -> std::thread::JoinHandle<Result<Instant, String>> {
+    let tid = rustix::thread::gettid();
+    let parks = idle != "spin";
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let path = format!("/proc/self/task/{}/syscall", tid.as_raw_nonzero());
+        if parks {
+            loop {
+                let syscall = std::fs::read_to_string(&path).unwrap_or_default();
+                let nr = syscall.split_whitespace().next().unwrap_or("");
+                // x86-64: 7 = poll, 271 = ppoll; aarch64: 73 = ppoll.
+                if ["7", "271", "73"].contains(&nr) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("thread never parked (syscall: {syscall})"));
+                }
+                std::thread::yield_now();
+            }
+        }
+        let pid = rustix::process::Pid::from_raw(pid as i32).ok_or("bad pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+            .map_err(|e| e.to_string())?;
+        Ok(Instant::now())
+    })
+}
+
+/// The child commits a record, reserves a second and half-writes it, then is killed: only the
+/// first record is delivered, then `PeerGone`.
+fn writer_killed_mid_record() -> TestResult {
+    let (mut child, duplex) = spawn_child(
+        &mut child_command("mid-record", "park"),
+        &config_for("park"),
+    )?;
+    let (_producer, mut consumer, mut control) = duplex.into_parts();
+    let msg = control
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|e| format!("holding: {e}"))?;
+    if msg.bytes != b"holding" {
+        return Err("unexpected control message".into());
+    }
+    child.kill().map_err(|e| e.to_string())?;
+    let _ = child.wait();
+    let mut buf = Vec::new();
+    consumer
+        .recv_into(&mut buf)
+        .map_err(|e| format!("first record: {e}"))?;
+    if buf != b"before" {
+        return Err(format!("first record: {buf:?}"));
+    }
+    match consumer.read().map(|r| r.to_vec()) {
+        Err(Error::PeerGone) => Ok(()),
+        other => Err(format!("after the kill: {other:?}")),
+    }
+}
+
+/// A blob far larger than the ring goes by descriptor; the child checks it and answers with its
+/// checksum.
+fn blob_zero_copy() -> TestResult {
+    let len: usize = if cfg!(debug_assertions) {
+        16 << 20
+    } else {
+        100 << 20
+    };
+    let (mut child, mut duplex) = spawn_child(
+        &mut child_command("blob", "adaptive"),
+        &config_for("adaptive"),
+    )?;
+    let blob = Blob::build(len, |bytes| {
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            let word = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let want = fnv(&blob);
+    blob.send(duplex.control()).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    duplex
+        .consumer()
+        .recv_into(&mut buf)
+        .map_err(|e| format!("checksum: {e}"))?;
+    let got = u64::from_le_bytes(buf.as_slice().try_into().unwrap_or_default());
+    drop(duplex);
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if got != want || !status.success() {
+        return Err(format!("checksum {got:#x} != {want:#x} or child {status}"));
+    }
+    Ok(())
+}
+
+// --- child roles --------------------------------------------------------------------------
+
+fn child_main(role: &str) -> i32 {
+    let idle = std::env::var(IDLE_ENV).unwrap_or_default();
+    let res = match role {
+        "stream" => child_stream(&idle),
+        "idle" => child_idle(&idle),
+        "mid-record" => child_mid_record(),
+        "blob" => child_blob(),
+        "hostile" => hostile::child_hostile(),
+        "seal-probe" => hostile::child_seal_probe(),
+        other if other.starts_with("bad-offer-") => hostile::child_bad_offer(other),
+        _ => Err(format!("unknown role {role}")),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("child {role}: {err}");
+            1
+        }
+    }
+}
+
+fn child_stream(idle: &str) -> TestResult {
+    let n: u64 = std::env::var(COUNT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or("count")?;
+    let inherited = open_fds();
+    let duplex = sp_shm::adopt(&config_for(idle)).map_err(|e| format!("adopt: {e}"))?;
+    new_fds_cloexec(&inherited)?;
+    let (mut producer, mut consumer, _control) = duplex.into_parts();
+    let sender = std::thread::spawn(move || produce(&mut producer, n));
+    consume(&mut consumer, n)?;
+    sender
+        .join()
+        .map_err(|_| "producer panicked")?
+        .map_err(|e| format!("send: {e}"))
+}
+
+/// Every descriptor the handshake left open (the adopted socket, memfds, wake sockets) is
+/// close-on-exec, so no grandchild can inherit one and keep a hang-up from being seen.
+/// Descriptors this process inherited from its own parent (a test runner's jobserver, say) are
+/// not ours to judge, except the adopted socket.
+fn new_fds_cloexec(inherited: &BTreeSet<String>) -> TestResult {
+    let adopted = std::env::var(sp_core::FD_ENV).unwrap_or_default();
+    for name in open_fds() {
+        if inherited.contains(&name) && name != adopted {
+            continue;
+        }
+        let Ok(raw) = name.parse::<i32>() else {
+            continue;
+        };
+        let path = format!("/proc/self/fdinfo/{raw}");
+        let Ok(info) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .ok_or_else(|| format!("no flags in {path}"))?;
+        // O_CLOEXEC is 0o2000000 in fdinfo flags.
+        if flags & 0o200_0000 == 0 {
+            return Err(format!("fd {raw} is not close-on-exec ({info})"));
+        }
+    }
+    Ok(())
+}
+
+fn child_idle(idle: &str) -> TestResult {
+    let mut duplex = sp_shm::adopt(&config_for(idle)).map_err(|e| format!("adopt: {e}"))?;
+    duplex
+        .producer()
+        .send(b"ready")
+        .map_err(|e| e.to_string())?;
+    // Read nothing; wait (for ever) until the parent goes.
+    let _ = duplex.control().recv();
+    Ok(())
+}
+
+fn child_mid_record() -> TestResult {
+    let duplex = sp_shm::adopt(&config_for("park")).map_err(|e| format!("adopt: {e}"))?;
+    let (mut producer, mut consumer, control) = duplex.into_parts();
+    producer.send(b"before").map_err(|e| e.to_string())?;
+    let mut grant = producer.reserve(64).map_err(|e| e.to_string())?;
+    grant[..32].fill(0xEE);
+    control.send(b"holding", &[]).map_err(|e| e.to_string())?;
+    let _ = consumer.read().map(|r| r.len());
+    grant.commit(64).map_err(|e| e.to_string())
+}
+
+fn child_blob() -> TestResult {
+    let duplex = sp_shm::adopt(&config_for("adaptive")).map_err(|e| format!("adopt: {e}"))?;
+    let (mut producer, mut consumer, mut control) = duplex.into_parts();
+    let blob = Blob::recv_timeout(&mut control, Duration::from_secs(20))
+        .map_err(|e| format!("blob: {e}"))?;
+    producer
+        .send(&fnv(&blob).to_le_bytes())
+        .map_err(|e| e.to_string())?;
+    let _ = consumer.read().map(|r| r.len());
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! Hand-written peers that follow `docs/protocol.md` byte by byte, and then break it: scribble on
+//! the control block, probe the seals, or offer memory that must be refused.
+
+#![allow(unsafe_code)] // The hostile child writes arbitrary words into shared mappings.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{MemfdFlags, SealFlags};
+use sp_core::{Channel, End, SocketKind};
+use sp_shm::{Config, Error, IdleStrategy, RefuseReason};
+
+use crate::cross::{TestResult, child_command, spawn_child};
+
+const CAPACITY: u64 = 4096;
+const MAX_PAYLOAD: u64 = 1024;
+const CTRL_SIZE: usize = 4096;
+const TAIL: usize = 128;
+const HEAD: usize = 256;
+const CONSUMER_WAITING: usize = 384;
+const PRODUCER_WAITING: usize = 512;
+
+/// What is wrong with a hand-made ring's data memfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flaw {
+    None,
+    Unsealed,
+    Short,
+    Writable,
+}
+
+/// A ring made by hand, as the protocol document describes.
+struct ManualRing {
+    ctrl: OwnedFd,
+    data: OwnedFd,
+    wake_ours: End,
+    wake_theirs: Option<End>,
+    ctrl_map: MmapRaw,
+    data_map: Option<MmapRaw>,
+}
+
+/// The parent's ring, as a hand-written consumer sees it.
+struct PeerRing {
+    ctrl: OwnedFd,
+    data: OwnedFd,
+    _wake: End,
+    ctrl_map: MmapRaw,
+}
+
+fn memfd(name: &str, size: u64) -> Result<OwnedFd, String> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .map_err(|e| e.to_string())?;
+    rustix::fs::ftruncate(&fd, size).map_err(|e| e.to_string())?;
+    Ok(fd)
+}
+
+fn base_seals() -> SealFlags {
+    SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL
+}
+
+/// Stores `value` at byte `offset` of a mapping.
+fn poke(map: &MmapRaw, offset: usize, value: u64) {
+    assert!(offset.is_multiple_of(8) && offset + 8 <= map.len());
+    // SAFETY: in bounds and aligned (checked above; mappings are page-aligned); an atomic store
+    // is defined even while the other process accesses the word.
+    let word = unsafe { AtomicU64::from_ptr(map.as_mut_ptr().add(offset).cast::<u64>()) };
+    word.store(value, Ordering::Release);
+}
+
+/// Loads the word at byte `offset` of a mapping.
+fn peek(map: &MmapRaw, offset: usize) -> u64 {
+    assert!(offset.is_multiple_of(8) && offset + 8 <= map.len());
+    // SAFETY: as in `poke`.
+    let word = unsafe { AtomicU64::from_ptr(map.as_mut_ptr().add(offset).cast::<u64>()) };
+    word.load(Ordering::Acquire)
+}
+
+fn manual_ring(flaw: Flaw) -> Result<ManualRing, String> {
+    let ctrl = memfd("manual-ctrl", CTRL_SIZE as u64)?;
+    let ctrl_map = MmapOptions::new()
+        .len(CTRL_SIZE)
+        .map_raw(ctrl.as_raw_fd())
+        .map_err(|e| e.to_string())?;
+    poke(&ctrl_map, 0, u64::from_le_bytes(*b"SPSHMCTL"));
+    poke(&ctrl_map, 8, 1 | (u64::from(128u32 | (1 << 16)) << 32));
+    poke(&ctrl_map, 16, CAPACITY);
+    poke(&ctrl_map, 24, MAX_PAYLOAD);
+    rustix::fs::fcntl_add_seals(&ctrl, base_seals()).map_err(|e| e.to_string())?;
+
+    let data_size = if flaw == Flaw::Short {
+        CAPACITY / 2
+    } else {
+        CAPACITY
+    };
+    let data = memfd("manual-data", data_size)?;
+    let data_map = MmapOptions::new()
+        .len(data_size as usize)
+        .map_raw(data.as_raw_fd())
+        .map_err(|e| e.to_string())?;
+    let seals = match flaw {
+        Flaw::None | Flaw::Short => base_seals() | SealFlags::FUTURE_WRITE,
+        Flaw::Writable => base_seals(),
+        Flaw::Unsealed => SealFlags::empty(),
+    };
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&data, seals).map_err(|e| e.to_string())?;
+    }
+    let (wake_ours, wake_theirs) =
+        sp_core::pair(SocketKind::SeqPacket).map_err(|e| e.to_string())?;
+    wake_ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(ManualRing {
+        ctrl,
+        data,
+        wake_ours,
+        wake_theirs: Some(wake_theirs),
+        ctrl_map,
+        data_map: Some(data_map),
+    })
+}
+
+fn offer_bytes() -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[0..8].copy_from_slice(b"SPSHMOFR");
+    out[8..12].copy_from_slice(&1u32.to_le_bytes());
+    out[12..16].copy_from_slice(&(128u32 | (1 << 16)).to_le_bytes());
+    out[16..24].copy_from_slice(&CAPACITY.to_le_bytes());
+    out[24..32].copy_from_slice(&MAX_PAYLOAD.to_le_bytes());
+    out[32..40].copy_from_slice(&(CTRL_SIZE as u64).to_le_bytes());
+    out
+}
+
+fn ready_bytes(status: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0..8].copy_from_slice(b"SPSHMRDY");
+    out[8..12].copy_from_slice(&status.to_le_bytes());
+    out
+}
+
+fn send_offer(channel: &Channel, ring: &mut ManualRing) -> Result<(), String> {
+    let theirs = ring.wake_theirs.take().ok_or("offer sent twice")?;
+    channel
+        .send(
+            &offer_bytes(),
+            &[ring.ctrl.as_fd(), ring.data.as_fd(), theirs.as_fd()],
+        )
+        .map_err(|e| format!("send offer: {e}"))
+}
+
+fn recv_offer(channel: &mut Channel) -> Result<PeerRing, String> {
+    let msg = channel
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|e| format!("recv offer: {e}"))?;
+    if msg.bytes.len() != 40 || &msg.bytes[0..8] != b"SPSHMOFR" {
+        return Err("not an offer".into());
+    }
+    let [ctrl, data, wake]: [OwnedFd; 3] = msg.fds.try_into().map_err(|_| "fd count")?;
+    let ctrl_map = MmapOptions::new()
+        .len(CTRL_SIZE)
+        .map_raw(ctrl.as_raw_fd())
+        .map_err(|e| e.to_string())?;
+    Ok(PeerRing {
+        ctrl,
+        data,
+        _wake: End::from(wake),
+        ctrl_map,
+    })
+}
+
+fn exchange_ready(channel: &mut Channel) -> Result<(), String> {
+    channel
+        .send(&ready_bytes(0), &[])
+        .map_err(|e| e.to_string())?;
+    let reply = channel
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|e| format!("ready: {e}"))?;
+    if reply.bytes != ready_bytes(0) {
+        return Err(format!("peer refused: {:?}", reply.bytes));
+    }
+    Ok(())
+}
+
+fn adopt_channel() -> Result<Channel, String> {
+    let end = sp_core::adopt().map_err(|e| e.to_string())?;
+    Channel::new(end).map_err(|e| e.to_string())
+}
+
+/// xorshift64*: deterministic, dependency-free randomness for the hostile child.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+// --- trials ---------------------------------------------------------------------------------
+
+/// The child writes arbitrary and plausible values into both control blocks and its data area;
+/// the parent's consumer returns only in-bounds records and then `Corrupt` or `PeerGone`, and
+/// its producer `Ok`, `Corrupt` or `PeerGone`. Both terminate.
+pub(crate) fn hostile_peer_control_block() -> TestResult {
+    let config = Config::new()
+        .capacity(CAPACITY as usize)
+        .max_payload(MAX_PAYLOAD as usize)
+        .idle(IdleStrategy::adaptive());
+    let (mut child, duplex) = spawn_child(&mut child_command("hostile", "adaptive"), &config)?;
+    let (mut producer, mut consumer, _control) = duplex.into_parts();
+    let sender = std::thread::spawn(move || {
+        let mut n_sent = 0u64;
+        loop {
+            match producer.send(&[0x5A; 700]) {
+                Ok(()) => n_sent += 1,
+                Err(Error::Corrupt { .. } | Error::PeerGone) => return Ok(n_sent),
+                Err(err) => return Err(format!("producer: {err}")),
+            }
+        }
+    });
+    let max = consumer.max_payload();
+    let mut n_ok = 0u64;
+    let ending = loop {
+        match consumer.read() {
+            Ok(rec) => {
+                if rec.len() > max {
+                    return Err(format!("record of {} bytes > {max}", rec.len()));
+                }
+                let _ = rec.to_vec();
+                n_ok += 1;
+            }
+            Err(err @ (Error::Corrupt { .. } | Error::PeerGone)) => break err,
+            Err(err) => return Err(format!("consumer: {err}")),
+        }
+    };
+    let n_sent = sender.join().map_err(|_| "sender panicked")??;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    eprintln!("  consumer: {n_ok} records then {ending}; producer: {n_sent} sends; child {status}");
+    Ok(())
+}
+
+/// The child tries to resize, write and remap the parent's memfds; every attempt must fail.
+pub(crate) fn seals_stop_the_peer() -> TestResult {
+    let config = Config::new().capacity(CAPACITY as usize);
+    let (mut child, duplex) = spawn_child(&mut child_command("seal-probe", "park"), &config)?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    drop(duplex);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("seal probe failed: {status}"))
+    }
+}
+
+/// The child offers a flawed ring; the parent's handshake refuses it with `reason`.
+pub(crate) fn bad_offer_refused(role: &str, reason: RefuseReason) -> TestResult {
+    let config = Config::new().capacity(CAPACITY as usize);
+    match spawn_child(&mut child_command(role, "park"), &config) {
+        Err(msg) if msg.contains(&Error::Refused(reason).to_string()) => Ok(()),
+        Err(msg) => Err(format!("wrong error: {msg}")),
+        Ok(_) => Err("flawed offer accepted".into()),
+    }
+}
+
+// --- child roles ----------------------------------------------------------------------------
+
+pub(crate) fn child_hostile() -> TestResult {
+    let mut channel = adopt_channel()?;
+    let mut mine = manual_ring(Flaw::None)?;
+    send_offer(&channel, &mut mine)?;
+    let peer = recv_offer(&mut channel)?;
+    exchange_ready(&mut channel)?;
+    let data_map = mine.data_map.take().ok_or("no data map")?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let n_steps = if cfg!(debug_assertions) {
+        100_000
+    } else {
+        400_000
+    };
+    // Mostly well-formed records, so the consumer gets far, mixed with garbage.
+    let mut tail = 0u64;
+    for _ in 0..n_steps {
+        let r = rng.next();
+        let v = rng.next();
+        let plausible = (v % (2 * CAPACITY)) & !7;
+        let data_off = ((v as usize) % CAPACITY as usize) & !7;
+        let rare = r.is_multiple_of(4096);
+        match r % 64 {
+            0 if rare => poke(&mine.ctrl_map, TAIL, v),
+            0..=30 => {
+                let head = peek(&mine.ctrl_map, HEAD);
+                let len = v % 200;
+                let size = (8 + len).next_multiple_of(8);
+                let off = tail % CAPACITY;
+                let pad = if off + size > CAPACITY {
+                    CAPACITY - off
+                } else {
+                    0
+                };
+                if tail.wrapping_add(pad + size).wrapping_sub(head) > CAPACITY {
+                    continue;
+                }
+                if pad > 0 {
+                    poke(
+                        &data_map,
+                        off as usize,
+                        (pad - 8) | (u64::from(u32::MAX) << 32),
+                    );
+                    tail += pad;
+                }
+                poke(&data_map, (tail % CAPACITY) as usize, len);
+                tail += size;
+                poke(&mine.ctrl_map, TAIL, tail);
+            }
+            31 if rare => poke(&data_map, data_off, v),
+            41..=45 => poke(
+                &peer.ctrl_map,
+                HEAD,
+                if r & 64 == 0 { v } else { plausible },
+            ),
+            46..=48 => poke(&peer.ctrl_map, CONSUMER_WAITING + (r as usize & 1) * 128, v),
+            49..=50 => poke(&mine.ctrl_map, PRODUCER_WAITING - (r as usize & 1) * 128, v),
+            51..=55 => {
+                let _ = rustix::net::send(
+                    &mine.wake_ours,
+                    &[1],
+                    rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+                );
+            }
+            56..=58 => poke(&peer.ctrl_map, TAIL, v),
+            59 if rare => poke(&mine.ctrl_map, TAIL, plausible),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn child_seal_probe() -> TestResult {
+    let mut channel = adopt_channel()?;
+    let mut mine = manual_ring(Flaw::None)?;
+    send_offer(&channel, &mut mine)?;
+    let peer = recv_offer(&mut channel)?;
+    let mut broken = Vec::new();
+    for (name, fd, size) in [
+        ("ctrl", &peer.ctrl, CTRL_SIZE as u64),
+        ("data", &peer.data, CAPACITY),
+    ] {
+        if rustix::fs::ftruncate(fd, 0).is_ok() {
+            broken.push(format!("{name}: shrink"));
+        }
+        if rustix::fs::ftruncate(fd, size * 2).is_ok() {
+            broken.push(format!("{name}: grow"));
+        }
+        if rustix::fs::fcntl_add_seals(fd, SealFlags::WRITE).is_ok() {
+            broken.push(format!("{name}: seals not sealed"));
+        }
+    }
+    if rustix::io::pwrite(&peer.data, b"x", 0).is_ok() {
+        broken.push("data: write(2)".into());
+    }
+    if MmapOptions::new()
+        .len(CAPACITY as usize)
+        .map_raw(peer.data.as_raw_fd())
+        .is_ok()
+    {
+        broken.push("data: writable mapping".into());
+    }
+    let ro = MmapOptions::new()
+        .len(CAPACITY as usize)
+        .map_raw_read_only(peer.data.as_raw_fd())
+        .map_err(|e| format!("read-only mapping: {e}"))?;
+    // SAFETY: `ro` is a live mapping of exactly this range; if mprotect wrongly succeeded the
+    // mapping would only gain write permission, which nothing here uses.
+    let upgraded = unsafe {
+        rustix::mm::mprotect(
+            ro.as_mut_ptr().cast(),
+            ro.len(),
+            rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::WRITE,
+        )
+    };
+    if upgraded.is_ok() {
+        broken.push("data: mprotect to writable".into());
+    }
+    exchange_ready(&mut channel)?;
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(broken.join(", "))
+    }
+}
+
+pub(crate) fn child_bad_offer(role: &str) -> TestResult {
+    let flaw = match role {
+        "bad-offer-unsealed" => Flaw::Unsealed,
+        "bad-offer-short" => Flaw::Short,
+        _ => Flaw::Writable,
+    };
+    let mut channel = adopt_channel()?;
+    let mut mine = manual_ring(flaw)?;
+    send_offer(&channel, &mut mine)?;
+    // Read until the parent closes (it refuses, then kills this process).
+    while channel.recv_timeout(Duration::from_secs(20)).is_ok() {}
+    Ok(())
+}
