@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{self, Command, ExitStatus};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::FileType;
@@ -82,7 +83,8 @@ pub fn spawn(cmd: &mut Command, end: End) -> io::Result<Child> {
 /// or not, so the parent will see end of file when the child exits.
 ///
 /// `cmd` keeps the environment variable and the pre-exec step that hands over this end; use a
-/// fresh `Command` for every spawn.
+/// fresh `Command` for every spawn. (A reused one still hands over only the new end: the step left
+/// by an earlier spawn does nothing.)
 ///
 /// # Errors
 /// As `Command::spawn`; also when the child-side set-up (`fcntl`, `prctl`) fails, which
@@ -97,12 +99,21 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> io::Result
     let child_fd: RawFd = end.as_raw_fd();
     let parent_pid = rustix::process::getpid();
     cmd.env(FD_ENV, child_fd.to_string());
+    // A `Command` keeps its pre-exec steps, so spawning it again would run this step again, on
+    // this end's number: closed by then, or reused by a descriptor that would leak into that
+    // child. The step acts only while `armed` is set, that is during this spawn; the forked child
+    // sees the value the flag had at `fork`.
+    let armed = Arc::new(AtomicBool::new(true));
+    let armed_in_child = Arc::clone(&armed);
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
     // calls are allowed. It calls only raw system calls through rustix (`fcntl`, `prctl`,
     // `getppid`), allocates nothing and takes no lock. `child_fd` is open in the child because
     // `fork` copied the parent's table while `end` (moved into this function) was still open.
     unsafe {
         cmd.pre_exec(move || {
+            if !armed_in_child.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             // SAFETY: `child_fd` is open in this freshly forked child (see above) and is used only
             // for the duration of this closure.
             let fd = BorrowedFd::borrow_raw(child_fd);
@@ -111,13 +122,17 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> io::Result
                 rustix::process::set_parent_process_death_signal(Some(signal))?;
                 // The parent may have died before the prctl took effect.
                 if rustix::process::getppid() != Some(parent_pid) {
-                    return Err(io::Error::other("parent exited before the child started"));
+                    // No allocation between fork and exec: an errno alone (ESRCH: the parent
+                    // process is gone) is all `Command::spawn` reports from this step anyway.
+                    return Err(Errno::SRCH.into());
                 }
             }
             Ok(())
         });
     }
     let res = cmd.spawn();
+    // Same thread as the fork inside `spawn`: program order is all the ordering needed.
+    armed.store(false, Ordering::Relaxed);
     drop(end);
     let child = res?;
     let pidfd = Pid::from_raw(child.id() as i32)

@@ -1,0 +1,513 @@
+//! Trials for `Channel`: bytes plus descriptors over seqpacket and stream pairs, and every limit
+//! a sender or receiver enforces.
+
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use libtest_mimic::Trial;
+use sp_core::{Channel, Error, MAX_FDS, SocketKind};
+
+use crate::pairs::kind_name;
+use crate::{
+    RECV_LIMIT, TestResult, assert_cloexec, count_fds_to, memfd_with, read_all_at_0, timed, trial,
+};
+
+pub const MSG_KINDS: [SocketKind; 2] = [SocketKind::SeqPacket, SocketKind::Stream];
+
+pub fn trials() -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for kind in MSG_KINDS {
+        let k = kind_name(kind);
+        trials.extend([
+            trial(
+                format!("msg_{k}_bytes_and_fds_round_trip_fds_cloexec_and_usable"),
+                move || round_trip(kind),
+            ),
+            trial(
+                format!("msg_{k}_empty_payload_is_an_empty_message_not_eof"),
+                move || empty_payload(kind),
+            ),
+            trial(
+                format!("msg_{k}_back_to_back_frames_each_get_exactly_their_own_fds"),
+                move || back_to_back(kind),
+            ),
+            trial(
+                format!("msg_{k}_64_fds_pass_65_fds_are_too_many_and_nothing_is_sent"),
+                move || too_many_fds(kind),
+            ),
+            trial(
+                format!("msg_{k}_payload_over_channel_max_refused_before_sending"),
+                move || over_channel_max(kind),
+            ),
+            trial(
+                format!("msg_{k}_receiver_with_smaller_max_rejects_message_and_closes_its_fds"),
+                move || receiver_smaller_max(kind),
+            ),
+            trial(
+                format!("msg_{k}_send_after_peer_dropped_is_peer_gone"),
+                move || send_after_peer_dropped(kind),
+            ),
+            trial(
+                format!("msg_{k}_recv_after_peer_dropped_is_peer_gone"),
+                move || recv_after_peer_dropped(kind),
+            ),
+            trial(
+                format!("msg_{k}_recv_timeout_is_timed_out_within_bound"),
+                move || recv_timeout(kind),
+            ),
+            trial(
+                format!("msg_{k}_try_recv_on_empty_is_would_block"),
+                move || try_recv_empty(kind),
+            ),
+            trial(
+                format!("msg_{k}_into_end_hands_back_the_socket_only_when_nothing_is_buffered"),
+                move || into_end(kind),
+            ),
+        ]);
+    }
+    trials.extend([
+        trial(
+            "msg_seqpacket_record_over_send_buffer_is_message_too_large_with_limit_below_sndbuf",
+            seqpacket_over_sndbuf,
+        ),
+        trial(
+            "msg_stream_multi_mib_message_with_concurrent_reader_arrives_intact",
+            stream_multi_mib,
+        ),
+        trial(
+            "msg_split_sender_shared_by_threads_keeps_stream_frames_whole",
+            stream_senders_do_not_interleave,
+        ),
+        trial(
+            "msg_stream_nonblocking_sender_finishes_a_frame_larger_than_the_socket_buffer",
+            stream_nonblocking_big_frame,
+        ),
+        trial(
+            "msg_seqpacket_nonblocking_full_buffer_is_would_block_and_sends_nothing_partial",
+            seqpacket_nonblocking_full,
+        ),
+        trial(
+            "msg_stream_partial_frame_survives_timeout_and_try_recv_then_completes",
+            stream_partial_frame,
+        ),
+    ]);
+    trials
+}
+
+/// A pattern that makes a misplaced or missing byte visible.
+pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn round_trip(kind: SocketKind) -> TestResult {
+    let (a, mut b) = Channel::pair(kind)?;
+    assert_cloexec(&a);
+    assert_cloexec(&b);
+    let memfd = memfd_with("sp-it-round-trip", b"contents of the memfd");
+    let (pipe_read, pipe_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    a.send(b"two fds", &[memfd.as_fd(), pipe_read.as_fd()])?;
+    drop(pipe_read);
+    let msg = b.recv_timeout(RECV_LIMIT)?;
+    assert_eq!(msg.bytes, b"two fds");
+    assert_eq!(msg.fds.len(), 2);
+    for fd in &msg.fds {
+        assert_cloexec(fd);
+    }
+    assert_eq!(read_all_at_0(&msg.fds[0]), b"contents of the memfd");
+    rustix::io::write(&pipe_write, b"through the pipe")?;
+    let mut buf = [0u8; 32];
+    let n = rustix::io::read(&msg.fds[1], &mut buf)?;
+    assert_eq!(&buf[..n], b"through the pipe");
+    // Replies go the other way on the same channel.
+    b.send(b"reply", &[])?;
+    let mut a = a;
+    let reply = a.recv_timeout(RECV_LIMIT)?;
+    assert_eq!(reply.bytes, b"reply");
+    assert!(reply.fds.is_empty());
+    Ok(())
+}
+
+fn empty_payload(kind: SocketKind) -> TestResult {
+    let (a, mut b) = Channel::pair(kind)?;
+    a.send(b"", &[])?;
+    let memfd = memfd_with("sp-it-empty", b"x");
+    a.send(b"", &[memfd.as_fd()])?;
+    a.send(b"after", &[])?;
+    let msg = b.recv_timeout(RECV_LIMIT)?;
+    assert!(msg.bytes.is_empty() && msg.fds.is_empty());
+    let msg = b.recv_timeout(RECV_LIMIT)?;
+    assert!(msg.bytes.is_empty());
+    assert_eq!(msg.fds.len(), 1);
+    assert_eq!(read_all_at_0(&msg.fds[0]), b"x");
+    assert_eq!(b.recv_timeout(RECV_LIMIT)?.bytes, b"after");
+    Ok(())
+}
+
+/// Frames with descriptors sent before the receiver reads anything. On a stream pair the first
+/// frame is larger than the receiver's 64 KiB read chunk, so a later `recvmsg` returns the tail of
+/// that frame together with the start of the next frame and the next frame's descriptors; the
+/// receiver must still give each message exactly the descriptors sent with it.
+fn back_to_back(kind: SocketKind) -> TestResult {
+    let (a, mut b) = Channel::pair(kind)?;
+    let sizes_and_fds: [(usize, usize); 6] =
+        [(70_000, 1), (3, 2), (0, 0), (10, 3), (20_000, 1), (1, 0)];
+    let mut sent = Vec::new();
+    for (i, &(n_bytes, n_fds)) in sizes_and_fds.iter().enumerate() {
+        let bytes = pattern(n_bytes, i as u8);
+        let memfds: Vec<OwnedFd> = (0..n_fds)
+            .map(|j| memfd_with("sp-it-b2b", format!("frame {i} fd {j}").as_bytes()))
+            .collect();
+        let borrowed: Vec<BorrowedFd<'_>> = memfds.iter().map(AsFd::as_fd).collect();
+        a.send(&bytes, &borrowed)?;
+        sent.push(bytes);
+    }
+    assert_eq!(count_fds_to("sp-it-b2b"), 0, "the sender keeps no copies");
+    for (i, bytes) in sent.iter().enumerate() {
+        let msg = b.recv_timeout(RECV_LIMIT)?;
+        assert_eq!(msg.bytes.len(), bytes.len(), "length of frame {i}");
+        assert!(msg.bytes == *bytes, "payload of frame {i} differs");
+        let contents: Vec<String> = msg
+            .fds
+            .iter()
+            .map(|fd| String::from_utf8_lossy(&read_all_at_0(fd)).into_owned())
+            .collect();
+        let expected: Vec<String> = (0..sizes_and_fds[i].1)
+            .map(|j| format!("frame {i} fd {j}"))
+            .collect();
+        assert_eq!(contents, expected, "descriptors of frame {i}");
+    }
+    assert!(matches!(b.try_recv(), Err(Error::WouldBlock)));
+    Ok(())
+}
+
+fn too_many_fds(kind: SocketKind) -> TestResult {
+    let (a, mut b) = Channel::pair(kind)?;
+    let memfd = memfd_with("sp-it-many", b"m");
+    let fds = vec![memfd.as_fd(); MAX_FDS + 1];
+    match a.send(b"too many", &fds) {
+        Err(Error::TooManyFds { n_fds, max }) => {
+            assert_eq!((n_fds, max), (MAX_FDS + 1, MAX_FDS));
+        }
+        other => panic!("expected TooManyFds, got {other:?}"),
+    }
+    assert!(
+        matches!(b.try_recv(), Err(Error::WouldBlock)),
+        "nothing may have been sent"
+    );
+    // Exactly MAX_FDS is allowed, and each arrives as its own descriptor.
+    a.send(b"just enough", &fds[..MAX_FDS])?;
+    let msg = b.recv_timeout(RECV_LIMIT)?;
+    assert_eq!(msg.fds.len(), MAX_FDS);
+    assert_eq!(count_fds_to("sp-it-many"), MAX_FDS + 1);
+    drop(msg);
+    assert_eq!(count_fds_to("sp-it-many"), 1);
+    Ok(())
+}
+
+fn over_channel_max(kind: SocketKind) -> TestResult {
+    let (a, b) = Channel::pair(kind)?;
+    let a = a.with_max_message_len(100);
+    let mut b = b.with_max_message_len(100);
+    match a.send(&[7u8; 101], &[]) {
+        Err(Error::MessageTooLarge { n_bytes, limit }) => assert_eq!((n_bytes, limit), (101, 100)),
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    assert!(
+        matches!(b.try_recv(), Err(Error::WouldBlock)),
+        "nothing may have been sent"
+    );
+    a.send(&[7u8; 100], &[])?;
+    assert_eq!(b.recv_timeout(RECV_LIMIT)?.bytes, [7u8; 100]);
+    Ok(())
+}
+
+fn receiver_smaller_max(kind: SocketKind) -> TestResult {
+    let (a, b) = Channel::pair(kind)?;
+    let mut b = b.with_max_message_len(16);
+    let memfd = memfd_with("sp-it-small-max", b"s");
+    a.send(&[1u8; 17], &[memfd.as_fd()])?;
+    a.send(b"fits", &[memfd.as_fd()])?;
+    drop(memfd);
+    match b.recv_timeout(RECV_LIMIT) {
+        Err(Error::MessageTooLarge { n_bytes, limit }) => assert_eq!((n_bytes, limit), (17, 16)),
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    match kind {
+        SocketKind::SeqPacket => {
+            // The record and its descriptor are gone; the channel carries on.
+            assert_eq!(
+                count_fds_to("sp-it-small-max"),
+                0,
+                "the dropped message's fd was closed"
+            );
+            let msg = b.recv_timeout(RECV_LIMIT)?;
+            assert_eq!(msg.bytes, b"fits");
+            assert_eq!(read_all_at_0(&msg.fds[0]), b"s");
+        }
+        _ => {
+            // A stream cannot skip the frame safely: it refuses from now on.
+            assert!(matches!(b.recv_timeout(RECV_LIMIT), Err(Error::Poisoned)));
+            assert!(matches!(b.try_recv(), Err(Error::Poisoned)));
+            assert_eq!(count_fds_to("sp-it-small-max"), 0, "queued fds were closed");
+        }
+    }
+    Ok(())
+}
+
+fn send_after_peer_dropped(kind: SocketKind) -> TestResult {
+    // Rust's runtime ignores SIGPIPE in this process; `sigpipe_*` trials in children.rs repeat
+    // this with SIGPIPE at its default action, where a missing MSG_NOSIGNAL would kill the child.
+    let (a, b) = Channel::pair(kind)?;
+    drop(b);
+    let memfd = memfd_with("sp-it-peer-gone", b"p");
+    assert!(matches!(
+        a.send(b"hello?", &[memfd.as_fd()]),
+        Err(Error::PeerGone)
+    ));
+    assert!(matches!(a.send(b"", &[]), Err(Error::PeerGone)));
+    Ok(())
+}
+
+fn recv_after_peer_dropped(kind: SocketKind) -> TestResult {
+    let (a, mut b) = Channel::pair(kind)?;
+    a.send(b"last", &[])?;
+    drop(a);
+    assert_eq!(
+        b.recv_timeout(RECV_LIMIT)?.bytes,
+        b"last",
+        "queued messages come first"
+    );
+    assert!(matches!(b.recv_timeout(RECV_LIMIT), Err(Error::PeerGone)));
+    assert!(
+        matches!(b.try_recv(), Err(Error::PeerGone)),
+        "end of file stays end of file"
+    );
+    assert!(matches!(b.recv(), Err(Error::PeerGone)));
+    Ok(())
+}
+
+fn recv_timeout(kind: SocketKind) -> TestResult {
+    let (_a, mut b) = Channel::pair(kind)?;
+    let timeout = Duration::from_millis(100);
+    let (res, elapsed) = timed(|| b.recv_timeout(timeout));
+    assert!(matches!(res, Err(Error::TimedOut)), "got {res:?}");
+    assert!(
+        elapsed >= timeout,
+        "returned after {elapsed:?}, before the timeout"
+    );
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "returned after {elapsed:?}"
+    );
+    Ok(())
+}
+
+fn try_recv_empty(kind: SocketKind) -> TestResult {
+    let (a, mut b) = Channel::pair(kind)?;
+    let (res, elapsed) = timed(|| b.try_recv());
+    assert!(matches!(res, Err(Error::WouldBlock)), "got {res:?}");
+    assert!(elapsed < Duration::from_secs(1));
+    a.send(b"now", &[])?;
+    // try_recv does not wait, so wait for readiness first.
+    assert!(
+        wait_readable(&b, RECV_LIMIT),
+        "the message never became readable"
+    );
+    assert_eq!(b.try_recv()?.bytes, b"now");
+    assert!(matches!(b.try_recv(), Err(Error::WouldBlock)));
+    Ok(())
+}
+
+/// `poll(POLLIN)` on `fd` for at most `timeout`.
+pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> bool {
+    let timeout = rustix::event::Timespec::try_from(timeout).expect("timeout fits a timespec");
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    rustix::event::poll(&mut fds, Some(&timeout)).expect("poll") == 1
+}
+
+fn into_end(kind: SocketKind) -> TestResult {
+    let (a, mut b) = Channel::pair(kind)?;
+    if kind == SocketKind::Stream {
+        // Two small frames arrive in one read; after the first is handed out the second is
+        // buffered, and giving the socket back would lose it.
+        a.send(b"first", &[])?;
+        a.send(b"second", &[])?;
+        assert_eq!(b.recv_timeout(RECV_LIMIT)?.bytes, b"first");
+        let mut b_back = match b.into_end() {
+            Err(channel) => *channel,
+            Ok(_) => panic!("into_end must refuse while a frame is buffered"),
+        };
+        assert_eq!(b_back.recv_timeout(RECV_LIMIT)?.bytes, b"second");
+        b = b_back;
+    }
+    let mut a_end = a
+        .into_end()
+        .map_err(|_| "an idle channel gives its end back")?;
+    assert_cloexec(&a_end);
+    let b_end = b
+        .into_end()
+        .map_err(|_| "an idle channel gives its end back")?;
+    b_end.set_read_timeout(Some(RECV_LIMIT))?;
+    a_end.write_all(b"raw")?;
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(&mut &b_end, &mut buf)?;
+    assert_eq!(&buf, b"raw");
+    Ok(())
+}
+
+fn seqpacket_over_sndbuf() -> TestResult {
+    let (a, b) = Channel::pair(SocketKind::SeqPacket)?;
+    let a = a.with_max_message_len(8 << 20);
+    let mut b = b.with_max_message_len(8 << 20);
+    let sndbuf = rustix::net::sockopt::socket_send_buffer_size(&a)?;
+    let big = vec![5u8; sndbuf * 2];
+    let (res, elapsed) = timed(|| a.send(&big, &[]));
+    let limit = match res {
+        Err(Error::MessageTooLarge { n_bytes, limit }) => {
+            assert_eq!(n_bytes, big.len());
+            limit
+        }
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    };
+    assert!(
+        limit < sndbuf,
+        "limit {limit} must be below SO_SNDBUF {sndbuf}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "send took {elapsed:?}");
+    assert!(
+        matches!(b.try_recv(), Err(Error::WouldBlock)),
+        "nothing may have been sent"
+    );
+    // The reported limit is the real one: one byte more is refused, exactly that size goes through.
+    assert!(matches!(
+        a.send(&big[..limit + 1], &[]),
+        Err(Error::MessageTooLarge { .. })
+    ));
+    a.send(&big[..limit], &[])?;
+    assert_eq!(b.recv_timeout(RECV_LIMIT)?.bytes.len(), limit);
+    Ok(())
+}
+
+fn stream_multi_mib() -> TestResult {
+    let (a, b) = Channel::pair(SocketKind::Stream)?;
+    let a = a.with_max_message_len(8 << 20);
+    let mut b = b.with_max_message_len(8 << 20);
+    let sndbuf = rustix::net::sockopt::socket_send_buffer_size(&a)?;
+    let big = pattern(6 << 20, 3);
+    assert!(big.len() > 4 * sndbuf);
+    let memfd = memfd_with("sp-it-big", b"big");
+    std::thread::scope(|s| -> TestResult {
+        let reader = s.spawn(move || b.recv_timeout(Duration::from_secs(20)));
+        a.send(&big, &[memfd.as_fd()])?;
+        let msg = reader.join().expect("reader thread")?;
+        assert_eq!(msg.bytes.len(), big.len());
+        assert!(msg.bytes == big, "payload differs");
+        assert_eq!(msg.fds.len(), 1);
+        assert_eq!(read_all_at_0(&msg.fds[0]), b"big");
+        Ok(())
+    })
+}
+
+fn stream_senders_do_not_interleave() -> TestResult {
+    let (a, b) = Channel::pair(SocketKind::Stream)?;
+    let (tx, _rx) = a.split();
+    let mut b = b;
+    let n_threads = 4;
+    let n_msgs = 20;
+    std::thread::scope(|s| -> TestResult {
+        for t in 0..n_threads {
+            let tx = &tx;
+            s.spawn(move || {
+                for i in 0..n_msgs {
+                    let payload = pattern(100_000 + t * 1000 + i, t as u8);
+                    tx.send(&payload, &[]).expect("send");
+                }
+            });
+        }
+        for _ in 0..n_threads * n_msgs {
+            let msg = b.recv_timeout(RECV_LIMIT)?;
+            let t = (msg.bytes.len() - 100_000) / 1000;
+            assert!(
+                msg.bytes == pattern(msg.bytes.len(), t as u8),
+                "interleaved frame"
+            );
+        }
+        Ok(())
+    })
+}
+
+fn stream_nonblocking_big_frame() -> TestResult {
+    let (a, b) = sp_core::PairOptions::new(SocketKind::Stream)
+        .nonblocking(true)
+        .create()?;
+    let a = Channel::new(a)?.with_max_message_len(4 << 20);
+    let mut b = Channel::new(b)?.with_max_message_len(4 << 20);
+    let big = pattern(3 << 20, 9);
+    std::thread::scope(|s| -> TestResult {
+        // The receiver is non-blocking too: recv_timeout polls before each read.
+        let reader = s.spawn(move || b.recv_timeout(Duration::from_secs(20)));
+        // The first sendmsg takes what fits; send then waits for room and finishes the frame
+        // instead of returning WouldBlock halfway.
+        a.send(&big, &[])?;
+        let msg = reader.join().expect("reader thread")?;
+        assert!(msg.bytes == big, "payload differs");
+        Ok(())
+    })
+}
+
+fn seqpacket_nonblocking_full() -> TestResult {
+    let (a, b) = sp_core::PairOptions::new(SocketKind::SeqPacket)
+        .nonblocking(true)
+        .create()?;
+    let (a, mut b) = (Channel::new(a)?, Channel::new(b)?);
+    let mut n_sent = 0usize;
+    loop {
+        assert!(n_sent < 100_000, "the send buffer never filled");
+        match a.send(&pattern(1000, n_sent as u8), &[]) {
+            Ok(()) => n_sent += 1,
+            Err(Error::WouldBlock) => break,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    assert!(n_sent > 0);
+    for i in 0..n_sent {
+        let msg = b.recv_timeout(RECV_LIMIT)?;
+        assert!(msg.bytes == pattern(1000, i as u8), "message {i} differs");
+    }
+    assert!(
+        matches!(b.try_recv(), Err(Error::WouldBlock)),
+        "the refused send left nothing behind"
+    );
+    a.send(b"room again", &[])?;
+    assert_eq!(b.recv_timeout(RECV_LIMIT)?.bytes, b"room again");
+    Ok(())
+}
+
+fn stream_partial_frame() -> TestResult {
+    use crate::hostile::{header, send_raw};
+    let (raw, b) = sp_core::pair(SocketKind::Stream)?;
+    let mut b = Channel::new(b)?;
+    let memfd = memfd_with("sp-it-partial", b"partial");
+    let mut first = header(0x5350, 1, 1, 10).to_vec();
+    first.extend_from_slice(b"0123");
+    send_raw(&raw, &first, &[memfd.as_fd()])?;
+    drop(memfd);
+    assert!(matches!(b.try_recv(), Err(Error::WouldBlock)));
+    let (res, elapsed) = timed(|| b.recv_timeout(Duration::from_millis(50)));
+    assert!(matches!(res, Err(Error::TimedOut)), "got {res:?}");
+    assert!(elapsed < Duration::from_secs(2));
+    // The descriptor that came with the first half is held for the frame, not lost or closed.
+    assert_eq!(count_fds_to("sp-it-partial"), 1);
+    send_raw(&raw, b"456789", &[])?;
+    let msg = b.recv_timeout(RECV_LIMIT)?;
+    assert_eq!(msg.bytes, b"0123456789");
+    assert_eq!(msg.fds.len(), 1);
+    assert_eq!(read_all_at_0(&msg.fds[0]), b"partial");
+    Ok(())
+}
