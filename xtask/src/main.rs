@@ -1,12 +1,16 @@
 //! Project automation: `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
 //!
-//! - `cargo xtask ci`: the same gates as `.ci/run` (fmt, clippy, tests, docs), in that order.
+//! - `cargo xtask ci`: the same gates as `.ci/run` (fmt, clippy, tests, loom models, docs), in that
+//!   order.
+//! - `cargo xtask bench`: builds `sp-bench` in release and runs it (a quick comparison by default;
+//!   see docs/benchmarks.md). The measuring, the table, the chart and the baselines live in
+//!   sp-bench; this task only builds, finds the target directory and passes the options on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// sp's project tasks.
 #[derive(Debug, Parser)]
@@ -20,12 +24,42 @@ struct Cli {
 enum Task {
     /// Run the CI gates: fmt check, clippy with warnings denied, the tests, docs with warnings denied.
     Ci,
+    /// Build sp-bench in release and run the benchmark (quick by default); results go to
+    /// `<target>/sp-bench/results.json` and `throughput.svg`.
+    Bench(BenchArgs),
+}
+
+/// Options of `cargo xtask bench`, passed on to the sp-bench binary.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// All sizes (64 B to 16 MiB), more repetitions, longer rounds.
+    #[arg(long)]
+    full: bool,
+    /// Only these transports (repeat or separate with commas; `--transport list` lists them).
+    #[arg(long = "transport", value_delimiter = ',')]
+    transports: Vec<String>,
+    /// Only these message sizes: 64, 1k, 64k, 1m, ... (repeat or separate with commas).
+    #[arg(long = "size", value_delimiter = ',')]
+    sizes: Vec<String>,
+    /// Store this run as `<target>/sp-bench/baselines/NAME.json`.
+    #[arg(long, value_name = "NAME")]
+    save_baseline: Option<String>,
+    /// Compare with a saved baseline and flag figures more than 10% worse.
+    #[arg(long, value_name = "NAME")]
+    baseline: Option<String>,
+    /// Build without the peer crates (ipc-channel, iceoryx2, ipmpsc).
+    #[arg(long)]
+    no_peers: bool,
+    /// Further sp-bench options, after `--` (see `sp-bench --help`).
+    #[arg(last = true)]
+    rest: Vec<String>,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Ci => ci(),
+        Task::Bench(args) => bench(&args),
     }
 }
 
@@ -69,13 +103,80 @@ fn ci() -> Result<()> {
     ]);
     run("cargo clippy", clippy)?;
 
+    let mut clippy_peers = cargo();
+    clippy_peers.args([
+        "clippy",
+        "-p",
+        "sp-bench",
+        "--all-targets",
+        "--features",
+        "peers",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run("cargo clippy (sp-bench peers)", clippy_peers)?;
+
     let mut test = cargo();
     test.args(["test", "--workspace"]);
     run("cargo test", test)?;
+
+    // The loom build needs its own cfg, so it gets its own target directory.
+    let mut loom = cargo();
+    loom.args(["test", "-p", "sp-shm", "--release", "--lib", "loom"])
+        .env("RUSTFLAGS", "--cfg sp_loom")
+        .env("LOOM_MAX_PREEMPTIONS", "2")
+        .env("CARGO_TARGET_DIR", target_dir().join("loom"));
+    run("loom models (sp-shm)", loom)?;
 
     let mut doc = cargo();
     doc.args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings");
     run("cargo doc", doc)?;
     Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "sp-bench"]);
+    if !args.no_peers {
+        build.args(["--features", "peers"]);
+    }
+    run("cargo build --release -p sp-bench", build)?;
+
+    let target = target_dir();
+    let mut bench = Command::new(target.join("release").join("sp-bench"));
+    bench
+        .current_dir(root())
+        .arg("--out")
+        .arg(target.join("sp-bench"));
+    if args.transports.iter().any(|t| t == "list") {
+        bench.arg("--list");
+        return run("sp-bench --list", bench);
+    }
+    if args.full {
+        bench.arg("--full");
+    }
+    for transport in &args.transports {
+        bench.args(["--transport", transport]);
+    }
+    for size in &args.sizes {
+        bench.args(["--size", size]);
+    }
+    if let Some(name) = &args.save_baseline {
+        bench.args(["--save-baseline", name]);
+    }
+    if let Some(name) = &args.baseline {
+        bench.args(["--baseline", name]);
+    }
+    bench.args(&args.rest);
+    run("sp-bench", bench)
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the root if relative) or `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
 }

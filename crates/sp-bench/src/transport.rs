@@ -1,0 +1,302 @@
+//! The transports under test, and [`Link`], one side's view of a connection the harness drives.
+//!
+//! Every cross-process transport is set up the same way: the driver (parent) calls [`offer`], which
+//! creates the resources and returns what the child needs (a string and some descriptors, sent over
+//! the sp-core control channel); the child passes them to [`accept`]. Each side then holds a
+//! `Box<dyn Link>`. A `Link` sends a message whose bytes a closure writes (in place, for transports
+//! that lend out their buffers) and receives a message whose bytes a closure reads (in place where
+//! the transport allows it), so every transport is driven by the same loops in `run.rs`.
+
+use std::os::fd::OwnedFd;
+
+use serde::{Deserialize, Serialize};
+use sp_shm::IdleStrategy;
+
+use crate::error::{Error, Result};
+
+mod fd;
+mod msg;
+#[cfg(feature = "peers")]
+mod peers;
+mod shm;
+
+/// Fills a message in place.
+pub(crate) type Fill<'a> = dyn FnMut(&mut [u8]) + 'a;
+/// Reads a received message in place.
+pub(crate) type Check<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
+
+/// One side of a duplex connection under test. Messages have a fixed size per run.
+pub(crate) trait Link {
+    /// Sends one message, whose bytes `fill` writes (all of them).
+    fn send(&mut self, fill: &mut Fill<'_>) -> Result<()>;
+    /// Receives one message and hands its bytes to `check`, blocking (or spinning, for the spin
+    /// strategies) until one arrives.
+    fn recv(&mut self, check: &mut Check<'_>) -> Result<()>;
+    /// Bytes this side has written to wake its peer, for transports that count them.
+    fn wake_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// What the driver hands the child to set up its side, and how the driver finishes its own.
+pub(crate) struct Offer {
+    /// Transport-specific text for the child (a service name, a path), empty if none.
+    pub(crate) extra: String,
+    /// Descriptors for the child; the driver's copies are closed once they have been sent.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// Completes the driver's side after the child has been told (it may wait for the child).
+    pub(crate) finish: Box<dyn FnOnce() -> Result<Box<dyn Link>>>,
+}
+
+impl std::fmt::Debug for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offer")
+            .field("extra", &self.extra)
+            .field("n_fds", &self.fds.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A transport (or a ceiling) the harness can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Two pipes (one per direction), `read`/`write` of whole messages.
+    Pipe,
+    /// A `SOCK_STREAM` socketpair: the baseline every other transport is compared with.
+    SocketpairStream,
+    /// A `SOCK_SEQPACKET` socketpair with the kernel's default buffers; a message larger than one
+    /// record can carry is sent as several records.
+    Seqpacket,
+    /// A `SOCK_SEQPACKET` socketpair with 4 MiB send and receive buffers.
+    Seqpacket4m,
+    /// sp-core [`Channel`](sp_core::Channel) messages over a seqpacket pair.
+    SpCore,
+    /// The sp-shm ring, both sides spinning while they wait (the spin path).
+    SpShmSpin,
+    /// The sp-shm ring with the adaptive idle strategy: spin, yield, then park.
+    SpShmAdaptive,
+    /// The sp-shm ring, parking at once (the parked-wake path).
+    SpShmPark,
+    /// sp-shm blobs: one sealed memfd per message, sent over a seqpacket channel.
+    SpShmBlob,
+    /// ipc-channel's bytes channel (peer).
+    IpcChannel,
+    /// ipc-channel's `IpcSharedMemory`, one region per message (peer).
+    IpcChannelShm,
+    /// iceoryx2 publish-subscribe, the receiver reading samples in place (peer).
+    Iceoryx2,
+    /// ipmpsc's shared ring, the receiver reading in place (peer).
+    Ipmpsc,
+    /// Ceiling: a crossbeam channel between two threads of one process (buffers passed by pointer).
+    Crossbeam,
+    /// Ceiling: `memcpy` of one message on one thread (throughput only).
+    Memcpy,
+    /// Ceiling: one cache line bounced between two cores (round-trip latency only).
+    Pingpong,
+}
+
+/// Whether a transport's sides live in two processes, two threads, or one thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Driver and peer are two processes.
+    TwoProcesses,
+    /// Driver and peer are two threads of the benchmark process.
+    TwoThreads,
+    /// One thread measures on its own.
+    OneThread,
+}
+
+/// The transport every other one is compared with, in interleaved pairs.
+pub const BASELINE: Transport = Transport::SocketpairStream;
+
+impl Transport {
+    /// Every transport, in the order the table lists them.
+    pub const ALL: [Self; 16] = [
+        Self::Pipe,
+        Self::SocketpairStream,
+        Self::Seqpacket,
+        Self::Seqpacket4m,
+        Self::SpCore,
+        Self::SpShmSpin,
+        Self::SpShmAdaptive,
+        Self::SpShmPark,
+        Self::SpShmBlob,
+        Self::IpcChannel,
+        Self::IpcChannelShm,
+        Self::Iceoryx2,
+        Self::Ipmpsc,
+        Self::Crossbeam,
+        Self::Memcpy,
+        Self::Pingpong,
+    ];
+
+    /// The name used on the command line, in the table and in the results file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pipe => "pipe",
+            Self::SocketpairStream => "socketpair-stream",
+            Self::Seqpacket => "seqpacket",
+            Self::Seqpacket4m => "seqpacket-4m",
+            Self::SpCore => "sp-core",
+            Self::SpShmSpin => "sp-shm-spin",
+            Self::SpShmAdaptive => "sp-shm-adaptive",
+            Self::SpShmPark => "sp-shm-park",
+            Self::SpShmBlob => "sp-shm-blob",
+            Self::IpcChannel => "ipc-channel",
+            Self::IpcChannelShm => "ipc-channel-shm",
+            Self::Iceoryx2 => "iceoryx2",
+            Self::Ipmpsc => "ipmpsc",
+            Self::Crossbeam => "crossbeam",
+            Self::Memcpy => "memcpy",
+            Self::Pingpong => "pingpong",
+        }
+    }
+
+    /// The transport with this [`name`](Self::name).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Where the two sides run.
+    pub fn placement(self) -> Placement {
+        match self {
+            Self::Crossbeam | Self::Pingpong => Placement::TwoThreads,
+            Self::Memcpy => Placement::OneThread,
+            _ => Placement::TwoProcesses,
+        }
+    }
+
+    /// Whether this is a ceiling (a machine limit) rather than an IPC transport.
+    pub fn is_ceiling(self) -> bool {
+        matches!(self, Self::Crossbeam | Self::Memcpy | Self::Pingpong)
+    }
+
+    /// Whether this is one of the other IPC crates sp is compared with.
+    pub fn is_peer(self) -> bool {
+        matches!(
+            self,
+            Self::IpcChannel | Self::IpcChannelShm | Self::Iceoryx2 | Self::Ipmpsc
+        )
+    }
+
+    /// Whether the transport is run at sizes above 1 MiB (the blob sizes of `--full`): the
+    /// shared-memory transports and the ceilings. Socket and pipe transports stop at 1 MiB (the
+    /// baseline still runs beside each cell).
+    pub fn runs_large(self) -> bool {
+        matches!(
+            self,
+            Self::SpShmSpin
+                | Self::SpShmAdaptive
+                | Self::SpShmPark
+                | Self::SpShmBlob
+                | Self::IpcChannelShm
+                | Self::Iceoryx2
+                | Self::Ipmpsc
+                | Self::Crossbeam
+                | Self::Memcpy
+        )
+    }
+
+    /// Whether the transport keeps a core busy while it waits (so it needs a core per side).
+    pub fn spins(self) -> bool {
+        matches!(self, Self::SpShmSpin | Self::Iceoryx2 | Self::Pingpong)
+    }
+
+    /// Why this transport cannot be measured in this build or on this machine, if it cannot.
+    pub fn unavailable(self) -> Option<String> {
+        if self.is_peer() && !cfg!(feature = "peers") {
+            return Some("built without the `peers` feature".to_owned());
+        }
+        if self.spins() && !crate::cpu::can_pin() {
+            return Some("spins while waiting and needs two cores".to_owned());
+        }
+        None
+    }
+
+    /// Whether the transport measures throughput (`true`) and round trips (`latency`).
+    pub fn measures(self, latency: bool) -> bool {
+        match self {
+            Self::Memcpy => !latency,
+            Self::Pingpong => latency,
+            _ => true,
+        }
+    }
+}
+
+/// Driver side: creates the transport for messages of `size` bytes.
+///
+/// # Errors
+/// Whatever creating the resources reports; [`Error::Unsupported`] for an in-process ceiling.
+pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
+    match transport {
+        Transport::Pipe => fd::offer_pipe(size),
+        Transport::SocketpairStream => fd::offer_stream(size),
+        Transport::Seqpacket => fd::offer_seqpacket(size, None),
+        Transport::Seqpacket4m => fd::offer_seqpacket(size, Some(4 << 20)),
+        Transport::SpCore => msg::offer(size),
+        Transport::SpShmSpin => shm::offer_ring(size, IdleStrategy::spin()),
+        Transport::SpShmAdaptive => shm::offer_ring(size, IdleStrategy::adaptive()),
+        Transport::SpShmPark => shm::offer_ring(size, IdleStrategy::park()),
+        Transport::SpShmBlob => shm::offer_blob(size),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannel => peers::ipc_channel::offer(size, false),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannelShm => peers::ipc_channel::offer(size, true),
+        #[cfg(feature = "peers")]
+        Transport::Iceoryx2 => peers::iceoryx2::offer(size),
+        #[cfg(feature = "peers")]
+        Transport::Ipmpsc => peers::ipmpsc::offer(size),
+        other => Err(Error::Unsupported(format!(
+            "{} does not run across processes in this build",
+            other.name()
+        ))),
+    }
+}
+
+/// Child side: sets up its end from what [`offer`] produced.
+///
+/// # Errors
+/// Whatever opening the resources reports.
+#[cfg_attr(not(feature = "peers"), allow(unused_variables))] // `extra` is for the peers.
+pub(crate) fn accept(
+    transport: Transport,
+    size: usize,
+    extra: &str,
+    fds: Vec<OwnedFd>,
+) -> Result<Box<dyn Link>> {
+    match transport {
+        Transport::Pipe | Transport::SocketpairStream => fd::accept_stream(size, fds),
+        Transport::Seqpacket | Transport::Seqpacket4m => fd::accept_seqpacket(size, fds),
+        Transport::SpCore => msg::accept(size, fds),
+        Transport::SpShmSpin => shm::accept_ring(size, IdleStrategy::spin(), fds),
+        Transport::SpShmAdaptive => shm::accept_ring(size, IdleStrategy::adaptive(), fds),
+        Transport::SpShmPark => shm::accept_ring(size, IdleStrategy::park(), fds),
+        Transport::SpShmBlob => shm::accept_blob(size, fds),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannel => peers::ipc_channel::accept(size, extra, false),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannelShm => peers::ipc_channel::accept(size, extra, true),
+        #[cfg(feature = "peers")]
+        Transport::Iceoryx2 => peers::iceoryx2::accept(size, extra),
+        #[cfg(feature = "peers")]
+        Transport::Ipmpsc => peers::ipmpsc::accept(size, extra),
+        other => Err(Error::Unsupported(format!(
+            "{} does not run across processes in this build",
+            other.name()
+        ))),
+    }
+}
+
+/// Removes what peer crates may have left in /tmp and /dev/shm (names this harness chose).
+#[cfg(feature = "peers")]
+pub(crate) fn cleanup_peer_files() {
+    peers::cleanup();
+}
+
+/// Takes exactly `n` descriptors from what the driver sent.
+pub(crate) fn take_fds<const N: usize>(fds: Vec<OwnedFd>) -> Result<[OwnedFd; N]> {
+    let n_fds = fds.len();
+    fds.try_into()
+        .map_err(|_| Error::Child(format!("expected {N} descriptors, got {n_fds}")))
+}
