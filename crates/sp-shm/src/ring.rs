@@ -36,12 +36,20 @@
 //! # Waiting
 //!
 //! A side that finds the ring empty (or full) first publishes its own position, then spins,
-//! yields and finally parks ([`IdleStrategy`]). To park it sets its *waiting* flag, issues
-//! `fence(SeqCst)`, and re-checks the other position; the other side, after publishing, issues
-//! `fence(SeqCst)` and sends a wake-up byte only if `waiting.swap(false)` was set. The two fences
-//! make this a Dekker handshake: at least one side sees the other's store, so no wake-up is lost
-//! (io_uring's `IORING_SQ_NEED_WAKEUP` comment; the disruptor's `LiteBlockingWaitStrategy`).
+//! yields and finally parks ([`IdleStrategy`]). To park it sets its *waiting* flag, issues a full
+//! fence, and re-checks the other position; the other side, after publishing, issues a fence and
+//! sends a wake-up byte only if `waiting.swap(false)` was set. The two fences make this a Dekker
+//! handshake: at least one side sees the other's store, so no wake-up is lost (io_uring's
+//! `IORING_SQ_NEED_WAKEUP` comment; the disruptor's `LiteBlockingWaitStrategy`).
 //! At saturation nobody parks, so no system call is made per record.
+//!
+//! The fences are asymmetric (`sync::light_fence`, `sync::heavy_fence`): the publishing side,
+//! which runs once per record, issues only a compiler barrier, and the parking side, which is on
+//! its way to a system call anyway, issues `fence(SeqCst)` plus
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which runs a full barrier on every CPU running
+//! the registered peer. Where `membarrier` is unavailable both fences are `fence(SeqCst)` (and a
+//! parked side whose `membarrier` fails re-checks every millisecond). The loom models check the
+//! symmetric form; the asymmetric one is the `membarrier(2)` pattern of liburcu.
 //!
 //! # Untrusted peer
 //!
@@ -64,7 +72,7 @@ mod tests;
 use crate::error::{Error, Result};
 use crate::idle::{Backoff, IdleStrategy, Step};
 use crate::layout::{self, ControlBlock, HEADER_LEN, PADDING};
-use crate::sync::{AtomicU64, DataPtr, Ordering, fence};
+use crate::sync::{AtomicU64, DataPtr, Ordering, heavy_fence, light_fence};
 use crate::wake::{WakeSocket, Woken, deadline_after};
 
 /// The writing side of a ring.
@@ -211,6 +219,7 @@ impl Producer {
         wake: WakeSocket,
         idle: IdleStrategy,
     ) -> Self {
+        crate::sync::register_asymmetric_fences();
         Self {
             shared,
             capacity,
@@ -599,6 +608,7 @@ impl Consumer {
         idle: IdleStrategy,
         publish_every: usize,
     ) -> Self {
+        crate::sync::register_asymmetric_fences();
         Self {
             shared,
             capacity,
@@ -1049,10 +1059,11 @@ fn corrupt(what: &'static str, value: u64) -> Error {
 
 /// After publishing: `fence(SeqCst)`, then wake the peer if its waiting flag was set.
 fn wake_if_waiting(waiting: &AtomicU64, wake: &WakeSocket, stats: &mut Stats) -> Result<()> {
-    // SYNC: StoreLoad. Pairs with the SeqCst fence in `wait_for` that the parking side issues
+    // SYNC: StoreLoad. Pairs with the heavy fence in `wait_for` that the parking side issues
     // between setting its waiting flag and re-checking our position (Dekker): either it sees our
-    // publication, or we see its flag.
-    fence(Ordering::SeqCst);
+    // publication, or we see its flag. Asymmetric: a compiler barrier here when `membarrier`
+    // lets the parking side supply the full barrier (see `sync::light_fence`).
+    light_fence();
     // The plain load keeps the flag's cache line shared while nobody parks.
     if waiting.load(Ordering::Relaxed) != 0 && waiting.swap(0, Ordering::Relaxed) != 0 {
         stats.wakes_sent += 1;
@@ -1173,17 +1184,27 @@ fn wait_for<S: Side>(side: &mut S, deadline: Option<Instant>) -> Result<S::Ready
             Step::Yield => yield_now(),
             Step::Park => {
                 side.waiting_flag().store(1, Ordering::Relaxed);
-                // SYNC: StoreLoad. Pairs with the fence in `wake_if_waiting` on the other side:
-                // either our re-check below sees its new position, or it sees our flag and sends
-                // a wake-up byte (which persists in the socket until we poll).
-                fence(Ordering::SeqCst);
+                // SYNC: StoreLoad. Pairs with the light fence in `wake_if_waiting` on the other
+                // side: either our re-check below sees its new position, or it sees our flag and
+                // sends a wake-up byte (which persists in the socket until we poll).
+                let fenced = heavy_fence();
                 if let Some(ready) = side.attempt()? {
                     side.waiting_flag().store(0, Ordering::Relaxed);
                     return Ok(ready);
                 }
                 side.stats().parks += 1;
-                match side.wake().wait(deadline)? {
+                // Without a working `membarrier` the peer's light fence may not have ordered its
+                // publication before its flag check: re-check every millisecond instead of
+                // trusting the wake-up byte alone.
+                let park_until = if fenced {
+                    deadline
+                } else {
+                    let recheck = Instant::now() + Duration::from_millis(1);
+                    Some(deadline.map_or(recheck, |d| d.min(recheck)))
+                };
+                match side.wake().wait(park_until)? {
                     Woken::Token => {}
+                    Woken::TimedOut if deadline.is_none_or(|d| Instant::now() < d) => {}
                     Woken::TimedOut => {
                         side.waiting_flag().store(0, Ordering::Relaxed);
                         return match side.attempt()? {
