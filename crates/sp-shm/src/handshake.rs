@@ -77,7 +77,27 @@ impl Duplex {
         // peer holds the last copy.
         drop(offer);
 
-        let msg = channel.recv_timeout(config.handshake_timeout)?;
+        let msg = match channel.recv_timeout(config.handshake_timeout) {
+            Ok(msg) => msg,
+            Err(err) => {
+                // The offer could not be received whole (descriptors dropped at our
+                // RLIMIT_NOFILE, a wrong count, a bad frame, or no offer in time): refuse it like
+                // any other, so the peer learns why rather than seeing only a hang-up.
+                let status = match err {
+                    sp_core::Error::PeerGone => None,
+                    sp_core::Error::FdCountMismatch { .. }
+                    | sp_core::Error::FdsTruncated { .. } => {
+                        Some(RefuseReason::WrongFdCount.code())
+                    }
+                    _ => Some(STATUS_LOCAL_ERROR),
+                };
+                if let Some(status) = status {
+                    // Best effort: the peer may be gone already.
+                    let _ = channel.send(&encode_ready(status), &[]);
+                }
+                return Err(err.into());
+            }
+        };
         let consumer = match decode_offer(msg).and_then(|offer| accept_consumer(offer, config)) {
             Ok(consumer) => consumer,
             Err(err) => {
@@ -311,6 +331,45 @@ mod tests {
                 Err(err) => proptest::prop_assert!(false, "unexpected {}", err),
             }
         }
+    }
+
+    /// An OFFER frame that declares 3 descriptors but carries 2 fails in sp-core; the handshake
+    /// still answers READY with the descriptor-count code before it gives up.
+    #[test]
+    fn offer_missing_descriptors_is_answered_with_ready() {
+        let (raw, ours) = sp_core::pair(SocketKind::SeqPacket).unwrap();
+        let mut frame = vec![0x50, 0x53, 1, 3];
+        frame.extend_from_slice(&(OFFER_LEN as u32).to_le_bytes());
+        frame.extend_from_slice(&[0; OFFER_LEN]);
+        let memfds: Vec<OwnedFd> = (0..2)
+            .map(|_| crate::region::create_memfd("t", 4096, false).unwrap())
+            .collect();
+        let fds: Vec<_> = memfds.iter().map(AsFd::as_fd).collect();
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &raw,
+            &[std::io::IoSlice::new(&frame)],
+            &mut cmsg,
+            rustix::net::SendFlags::NOSIGNAL,
+        )
+        .unwrap();
+        let res = Duplex::connect(Channel::new(ours).unwrap(), &Config::new().capacity(4096));
+        assert!(
+            matches!(
+                res,
+                Err(Error::Channel(sp_core::Error::FdCountMismatch {
+                    declared: 3,
+                    received: 2
+                }))
+            ),
+            "{res:?}"
+        );
+        let mut peer = Channel::new(raw).unwrap();
+        assert_eq!(peer.recv().unwrap().fds.len(), 3);
+        let ready = peer.recv().unwrap();
+        assert_eq!(ready.bytes, encode_ready(RefuseReason::WrongFdCount.code()));
     }
 
     #[test]
