@@ -5,6 +5,9 @@
 //! - `cargo xtask bench`: builds `sp-bench` in release and runs it (a quick comparison by default;
 //!   see docs/benchmarks.md). The measuring, the table, the chart and the baselines live in
 //!   sp-bench; this task only builds, finds the target directory and passes the options on.
+//! - `cargo xtask soak`: the cross-process ring for a set time (default 10 minutes), failing on
+//!   any lost or corrupted record or leaked descriptor.
+//! - `cargo xtask fuzz`: the optional cargo-fuzz targets in `fuzz/` (nightly and cargo-fuzz).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +30,45 @@ enum Task {
     /// Build sp-bench in release and run the benchmark (quick by default); results go to
     /// `<target>/sp-bench/results.json` and `throughput.svg`.
     Bench(BenchArgs),
+    /// Stream records both ways between two processes through the sp-shm ring for a set time,
+    /// with sequence numbers and checksums; fails on any loss, corruption or descriptor leak.
+    Soak(SoakArgs),
+    /// Run the optional cargo-fuzz targets in `fuzz/` (needs the nightly toolchain and
+    /// `cargo install cargo-fuzz`; never part of CI).
+    Fuzz(FuzzArgs),
 }
+
+/// Options of `cargo xtask soak`, passed on to the soak example.
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// How long to run, for example 90s, 10m, 2h.
+    #[arg(long, default_value = "10m")]
+    duration: String,
+    /// How an idle side waits: spin, adaptive or park.
+    #[arg(long, default_value = "adaptive")]
+    idle: String,
+    /// Also print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `cargo xtask fuzz`.
+#[derive(Debug, Args)]
+struct FuzzArgs {
+    /// The targets to run (default: all of them, one after the other).
+    targets: Vec<String>,
+    /// Seconds per target.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+}
+
+/// The cargo-fuzz targets in `fuzz/Cargo.toml`.
+const FUZZ_TARGETS: [&str; 4] = [
+    "ring_hostile_image",
+    "frame_decoder",
+    "offer_decoder",
+    "blob_decoder",
+];
 
 /// Options of `cargo xtask bench`, passed on to the sp-bench binary.
 #[derive(Debug, Args)]
@@ -60,6 +101,8 @@ fn main() -> Result<()> {
     match cli.command {
         Task::Ci => ci(),
         Task::Bench(args) => bench(&args),
+        Task::Soak(args) => soak(&args),
+        Task::Fuzz(args) => fuzz(&args),
     }
 }
 
@@ -179,4 +222,49 @@ fn target_dir() -> PathBuf {
         Some(dir) => root().join(dir),
         None => root().join("target"),
     }
+}
+
+fn soak(args: &SoakArgs) -> Result<()> {
+    let mut soak = cargo();
+    soak.args([
+        "run",
+        "--release",
+        "-p",
+        "sp-shm",
+        "--example",
+        "soak",
+        "--",
+    ])
+    .args(["--duration", &args.duration, "--idle", &args.idle]);
+    if args.json {
+        soak.arg("--json");
+    }
+    run("soak", soak)
+}
+
+fn fuzz(args: &FuzzArgs) -> Result<()> {
+    let probe = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .current_dir(root().join("fuzz"))
+        .output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        bail!(
+            "cargo fuzz needs the nightly toolchain and cargo-fuzz: \
+             `rustup toolchain install nightly && cargo install cargo-fuzz`"
+        );
+    }
+    let targets: Vec<&str> = if args.targets.is_empty() {
+        FUZZ_TARGETS.to_vec()
+    } else {
+        args.targets.iter().map(String::as_str).collect()
+    };
+    for target in targets {
+        // Not `$CARGO`: that is the pinned stable cargo, and the fuzz build needs nightly.
+        let mut fuzz = Command::new("cargo");
+        fuzz.current_dir(root().join("fuzz"))
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={}", args.seconds));
+        run(&format!("fuzz {target}"), fuzz)?;
+    }
+    Ok(())
 }

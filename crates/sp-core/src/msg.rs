@@ -722,4 +722,20 @@ mod tests {
         h[3] = 200;
         assert!(matches!(decode_header(&h), Err(Error::Malformed(_))));
     }
+
+    proptest::proptest! {
+        /// Any bytes: a header that decodes has the magic, version 1 and at most `MAX_FDS`
+        /// descriptors, and re-encodes to the same 8 bytes; anything else is `Malformed`.
+        #[test]
+        fn header_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+            match decode_header(&bytes) {
+                Ok(h) => {
+                    proptest::prop_assert!(h.n_fds <= MAX_FDS);
+                    proptest::prop_assert_eq!(&encode_header(h)[..], &bytes[..HEADER_LEN]);
+                }
+                Err(Error::Malformed(_)) => {}
+                Err(err) => proptest::prop_assert!(false, "unexpected {err:?}"),
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@
 
 mod bridge;
 mod children;
+mod decoders;
 mod hostile;
 mod messages;
 mod pairs;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         hostile::trials(),
         children::trials(),
         bridge::trials(),
+        decoders::trials(),
     ]
     .into_iter()
     .flatten()

@@ -463,3 +463,175 @@ proptest! {
 fn rx_max(rec: &ReadGrant<'_>) -> usize {
     rec.consumer.max_payload
 }
+
+// --- hostile image that changes between calls ---------------------------------------------
+
+/// One step of the hostile-image property test: the peer rewrites a word, or this process calls
+/// into its producer or consumer.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Any word of the control block's first 640 bytes (atomically).
+    CtrlWord(usize, u64),
+    /// Any word of the data area.
+    DataWord(usize, u64),
+    /// A plausible record header (small length, maybe padding) at a data word.
+    Header(usize, u32, bool),
+    /// A header at the consumer's next read position (length up to past the capacity).
+    HeaderAtHead(u32, bool),
+    /// A plausible tail: a multiple of 8 near the current range.
+    Tail(u64),
+    /// A tail this many words ahead of the consumer's head.
+    TailAhead(u64),
+    /// A plausible head.
+    Head(u64),
+    Read,
+    ReadTimeout,
+    Batch(usize),
+    ForEach(usize),
+    Send(usize),
+    Reserve(usize, usize),
+    SendBatch(Vec<usize>),
+    Flush,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0usize..80, any::<u64>()).prop_map(|(i, v)| Step::CtrlWord(i, v)),
+        (0usize..512, any::<u64>()).prop_map(|(i, v)| Step::DataWord(i, v)),
+        (0usize..512, 0u32..1100, any::<bool>())
+            .prop_map(|(i, len, pad)| Step::Header(i, len, pad)),
+        (0u32..4200, any::<bool>()).prop_map(|(len, pad)| Step::HeaderAtHead(len, pad)),
+        (0u64..1200).prop_map(|t| Step::Tail(t * 8)),
+        (0u64..600).prop_map(Step::TailAhead),
+        (0u64..1200).prop_map(|h| Step::Head(h * 8)),
+        Just(Step::Read),
+        Just(Step::Read),
+        Just(Step::ReadTimeout),
+        (0usize..6).prop_map(Step::Batch),
+        (0usize..6).prop_map(Step::ForEach),
+        (0usize..1100).prop_map(Step::Send),
+        (0usize..1100, 0usize..1200).prop_map(|(n, used)| Step::Reserve(n, used)),
+        proptest::collection::vec(0usize..400, 0..5).prop_map(Step::SendBatch),
+        Just(Step::Flush),
+    ]
+}
+
+/// The control block as 80 atomic words, for the hostile writes.
+fn ctrl_word(shared: &Shared, i: usize) -> &AtomicU64 {
+    assert!(i < std::mem::size_of::<ControlBlock>() / 8);
+    let base = std::ptr::from_ref(shared.ctrl()).cast::<AtomicU64>();
+    // SAFETY: the control block is 640 bytes of `#[repr(C)]` atomics and padding inside a
+    // 4096-byte writable mapping that `shared` keeps alive; word `i < 80` lies inside it, is
+    // 8-aligned, and is only ever accessed atomically.
+    unsafe { &*base.add(i) }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(debug_assertions) { 512 } else { 4096 }))]
+
+    /// A peer that rewrites any control word, data word or record header between our calls:
+    /// the consumer returns only records inside the ring (copy-out of exactly their length) or
+    /// `Empty`/`Corrupt`, the producer `Ok`, `Full`, `TooLarge` or `Corrupt`; nothing panics
+    /// (the debug build also checks every data-area access against the mapping), and every call
+    /// returns without waiting past its zero timeout.
+    #[test]
+    fn both_sides_survive_an_image_changing_between_calls(
+        steps in proptest::collection::vec(step(), 1..300),
+    ) {
+        let (mut tx, mut rx) = channel(&small().idle(IdleStrategy::spin())).unwrap();
+        let max = rx.max_payload;
+        for step in steps {
+            match step {
+                Step::CtrlWord(i, v) => ctrl_word(&rx.shared, i).store(v, Ordering::Relaxed),
+                // SAFETY: word `i < 512` of the 4096-byte data area; this test is the only
+                // writer and no read is in progress between calls.
+                Step::DataWord(i, v) => unsafe { tx.shared.data.store_u64(i * 8, v) },
+                Step::Header(i, len, pad) => {
+                    let kind = if pad { PADDING } else { 0 };
+                    // SAFETY: as for `DataWord`.
+                    unsafe { tx.shared.data.store_u64(i * 8, layout::encode_header(len, kind)) };
+                }
+                Step::HeaderAtHead(len, pad) => {
+                    let kind = if pad { PADDING } else { 7 };
+                    let at = (rx.head & (rx.capacity - 1)) as usize;
+                    // SAFETY: as for `DataWord`; `head` is 8-aligned, so `at + 8 <= 4096`.
+                    unsafe { tx.shared.data.store_u64(at, layout::encode_header(len, kind)) };
+                }
+                Step::Tail(t) => rx.shared.ctrl().tail.word.store(t, Ordering::Release),
+                Step::TailAhead(n) => {
+                    let tail = rx.head + n * 8;
+                    rx.shared.ctrl().tail.word.store(tail, Ordering::Release);
+                }
+                Step::Head(h) => rx.shared.ctrl().head.word.store(h, Ordering::Release),
+                Step::Read => match rx.try_read() {
+                    Ok(rec) => {
+                        prop_assert!(rec.len() <= max);
+                        prop_assert_eq!(rec.to_vec().len(), rec.len());
+                    }
+                    Err(Error::Empty | Error::Corrupt { .. }) => {}
+                    Err(err) => prop_assert!(false, "read: {err}"),
+                },
+                Step::ReadTimeout => match rx.read_timeout(Duration::ZERO) {
+                    Ok(rec) => {
+                        let mut buf = [0u8; 2048];
+                        prop_assert_eq!(rec.copy_to_slice(&mut buf), rec.len());
+                    }
+                    Err(Error::TimedOut | Error::Corrupt { .. }) => {}
+                    Err(err) => prop_assert!(false, "read_timeout: {err}"),
+                },
+                Step::Batch(n) => {
+                    let mut out = Vec::new();
+                    match rx.try_recv_batch(&mut out, n) {
+                        Ok(got) => {
+                            prop_assert_eq!(got, out.len());
+                            prop_assert!(out.iter().all(|r| r.len() <= max));
+                        }
+                        Err(Error::Empty | Error::Corrupt { .. }) => {}
+                        Err(err) => prop_assert!(false, "batch: {err}"),
+                    }
+                }
+                Step::ForEach(n) => {
+                    let mut lens = Vec::new();
+                    match rx.for_each_available(n, |rec| lens.push((rec.len(), rec.to_vec().len()))) {
+                        Ok(got) => {
+                            prop_assert_eq!(got, lens.len());
+                            prop_assert!(lens.iter().all(|&(len, copied)| len <= max && len == copied));
+                        }
+                        Err(Error::Corrupt { .. }) => {}
+                        Err(err) => prop_assert!(false, "for_each: {err}"),
+                    }
+                }
+                Step::Send(n) => match tx.send_timeout(&pattern(n, 1), Duration::ZERO) {
+                    Ok(()) | Err(Error::TimedOut | Error::TooLarge { .. } | Error::Corrupt { .. }) => {}
+                    Err(err) => prop_assert!(false, "send: {err}"),
+                },
+                Step::Reserve(n, used) => match tx.try_reserve(n) {
+                    Ok(mut grant) => {
+                        prop_assert_eq!(grant.len(), n);
+                        grant.fill(0xAB);
+                        match grant.commit(used) {
+                            Ok(()) => {}
+                            Err(err) => prop_assert!(false, "commit: {err}"),
+                        }
+                    }
+                    Err(Error::Full | Error::TooLarge { .. } | Error::Corrupt { .. }) => {}
+                    Err(err) => prop_assert!(false, "reserve: {err}"),
+                },
+                Step::SendBatch(lens) => {
+                    let records: Vec<Vec<u8>> = lens.iter().map(|&n| pattern(n, 2)).collect();
+                    match tx.try_send_batch(&records) {
+                        Ok(n) => prop_assert!(n <= records.len()),
+                        Err(Error::Full | Error::Corrupt { .. }) => {}
+                        Err(err) => prop_assert!(false, "send batch: {err}"),
+                    }
+                }
+                Step::Flush => {
+                    // A hostile consumer may have set the waiting flag; the wake byte goes to
+                    // our own consumer's socket, which is alive.
+                    prop_assert!(tx.flush().is_ok());
+                    prop_assert!(rx.flush().is_ok());
+                }
+            }
+        }
+    }
+}

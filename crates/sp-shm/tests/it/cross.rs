@@ -5,17 +5,17 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::hostile;
+use crate::{attacks, crash, decoders, hostile};
 use libtest_mimic::{Arguments, Failed, Trial};
 use sp_core::{Signal, SpawnOptions};
 use sp_shm::{Blob, Config, Consumer, Duplex, Error, IdleStrategy, Producer, RefuseReason};
 
 const ROLE_ENV: &str = "SP_SHM_IT_ROLE";
-const IDLE_ENV: &str = "SP_SHM_IT_IDLE";
+pub(crate) const IDLE_ENV: &str = "SP_SHM_IT_IDLE";
 const COUNT_ENV: &str = "SP_SHM_IT_COUNT";
 const TRIAL_LIMIT: Duration = Duration::from_secs(30);
 /// How soon a side must report a killed peer.
-const PROMPT: Duration = Duration::from_secs(3);
+pub(crate) const PROMPT: Duration = Duration::from_secs(3);
 
 pub(crate) type TestResult = Result<(), String>;
 
@@ -43,6 +43,10 @@ pub(crate) fn main() {
         "hostile_peer_control_block",
         hostile::hostile_peer_control_block,
     ));
+    trials.push(trial(
+        "hostile_peer_garbage_many_seeds",
+        hostile::hostile_peer_garbage_many_seeds,
+    ));
     trials.push(trial("seals_stop_the_peer", hostile::seals_stop_the_peer));
     trials.push(trial("unsealed_memfd_refused", || {
         hostile::bad_offer_refused("bad-offer-unsealed", RefuseReason::MissingSeals)
@@ -54,19 +58,31 @@ pub(crate) fn main() {
         hostile::bad_offer_refused("bad-offer-writable", RefuseReason::MissingSeals)
     }));
     trials.push(trial("blob_zero_copy", blob_zero_copy));
+    trials.extend(crash::trials());
+    trials.extend(attacks::trials());
+    trials.extend(decoders::trials());
     libtest_mimic::run(&args, trials).exit();
 }
 
 /// A trial run under a watchdog and an fd-leak check.
-fn trial(name: &str, f: impl FnOnce() -> TestResult + Send + 'static) -> Trial {
+pub(crate) fn trial(name: &str, f: impl FnOnce() -> TestResult + Send + 'static) -> Trial {
+    trial_with_limit(name, TRIAL_LIMIT, f)
+}
+
+/// As [`trial`], with the watchdog set to `limit` (for trials whose length is configurable).
+pub(crate) fn trial_with_limit(
+    name: &str,
+    limit: Duration,
+    f: impl FnOnce() -> TestResult + Send + 'static,
+) -> Trial {
     let name_owned = name.to_owned();
     Trial::test(name, move || {
         let before = open_fds();
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let watchdog_name = name_owned.clone();
         let watchdog = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(TRIAL_LIMIT) {
-                eprintln!("watchdog: {watchdog_name} ran longer than {TRIAL_LIMIT:?}; failing");
+            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(limit) {
+                eprintln!("watchdog: {watchdog_name} ran longer than {limit:?}; failing");
                 std::process::exit(3);
             }
         });
@@ -84,7 +100,7 @@ fn trial(name: &str, f: impl FnOnce() -> TestResult + Send + 'static) -> Trial {
     })
 }
 
-fn open_fds() -> BTreeSet<String> {
+pub(crate) fn open_fds() -> BTreeSet<String> {
     std::fs::read_dir("/proc/self/fd")
         .map(|dir| {
             dir.filter_map(|e| e.ok())
@@ -94,7 +110,7 @@ fn open_fds() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn idle_from(name: &str) -> IdleStrategy {
+pub(crate) fn idle_from(name: &str) -> IdleStrategy {
     match name {
         "spin" => IdleStrategy::spin(),
         "park" => IdleStrategy::park(),
@@ -131,14 +147,14 @@ fn record_count() -> u64 {
 // --- records with sequence numbers and checksums -------------------------------------------
 
 /// FNV-1a, 64-bit.
-fn fnv(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
 /// Record `seq`: `[seq: u64][pattern][fnv of the preceding bytes: u64]`, 16..=256 bytes.
-fn write_record(seq: u64, out: &mut [u8]) -> usize {
+pub(crate) fn write_record(seq: u64, out: &mut [u8]) -> usize {
     let len = record_len(seq);
     out[..8].copy_from_slice(&seq.to_le_bytes());
     for (i, byte) in out[8..len - 8].iter_mut().enumerate() {
@@ -149,11 +165,11 @@ fn write_record(seq: u64, out: &mut [u8]) -> usize {
     len
 }
 
-fn record_len(seq: u64) -> usize {
+pub(crate) fn record_len(seq: u64) -> usize {
     16 + (seq.wrapping_mul(13) % 241) as usize
 }
 
-fn check_record(want_seq: u64, bytes: &[u8]) -> TestResult {
+pub(crate) fn check_record(want_seq: u64, bytes: &[u8]) -> TestResult {
     if bytes.len() != record_len(want_seq) {
         return Err(format!("record {want_seq}: length {}", bytes.len()));
     }
@@ -169,7 +185,7 @@ fn check_record(want_seq: u64, bytes: &[u8]) -> TestResult {
     Ok(())
 }
 
-fn produce(producer: &mut Producer, n: u64) -> Result<(), Error> {
+pub(crate) fn produce(producer: &mut Producer, n: u64) -> Result<(), Error> {
     for seq in 0..n {
         let mut grant = producer.reserve(record_len(seq))?;
         let used = write_record(seq, &mut grant);
@@ -178,7 +194,7 @@ fn produce(producer: &mut Producer, n: u64) -> Result<(), Error> {
     Ok(())
 }
 
-fn consume(consumer: &mut Consumer, n: u64) -> TestResult {
+pub(crate) fn consume(consumer: &mut Consumer, n: u64) -> TestResult {
     let mut buf = Vec::new();
     for seq in 0..n {
         consumer
@@ -284,7 +300,10 @@ fn full_producer_sees_kill(idle: &str) -> TestResult {
 /// Kills `pid` once the calling thread waits: for a parking strategy, once it is inside
 /// `poll`/`ppoll`; for spinning, once it has been observed running in its wait loop (any time
 /// after this call, since the waiting call follows immediately).
-fn kill_when_waiting(pid: u32, idle: &str) -> std::thread::JoinHandle<Result<Instant, String>> {
+pub(crate) fn kill_when_waiting(
+    pid: u32,
+    idle: &str,
+) -> std::thread::JoinHandle<Result<Instant, String>> {
     let tid = rustix::thread::gettid();
     let parks = idle != "spin";
     std::thread::spawn(move || {
@@ -387,6 +406,8 @@ fn child_main(role: &str) -> i32 {
         "hostile" => hostile::child_hostile(),
         "seal-probe" => hostile::child_seal_probe(),
         other if other.starts_with("bad-offer-") => hostile::child_bad_offer(other),
+        other if other.starts_with("crash-") => crash::child_main(other, &idle),
+        other if other.starts_with("attack-") => attacks::child_main(other),
         _ => Err(format!("unknown role {role}")),
     };
     match res {

@@ -24,15 +24,27 @@ const PRODUCER_WAITING: usize = 512;
 
 /// What is wrong with a hand-made ring's data memfd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flaw {
+pub(crate) enum Flaw {
     None,
     Unsealed,
     Short,
     Writable,
+    /// The data descriptor is the read end of a pipe.
+    Pipe,
+    /// The data descriptor is an unlinked regular file on disk (no seals possible).
+    DiskFile,
+    /// The data descriptor is a memfd created without `MFD_ALLOW_SEALING`.
+    NotSealable,
+    /// The control descriptor is a Unix socket.
+    SocketCtrl,
+    /// The wake descriptor is a memfd, not a socket.
+    MemfdWake,
+    /// The control memfd holds 2048 bytes instead of 4096.
+    ShortCtrl,
 }
 
 /// A ring made by hand, as the protocol document describes.
-struct ManualRing {
+pub(crate) struct ManualRing {
     ctrl: OwnedFd,
     data: OwnedFd,
     wake_ours: End,
@@ -77,12 +89,20 @@ fn peek(map: &MmapRaw, offset: usize) -> u64 {
     word.load(Ordering::Acquire)
 }
 
-fn manual_ring(flaw: Flaw) -> Result<ManualRing, String> {
+pub(crate) fn manual_ring(flaw: Flaw) -> Result<ManualRing, String> {
     let ctrl = memfd("manual-ctrl", CTRL_SIZE as u64)?;
     let ctrl_map = MmapOptions::new()
         .len(CTRL_SIZE)
         .map_raw(ctrl.as_raw_fd())
         .map_err(|e| e.to_string())?;
+    if flaw == Flaw::ShortCtrl {
+        // Shrink before sealing; the mapping above is not touched past 2048 bytes here.
+        drop(ctrl_map);
+        rustix::fs::ftruncate(&ctrl, CTRL_SIZE as u64 / 2).map_err(|e| e.to_string())?;
+        rustix::fs::fcntl_add_seals(&ctrl, base_seals()).map_err(|e| e.to_string())?;
+        let ring = manual_ring(Flaw::None)?;
+        return Ok(ManualRing { ctrl, ..ring });
+    }
     poke(&ctrl_map, 0, u64::from_le_bytes(*b"SPSHMCTL"));
     poke(&ctrl_map, 8, 1 | (u64::from(128u32 | (1 << 16)) << 32));
     poke(&ctrl_map, 16, CAPACITY);
@@ -100,9 +120,9 @@ fn manual_ring(flaw: Flaw) -> Result<ManualRing, String> {
         .map_raw(data.as_raw_fd())
         .map_err(|e| e.to_string())?;
     let seals = match flaw {
-        Flaw::None | Flaw::Short => base_seals() | SealFlags::FUTURE_WRITE,
         Flaw::Writable => base_seals(),
         Flaw::Unsealed => SealFlags::empty(),
+        _ => base_seals() | SealFlags::FUTURE_WRITE,
     };
     if !seals.is_empty() {
         rustix::fs::fcntl_add_seals(&data, seals).map_err(|e| e.to_string())?;
@@ -110,14 +130,52 @@ fn manual_ring(flaw: Flaw) -> Result<ManualRing, String> {
     let (wake_ours, wake_theirs) =
         sp_core::pair(SocketKind::SeqPacket).map_err(|e| e.to_string())?;
     wake_ours.set_nonblocking(true).map_err(|e| e.to_string())?;
-    Ok(ManualRing {
+    let mut ring = ManualRing {
         ctrl,
         data,
         wake_ours,
         wake_theirs: Some(wake_theirs),
         ctrl_map,
         data_map: Some(data_map),
-    })
+    };
+    match flaw {
+        Flaw::Pipe => {
+            let (read, _write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| e.to_string())?;
+            ring.data = read;
+        }
+        Flaw::DiskFile => ring.data = disk_file(CAPACITY)?,
+        Flaw::NotSealable => {
+            let fd = rustix::fs::memfd_create("manual-unsealable", MemfdFlags::CLOEXEC)
+                .map_err(|e| e.to_string())?;
+            rustix::fs::ftruncate(&fd, CAPACITY).map_err(|e| e.to_string())?;
+            ring.data = fd;
+        }
+        Flaw::SocketCtrl => {
+            let (a, _b) = sp_core::pair(SocketKind::Stream).map_err(|e| e.to_string())?;
+            ring.ctrl = OwnedFd::from(a);
+        }
+        Flaw::MemfdWake => {
+            let fd = memfd("manual-wake", 4096)?;
+            ring.wake_theirs = Some(End::from(fd));
+        }
+        _ => {}
+    }
+    Ok(ring)
+}
+
+/// An unlinked regular file of `size` bytes in the temporary directory.
+fn disk_file(size: u64) -> Result<OwnedFd, String> {
+    let path = std::env::temp_dir().join(format!("sp-shm-it-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    file.set_len(size).map_err(|e| e.to_string())?;
+    Ok(OwnedFd::from(file))
 }
 
 fn offer_bytes() -> [u8; 40] {
@@ -131,14 +189,14 @@ fn offer_bytes() -> [u8; 40] {
     out
 }
 
-fn ready_bytes(status: u32) -> [u8; 16] {
+pub(crate) fn ready_bytes(status: u32) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[0..8].copy_from_slice(b"SPSHMRDY");
     out[8..12].copy_from_slice(&status.to_le_bytes());
     out
 }
 
-fn send_offer(channel: &Channel, ring: &mut ManualRing) -> Result<(), String> {
+pub(crate) fn send_offer(channel: &Channel, ring: &mut ManualRing) -> Result<(), String> {
     let theirs = ring.wake_theirs.take().ok_or("offer sent twice")?;
     channel
         .send(
@@ -204,11 +262,79 @@ impl Rng {
 /// the parent's consumer returns only in-bounds records and then `Corrupt` or `PeerGone`, and
 /// its producer `Ok`, `Corrupt` or `PeerGone`. Both terminate.
 pub(crate) fn hostile_peer_control_block() -> TestResult {
+    let ending = hostile_round(DEFAULT_SEED, 0)?;
+    eprintln!("  {ending}");
+    Ok(())
+}
+
+/// As [`hostile_peer_control_block`] over many seeds (`SP_HOSTILE_SEEDS`, default 40, from
+/// `SP_HOSTILE_SEED`), with garbage in the record headers, padding and payload of the data area
+/// as well as in the control blocks. No signal kills this process, every record is in bounds, and
+/// the garbage is reported as `Corrupt`.
+pub(crate) fn hostile_peer_garbage_many_seeds() -> TestResult {
+    let n_seeds: u64 = std::env::var("SP_HOSTILE_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let base: u64 = std::env::var("SP_HOSTILE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let (mut n_corrupt, mut n_records) = (0u64, 0u64);
+    for seed in base..base + n_seeds {
+        let ending = hostile_round(seed, 1 + seed % 3)
+            .map_err(|e| format!("SP_HOSTILE_SEED={seed}: {e}"))?;
+        n_corrupt += u64::from(ending.corrupt);
+        n_records += ending.n_records;
+    }
+    eprintln!(
+        "  {n_seeds} seeds ({} or more hostile steps each); {n_records} records read; {n_corrupt} rounds ended in Corrupt",
+        hostile_steps()
+    );
+    if n_corrupt < n_seeds / 2 {
+        return Err(format!(
+            "only {n_corrupt} of {n_seeds} rounds reported Corrupt: the garbage missed"
+        ));
+    }
+    Ok(())
+}
+
+const SEED_ENV: &str = "SP_SHM_IT_SEED";
+const LEVEL_ENV: &str = "SP_SHM_IT_LEVEL";
+const DEFAULT_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// How one hostile round ended.
+struct Ending {
+    corrupt: bool,
+    n_records: u64,
+    text: String,
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn hostile_steps() -> u64 {
+    if cfg!(debug_assertions) {
+        100_000
+    } else {
+        400_000
+    }
+}
+
+/// One hostile child with `seed`; `level` 0 is mostly plausible records, 1..=3 add garbage in
+/// the data area, more often at higher levels.
+fn hostile_round(seed: u64, level: u64) -> Result<Ending, String> {
     let config = Config::new()
         .capacity(CAPACITY as usize)
         .max_payload(MAX_PAYLOAD as usize)
         .idle(IdleStrategy::adaptive());
-    let (mut child, duplex) = spawn_child(&mut child_command("hostile", "adaptive"), &config)?;
+    let mut cmd = child_command("hostile", "adaptive");
+    cmd.env(SEED_ENV, seed.to_string())
+        .env(LEVEL_ENV, level.to_string());
+    let (mut child, duplex) = spawn_child(&mut cmd, &config)?;
     let (mut producer, mut consumer, _control) = duplex.into_parts();
     let sender = std::thread::spawn(move || {
         let mut n_sent = 0u64;
@@ -222,23 +348,34 @@ pub(crate) fn hostile_peer_control_block() -> TestResult {
     });
     let max = consumer.max_payload();
     let mut n_ok = 0u64;
-    let ending = loop {
+    let mut buf = vec![0u8; max + 64];
+    let res = loop {
         match consumer.read() {
             Ok(rec) => {
                 if rec.len() > max {
-                    return Err(format!("record of {} bytes > {max}", rec.len()));
+                    break Err(format!("record of {} bytes > {max}", rec.len()));
                 }
-                let _ = rec.to_vec();
+                if rec.copy_to_slice(&mut buf) != rec.len() || rec.to_vec().len() != rec.len() {
+                    break Err("copy-out length differs from the record".into());
+                }
                 n_ok += 1;
             }
-            Err(err @ (Error::Corrupt { .. } | Error::PeerGone)) => break err,
-            Err(err) => return Err(format!("consumer: {err}")),
+            Err(err @ (Error::Corrupt { .. } | Error::PeerGone)) => break Ok(err),
+            Err(err) => break Err(format!("consumer: {err}")),
         }
     };
-    let n_sent = sender.join().map_err(|_| "sender panicked")??;
+    // Whatever happened, end the child before joining the sender, which waits for it.
+    let _ = child.kill();
     let status = child.wait().map_err(|e| e.to_string())?;
-    eprintln!("  consumer: {n_ok} records then {ending}; producer: {n_sent} sends; child {status}");
-    Ok(())
+    let n_sent = sender.join().map_err(|_| "sender panicked")??;
+    let ending = res?;
+    Ok(Ending {
+        corrupt: matches!(ending, Error::Corrupt { .. }),
+        n_records: n_ok,
+        text: format!(
+            "consumer: {n_ok} records then {ending}; producer: {n_sent} sends; child {status}"
+        ),
+    })
 }
 
 /// The child tries to resize, write and remap the parent's memfds; every attempt must fail.
@@ -273,20 +410,33 @@ pub(crate) fn child_hostile() -> TestResult {
     let peer = recv_offer(&mut channel)?;
     exchange_ready(&mut channel)?;
     let data_map = mine.data_map.take().ok_or("no data map")?;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let n_steps = if cfg!(debug_assertions) {
-        100_000
-    } else {
-        400_000
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
+    let mut rng = Rng(env(SEED_ENV, DEFAULT_SEED) | 1);
+    let level = env(LEVEL_ENV, 0);
+    let n_steps = hostile_steps();
     // Mostly well-formed records, so the consumer gets far, mixed with garbage.
     let mut tail = 0u64;
-    for _ in 0..n_steps {
+    // Garbage in the data area starts only once the parent's consumer has released `gate` bytes
+    // (its published head), so that it reads some records first however late it starts; the
+    // child then keeps going until it has written some garbage (or a hard cap of steps).
+    let gate = (rng.next() % (4 * CAPACITY)) & !7;
+    let mut n_garbage = 0u64;
+    let mut step = 0u64;
+    while step < n_steps || (level > 0 && n_garbage < 16 && step < 100 * n_steps) {
+        step += 1;
         let r = rng.next();
         let v = rng.next();
         let plausible = (v % (2 * CAPACITY)) & !7;
         let data_off = ((v as usize) % CAPACITY as usize) & !7;
-        let rare = r.is_multiple_of(4096);
+        let past_gate = level == 0 || peek(&mine.ctrl_map, HEAD) >= gate;
+        let rare = r.is_multiple_of(4096) && past_gate;
+        let garbage = level > 0 && rng.next().is_multiple_of(256 >> level) && past_gate;
+        n_garbage += u64::from(garbage && (32..=40).contains(&(r % 64)));
         match r % 64 {
             0 if rare => poke(&mine.ctrl_map, TAIL, v),
             0..=30 => {
@@ -315,6 +465,24 @@ pub(crate) fn child_hostile() -> TestResult {
                 poke(&mine.ctrl_map, TAIL, tail);
             }
             31 if rare => poke(&data_map, data_off, v),
+            // Garbage in the data area, at `level` >= 1: a published record whose header has a
+            // random length and kind, a padding record of the wrong length, or payload words
+            // changed under the reader's feet.
+            32..=35 if garbage => {
+                let off = (tail % CAPACITY) as usize;
+                poke(&data_map, off, if r & 128 == 0 { v } else { v % 2048 });
+                tail += 8 + (rng.next() % 64) * 8 * (r >> 8 & 1);
+                poke(&mine.ctrl_map, TAIL, tail);
+            }
+            36..=37 if garbage => {
+                let off = (tail % CAPACITY) as usize;
+                let to_end = CAPACITY - off as u64;
+                let len = (to_end - 8) ^ (8 << (v % 4));
+                poke(&data_map, off, len | (u64::from(u32::MAX) << 32));
+                tail += to_end;
+                poke(&mine.ctrl_map, TAIL, tail);
+            }
+            38..=40 if garbage => poke(&data_map, data_off, v),
             41..=45 => poke(
                 &peer.ctrl_map,
                 HEAD,
@@ -395,6 +563,12 @@ pub(crate) fn child_bad_offer(role: &str) -> TestResult {
     let flaw = match role {
         "bad-offer-unsealed" => Flaw::Unsealed,
         "bad-offer-short" => Flaw::Short,
+        "bad-offer-pipe" => Flaw::Pipe,
+        "bad-offer-disk-file" => Flaw::DiskFile,
+        "bad-offer-not-sealable" => Flaw::NotSealable,
+        "bad-offer-socket-ctrl" => Flaw::SocketCtrl,
+        "bad-offer-memfd-wake" => Flaw::MemfdWake,
+        "bad-offer-short-ctrl" => Flaw::ShortCtrl,
         _ => Flaw::Writable,
     };
     let mut channel = adopt_channel()?;

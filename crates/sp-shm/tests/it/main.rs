@@ -8,7 +8,13 @@
 //! `/proc/self/task/<tid>/syscall` shows.
 
 #[cfg(not(sp_loom))]
+mod attacks;
+#[cfg(not(sp_loom))]
+mod crash;
+#[cfg(not(sp_loom))]
 mod cross;
+#[cfg(not(sp_loom))]
+mod decoders;
 #[cfg(not(sp_loom))]
 mod hostile;
 

@@ -1,0 +1,70 @@
+//! A hand-made peer rewrites any word of its ring (control block and data area) and the head of
+//! ours between our calls; our consumer and producer must return only in-bounds records or
+//! errors, and never panic or fault.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sp_fuzz::{Input, MAX_PAYLOAD};
+use sp_shm::Error;
+
+fuzz_target!(|bytes: &[u8]| {
+    let (peer, mut duplex) = sp_fuzz::connect();
+    let mut input = Input(bytes);
+    let mut buf = [0u8; 2048];
+    while !input.is_empty() {
+        match input.u8() % 8 {
+            // Control words of the peer's ring: header, tail, head, flags (80 words).
+            0 => peer.ctrl.poke(usize::from(input.u8()) % 80, input.u64()),
+            1 => peer.data.poke(
+                usize::from(input.u8()) * 2 + usize::from(input.u8() & 1),
+                input.u64(),
+            ),
+            2 => peer.their_ctrl.poke(32, input.u64()),
+            3 => peer.ctrl.poke(
+                16,
+                u64::from(input.u8()) * 8 * u64::from(input.u8() % 4 + 1),
+            ),
+            4 => match duplex.consumer().try_read() {
+                Ok(rec) => {
+                    assert!(rec.len() as u64 <= MAX_PAYLOAD);
+                    assert_eq!(rec.copy_to_slice(&mut buf), rec.len());
+                }
+                Err(Error::Empty | Error::Corrupt { .. } | Error::PeerGone) => {}
+                Err(err) => panic!("consumer: {err}"),
+            },
+            5 => {
+                let mut out = Vec::new();
+                match duplex
+                    .consumer()
+                    .try_recv_batch(&mut out, usize::from(input.u8() % 8))
+                {
+                    Ok(n) => {
+                        assert!(n == out.len() && out.iter().all(|r| r.len() as u64 <= MAX_PAYLOAD))
+                    }
+                    Err(Error::Empty | Error::Corrupt { .. } | Error::PeerGone) => {}
+                    Err(err) => panic!("batch: {err}"),
+                }
+            }
+            6 => {
+                let n = usize::from(input.u8()) * 4;
+                match duplex.producer().try_send(&buf[..n.min(buf.len())]) {
+                    Ok(())
+                    | Err(
+                        Error::Full
+                        | Error::TooLarge { .. }
+                        | Error::Corrupt { .. }
+                        | Error::PeerGone,
+                    ) => {}
+                    Err(err) => panic!("producer: {err}"),
+                }
+            }
+            _ => {
+                let _ = duplex.consumer().for_each_available(4, |rec| {
+                    assert!(rec.len() as u64 <= MAX_PAYLOAD);
+                    let _ = rec.to_vec();
+                });
+            }
+        }
+    }
+});
