@@ -29,6 +29,7 @@ pub struct Config {
     pub(crate) idle: IdleStrategy,
     pub(crate) publish_every: usize,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) accept_capacity: usize,
 }
 
 impl Config {
@@ -43,6 +44,7 @@ impl Config {
             idle: IdleStrategy::adaptive(),
             publish_every: 0,
             handshake_timeout: Duration::from_secs(10),
+            accept_capacity: DEFAULT_ACCEPT_CAPACITY,
         }
     }
 
@@ -85,7 +87,7 @@ impl Config {
 
     /// The consumer publishes its head only once this many bytes have been released (or the
     /// ring is empty, or at [`Consumer::flush`](crate::Consumer::flush) or the end of a batch).
-    /// Default 0: after every record. Larger values save a fence per record, but freed space
+    /// Default 0: after every record. Larger values save a store and a flag check per record, but freed space
     /// reaches the producer later; do not use it if the consumer may stop reading while the
     /// producer waits for space.
     #[must_use]
@@ -98,6 +100,16 @@ impl Config {
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The largest ring this side accepts from its peer, in bytes (default 256 MiB). A larger
+    /// offer is refused with [`RefuseReason::BadCapacity`](crate::RefuseReason::BadCapacity)
+    /// before anything is mapped, so a hostile peer cannot make this process map and prefault
+    /// gigabytes.
+    #[must_use]
+    pub fn accept_capacity_up_to(mut self, n_bytes: usize) -> Self {
+        self.accept_capacity = n_bytes;
         self
     }
 
@@ -117,6 +129,9 @@ impl Config {
             .map_err(crate::Error::InvalidConfig)
     }
 }
+
+/// The default of [`Config::accept_capacity_up_to`]: 256 MiB.
+const DEFAULT_ACCEPT_CAPACITY: usize = 256 << 20;
 
 impl Default for Config {
     fn default() -> Self {

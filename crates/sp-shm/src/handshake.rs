@@ -110,9 +110,12 @@ impl Duplex {
                 return Err(err);
             }
         };
-        channel.send(&encode_ready(0), &[])?;
+        // If the peer refused our offer it has sent its READY and closed, so our READY may find
+        // the socket gone: read the peer's READY anyway, it says why.
+        let sent = channel.send(&encode_ready(0), &[]);
         let reply = channel.recv_timeout(config.handshake_timeout)?;
         match decode_ready(&reply)? {
+            0 if sent.is_err() => Err(Error::PeerGone),
             0 => Ok(Self {
                 producer,
                 consumer,
@@ -370,6 +373,26 @@ mod tests {
         assert_eq!(peer.recv().unwrap().fds.len(), 3);
         let ready = peer.recv().unwrap();
         assert_eq!(ready.bytes, encode_ready(RefuseReason::WrongFdCount.code()));
+    }
+
+    /// A peer offering a ring larger than this side accepts is refused before anything is mapped,
+    /// and told why.
+    #[test]
+    fn offer_above_accepted_capacity_is_refused() {
+        let (a, b) = sp_core::pair(SocketKind::SeqPacket).unwrap();
+        let big = Config::new().capacity(1 << 20);
+        let small = Config::new().capacity(4096).accept_capacity_up_to(64 << 10);
+        let peer = std::thread::spawn(move || Duplex::connect(Channel::new(a).unwrap(), &big));
+        let here = Duplex::connect(Channel::new(b).unwrap(), &small);
+        assert!(
+            matches!(here, Err(Error::Refused(RefuseReason::BadCapacity))),
+            "{here:?}"
+        );
+        let there = peer.join().unwrap();
+        assert!(
+            matches!(there, Err(Error::Rejected(RefuseReason::BadCapacity))),
+            "{there:?}"
+        );
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub(crate) fn accept_consumer(offer: RingOffer, config: &Config) -> Result<Consu
             },
         ));
     }
+    if capacity > config.accept_capacity as u64 {
+        return Err(Error::Refused(RefuseReason::BadCapacity));
+    }
     region::check_memfd(&ctrl_fd, BASE_SEALS, CTRL_SIZE as u64)?;
     region::check_memfd(&data_fd, BASE_SEALS | SealFlags::FUTURE_WRITE, capacity)?;
     if wake.kind().ok() != Some(SocketKind::SeqPacket) {
