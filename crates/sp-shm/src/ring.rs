@@ -239,7 +239,7 @@ impl Producer {
     /// [`Error::TooLarge`] above [`max_payload`](Self::max_payload); [`Error::PeerGone`] if the
     /// consumer's process is gone while this waits; [`Error::Corrupt`] for a bad head.
     pub fn reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>> {
-        let claim = self.wait_claim(n_bytes, None)?;
+        let claim = self.wait_claim(n_bytes, Limit::Forever)?;
         Ok(self.grant(claim))
     }
 
@@ -259,7 +259,7 @@ impl Producer {
     /// # Errors
     /// [`Error::TimedOut`]; otherwise as [`reserve`](Self::reserve).
     pub fn reserve_timeout(&mut self, n_bytes: usize, timeout: Duration) -> Result<WriteGrant<'_>> {
-        let claim = self.wait_claim(n_bytes, deadline_after(timeout))?;
+        let claim = self.wait_claim(n_bytes, Limit::After(timeout))?;
         Ok(self.grant(claim))
     }
 
@@ -268,7 +268,7 @@ impl Producer {
     /// # Errors
     /// As [`reserve`](Self::reserve).
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        let claim = self.wait_claim(bytes.len(), None)?;
+        let claim = self.wait_claim(bytes.len(), Limit::Forever)?;
         self.write_claim(claim, bytes);
         self.publish()
     }
@@ -292,7 +292,7 @@ impl Producer {
     /// # Errors
     /// [`Error::TimedOut`]; otherwise as [`reserve`](Self::reserve).
     pub fn send_timeout(&mut self, bytes: &[u8], timeout: Duration) -> Result<()> {
-        let claim = self.wait_claim(bytes.len(), deadline_after(timeout))?;
+        let claim = self.wait_claim(bytes.len(), Limit::After(timeout))?;
         self.write_claim(claim, bytes);
         self.publish()
     }
@@ -354,7 +354,7 @@ impl Producer {
             let bytes = record.as_ref();
             let claim = match self.try_claim(bytes.len()) {
                 Ok(Some(claim)) => claim,
-                Ok(None) => match self.wait_claim(bytes.len(), deadline) {
+                Ok(None) => match self.wait_claim(bytes.len(), Limit::Until(deadline)) {
                     Ok(claim) => claim,
                     Err(err) => {
                         self.publish()?;
@@ -494,13 +494,13 @@ impl Producer {
         wake_if_waiting(&ctrl.consumer_waiting.word, &self.wake, &mut self.stats)
     }
 
-    fn wait_claim(&mut self, n_bytes: usize, deadline: Option<Instant>) -> Result<Claim> {
+    fn wait_claim(&mut self, n_bytes: usize, limit: Limit) -> Result<Claim> {
         wait_for(
             &mut ClaimWait {
                 producer: self,
                 n_bytes,
             },
-            deadline,
+            limit,
         )
     }
 }
@@ -630,7 +630,7 @@ impl Consumer {
     /// [`Error::PeerGone`] once the producer's process is gone and every record it committed has
     /// been delivered; [`Error::Corrupt`] for a bad tail or record header.
     pub fn read(&mut self) -> Result<ReadGrant<'_>> {
-        let rec = self.wait_record(None)?;
+        let rec = self.wait_record(Limit::Forever)?;
         Ok(ReadGrant {
             consumer: self,
             rec,
@@ -664,7 +664,7 @@ impl Consumer {
     /// # Errors
     /// [`Error::TimedOut`]; otherwise as [`read`](Self::read).
     pub fn read_timeout(&mut self, timeout: Duration) -> Result<ReadGrant<'_>> {
-        let rec = self.wait_record(deadline_after(timeout))?;
+        let rec = self.wait_record(Limit::After(timeout))?;
         Ok(ReadGrant {
             consumer: self,
             rec,
@@ -748,7 +748,7 @@ impl Consumer {
         if max == 0 {
             return Ok(0);
         }
-        let first = self.wait_record(deadline)?;
+        let first = self.wait_record(Limit::Until(deadline))?;
         out.push(self.copy_record(first));
         self.advance(first);
         let n = 1 + self.drain_into(out, max - 1)?;
@@ -922,8 +922,8 @@ impl Consumer {
         wake_if_waiting(&ctrl.producer_waiting.word, &self.wake, &mut self.stats)
     }
 
-    fn wait_record(&mut self, deadline: Option<Instant>) -> Result<Record> {
-        wait_for(&mut RecordWait { consumer: self }, deadline)
+    fn wait_record(&mut self, limit: Limit) -> Result<Record> {
+        wait_for(&mut RecordWait { consumer: self }, limit)
     }
 }
 
@@ -1072,6 +1072,26 @@ fn wake_if_waiting(waiting: &AtomicU64, wake: &WakeSocket, stats: &mut Stats) ->
     Ok(())
 }
 
+/// How long a wait may last.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Forever,
+    /// From the moment the wait begins (the clock is read only if it has to wait at all).
+    After(Duration),
+    /// Until a deadline already computed (`None`: forever).
+    Until(Option<Instant>),
+}
+
+impl Limit {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Self::Forever => None,
+            Self::After(timeout) => deadline_after(timeout),
+            Self::Until(deadline) => deadline,
+        }
+    }
+}
+
 /// One side's view for the shared wait loop.
 trait Side {
     type Ready;
@@ -1166,10 +1186,12 @@ impl Side for RecordWait<'_> {
 }
 
 /// Waits until `side.attempt()` succeeds: spin, yield, then park (see the module docs).
-fn wait_for<S: Side>(side: &mut S, deadline: Option<Instant>) -> Result<S::Ready> {
+fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> {
     if let Some(ready) = side.attempt()? {
         return Ok(ready);
     }
+    // Read the clock only now that the first attempt failed: the fast path never does.
+    let deadline = limit.deadline();
     if let Err(err) = side.publish_own() {
         // The peer is gone: nobody will free space or commit more; let `on_hang_up` decide.
         if matches!(err, Error::PeerGone) {
