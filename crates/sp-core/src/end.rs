@@ -40,6 +40,25 @@ pub struct End {
     fd: OwnedFd,
 }
 
+/// What a readiness wait ([`End::poll_readable`]) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    revents: PollFlags,
+}
+
+impl Readiness {
+    /// Data (or end of file) is there to read without blocking (`POLLIN`).
+    pub fn is_readable(self) -> bool {
+        self.revents.contains(PollFlags::IN)
+    }
+
+    /// The peer has closed its end, or the socket has an error (`POLLHUP`, `POLLERR`). Data the
+    /// peer sent before it closed may still be readable.
+    pub fn is_hung_up(self) -> bool {
+        self.revents.intersects(PollFlags::HUP | PollFlags::ERR)
+    }
+}
+
 /// Credentials the kernel recorded for the peer of a socket (`SO_PEERCRED`).
 ///
 /// On a socketpair these are the credentials of the process that *created* the pair, for both ends,
@@ -201,6 +220,18 @@ impl End {
     pub fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
         Ok(poll_one(self.fd.as_fd(), PollFlags::IN, deadline)?.is_some())
+    }
+
+    /// `poll(POLLIN)` until `deadline` (`None`: no limit), telling data apart from hang-up;
+    /// `EINTR` restarts with the time that is left. Returns `None` if the deadline passed.
+    ///
+    /// # Errors
+    /// Only if `poll` itself fails.
+    pub fn poll_readable(&self, deadline: Option<Instant>) -> io::Result<Option<Readiness>> {
+        Ok(
+            poll_one(self.fd.as_fd(), PollFlags::IN, deadline)?
+                .map(|revents| Readiness { revents }),
+        )
     }
 
     /// `poll(POLLOUT)`: waits until a write will not block, for at most `timeout`. Returns `false`

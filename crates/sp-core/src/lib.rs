@@ -31,7 +31,7 @@ mod msg;
 
 pub use bridge::Bridge;
 pub use child::{Child, FD_ENV, SpawnOptions, adopt, spawn, spawn_with};
-pub use end::{Credentials, End, PairOptions, SocketKind, pair};
+pub use end::{Credentials, End, PairOptions, Readiness, SocketKind, pair};
 pub use error::{Error, Result};
 pub use msg::{Channel, DEFAULT_MAX_MESSAGE_LEN, HEADER_LEN, MAX_FDS, Message, Receiver, Sender};
 pub use rustix::process::Signal;

@@ -31,16 +31,14 @@ pub(crate) use socket::WakeSocket;
 
 #[cfg(not(sp_loom))]
 mod socket {
-    use std::os::fd::{AsFd, BorrowedFd};
     use std::time::Instant;
 
-    use rustix::event::{PollFd, PollFlags, Timespec};
     use rustix::io::Errno;
     use rustix::net::{RecvFlags, SendFlags};
     use sp_core::End;
 
     use super::Woken;
-    use crate::error::{Error, Result};
+    use crate::error::Result;
 
     /// The most tokens one drain receives.
     const MAX_DRAIN: usize = 1024;
@@ -74,19 +72,17 @@ mod socket {
 
         /// Parks in `poll(2)` until a token, hang-up or the deadline; drains tokens.
         pub(crate) fn wait(&self, deadline: Option<Instant>) -> Result<Woken> {
-            match poll(self.end.as_fd(), deadline)? {
+            match self.end.poll_readable(deadline)? {
                 None => Ok(Woken::TimedOut),
-                Some(revents) if revents.intersects(PollFlags::HUP | PollFlags::ERR) => {
-                    Ok(Woken::HangUp)
-                }
+                Some(ready) if ready.is_hung_up() => Ok(Woken::HangUp),
                 Some(_) => self.drain(),
             }
         }
 
         /// `poll(2)` with a zero timeout: whether the peer's end is closed. Drains tokens.
         pub(crate) fn hung_up(&self) -> Result<bool> {
-            match poll(self.end.as_fd(), Some(Instant::now()))? {
-                Some(revents) if revents.intersects(PollFlags::HUP | PollFlags::ERR) => Ok(true),
+            match self.end.poll_readable(Some(Instant::now()))? {
+                Some(ready) if ready.is_hung_up() => Ok(true),
                 Some(_) => Ok(self.drain()? == Woken::HangUp),
                 None => Ok(false),
             }
@@ -106,31 +102,6 @@ mod socket {
                 }
             }
             Ok(Woken::Token)
-        }
-    }
-
-    /// `poll(2)` for `POLLIN` on one descriptor until the deadline (`None`: no limit); `EINTR`
-    /// restarts with the time that is left.
-    fn poll(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<Option<PollFlags>> {
-        loop {
-            let timeout = match deadline {
-                None => None,
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    Some(Timespec::try_from(left).map_err(|_| Error::from(Errno::INVAL))?)
-                }
-            };
-            let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(0) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(None);
-                    }
-                }
-                Ok(_) => return Ok(Some(fds[0].revents())),
-                Err(Errno::INTR) => {}
-                Err(err) => return Err(err.into()),
-            }
         }
     }
 }

@@ -66,6 +66,10 @@ pub fn trials() -> Vec<Trial> {
             format!("pair_{k}_shutdown_write_gives_peer_eof_and_peer_can_still_write_back"),
             move || half_close(kind),
         ));
+        trials.push(trial(
+            format!("pair_{k}_poll_readable_tells_data_from_hang_up"),
+            move || poll_readable(kind),
+        ));
     }
     trials.extend([
         trial(
@@ -161,6 +165,23 @@ fn half_close(kind: SocketKind) -> TestResult {
 
 /// `unix_shutdown` tells the peer only for stream and seqpacket sockets: a datagram reader never
 /// learns that its peer is gone, which is why `Channel` refuses datagram pairs.
+fn poll_readable(kind: SocketKind) -> TestResult {
+    let (mut a, b) = pair(kind)?;
+    let soon = || Some(std::time::Instant::now() + Duration::from_millis(50));
+    assert_eq!(b.poll_readable(soon())?, None, "nothing written yet");
+    a.write_all(b"x")?;
+    let ready = b.poll_readable(soon())?.expect("a byte is waiting");
+    assert!(ready.is_readable() && !ready.is_hung_up());
+    drop(a);
+    let ready = b.poll_readable(soon())?.expect("the peer hung up");
+    assert!(ready.is_hung_up(), "{ready:?}");
+    assert!(
+        ready.is_readable(),
+        "the byte sent before the hang-up is still there"
+    );
+    Ok(())
+}
+
 fn datagram_no_eof() -> TestResult {
     let (a, b) = pair(SocketKind::Datagram)?;
     a.shutdown(Shutdown::Write)?;
