@@ -305,8 +305,15 @@ impl End {
 }
 
 impl Read for &End {
+    /// `recv(2)`. Data the peer sent before it closed is read before end of file, even when the
+    /// kernel reports `ECONNRESET` first (a peer that closed with our data unread).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Ok(rustix::net::recv(&self.fd, buf, RecvFlags::empty())?.0)
+        match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::empty()) {
+            Ok((n, _)) => Ok(n),
+            // The error is reported once; what the peer sent before closing is still queued.
+            Err(Errno::CONNRESET) => Ok(rustix::net::recv(&self.fd, buf, RecvFlags::empty())?.0),
+            Err(err) => Err(err.into()),
+        }
     }
 
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {

@@ -469,10 +469,16 @@ impl Receiver {
         let mut cmsg_space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut cmsg = RecvAncillaryBuffer::new(&mut cmsg_space);
         let flags = flags | RecvFlags::CMSG_CLOEXEC;
+        let mut reset_seen = false;
         let res = loop {
             let mut iov = [IoSliceMut::new(&mut self.buf[self.end..limit])];
             match rustix::net::recvmsg(&*self.fd, &mut iov, &mut cmsg, flags) {
                 Err(Errno::INTR) => continue,
+                // A peer that closed with data of ours unread leaves us ECONNRESET, which a
+                // seqpacket receive reports ahead of the messages the peer sent before closing.
+                // The kernel reports it once: read on, so those messages are not lost; end of
+                // file follows them.
+                Err(Errno::CONNRESET) if !reset_seen => reset_seen = true,
                 other => break other,
             }
         };

@@ -29,6 +29,10 @@ pub fn trials() -> Vec<Trial> {
                 move || empty_payload(kind),
             ),
             trial(
+                format!("msg_{k}_messages_sent_before_the_peer_closed_with_ours_unread_arrive"),
+                move || last_words(kind),
+            ),
+            trial(
                 format!("msg_{k}_back_to_back_frames_each_get_exactly_their_own_fds"),
                 move || back_to_back(kind),
             ),
@@ -509,5 +513,28 @@ fn stream_partial_frame() -> TestResult {
     assert_eq!(msg.bytes, b"0123456789");
     assert_eq!(msg.fds.len(), 1);
     assert_eq!(read_all_at_0(&msg.fds[0]), b"partial");
+    Ok(())
+}
+
+/// The peer sends two messages and closes while one of ours sits unread in its queue. The kernel
+/// then reports `ECONNRESET` to us (on seqpacket ahead of the queued messages); both messages
+/// must still arrive, then `PeerGone`. The same holds for plain reads on an `End`.
+fn last_words(kind: SocketKind) -> TestResult {
+    let (mut a, b) = Channel::pair(kind)?;
+    a.send(b"never read", &[])?;
+    b.send(b"last", &[])?;
+    b.send(b"words", &[])?;
+    drop(b);
+    assert_eq!(a.recv_timeout(RECV_LIMIT)?.bytes, b"last");
+    assert_eq!(a.recv_timeout(RECV_LIMIT)?.bytes, b"words");
+    assert!(matches!(a.recv_timeout(RECV_LIMIT), Err(Error::PeerGone)));
+
+    let (mut x, y) = sp_core::pair(kind)?;
+    x.write_all(b"never read")?;
+    (&y).write_all(b"bye")?;
+    drop(y);
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut x, &mut got)?;
+    assert_eq!(got, b"bye");
     Ok(())
 }
