@@ -9,6 +9,27 @@ use plotters::prelude::*;
 use crate::error::{Error, Result};
 use crate::report::Results;
 
+/// Line colours: dark and far apart, so every line reads on white (plotters' `Palette99` has
+/// pale yellows and pinks that vanish).
+const LINE_COLORS: [(u8, u8, u8); 16] = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (255, 127, 14),
+    (23, 190, 207),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (0, 0, 0),
+    (0, 63, 92),
+    (122, 0, 60),
+    (0, 104, 55),
+    (166, 86, 40),
+    (84, 39, 143),
+];
+
 /// Writes `results`' throughput records as an SVG chart to `path`.
 ///
 /// # Errors
@@ -60,7 +81,8 @@ pub fn write_svg(results: &Results, path: &Path) -> Result<()> {
             .draw()?;
         for (i, (name, mut points)) in lines.into_iter().enumerate() {
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let color = Palette99::pick(i).to_rgba();
+            let (r, g, b) = LINE_COLORS[i % LINE_COLORS.len()];
+            let color = RGBColor(r, g, b).to_rgba();
             chart.draw_series(LineSeries::new(
                 points.iter().copied(),
                 color.stroke_width(2),
