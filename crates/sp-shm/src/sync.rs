@@ -96,13 +96,13 @@ pub(crate) struct DataPtr {
     len: usize,
 }
 
+#[cfg(not(sp_loom))]
 // SAFETY: `DataPtr` is a pointer into a shared mapping whose owner is moved along with it; all
 // access goes through the unsafe methods below whose callers uphold the ring protocol, which
 // does not depend on the thread it runs on.
-#[cfg(not(sp_loom))]
 unsafe impl Send for DataPtr {}
-// SAFETY: as for `Send`; `&DataPtr` only allows the same raw accesses.
 #[cfg(not(sp_loom))]
+// SAFETY: as for `Send`; `&DataPtr` only allows the same raw accesses.
 unsafe impl Sync for DataPtr {}
 
 #[cfg(not(sp_loom))]
