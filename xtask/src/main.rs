@@ -168,7 +168,7 @@ fn ci() -> Result<()> {
     let mut loom = cargo();
     loom.args(["test", "-p", "sp-shm", "--release", "--lib", "loom"])
         .env("RUSTFLAGS", "--cfg sp_loom")
-        .env("LOOM_MAX_PREEMPTIONS", "2")
+        .env("LOOM_MAX_PREEMPTIONS", "5")
         .env("CARGO_TARGET_DIR", target_dir().join("loom"));
     run("loom models (sp-shm)", loom)?;
 

@@ -6,7 +6,7 @@
 //! through a mutex-and-condvar model of the wake socket; if a wake-up were lost, every thread
 //! would end up blocked and loom reports a deadlock.
 //!
-//! Run: `RUSTFLAGS="--cfg sp_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p sp-shm --release --lib loom`
+//! Run: `RUSTFLAGS="--cfg sp_loom" LOOM_MAX_PREEMPTIONS=5 cargo test -p sp-shm --release --lib loom`
 
 use loom::thread;
 

@@ -1205,7 +1205,12 @@ fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> {
             Step::Spin => spin(),
             Step::Yield => yield_now(),
             Step::Park => {
-                side.waiting_flag().store(1, Ordering::Relaxed);
+                // A swap rather than a store: the same under the C++ model, and it keeps loom's
+                // model of `fence(SeqCst)` exact. With a plain store here, loom (bound 4) admits an
+                // outcome the C++ rules for SC fences forbid: the peer's last swap of this flag
+                // read an older value, its later load sees neither our new flag nor our re-check
+                // its position, and both sides park (a false deadlock).
+                side.waiting_flag().swap(1, Ordering::Relaxed);
                 // SYNC: StoreLoad. Pairs with the light fence in `wake_if_waiting` on the other
                 // side: either our re-check below sees its new position, or it sees our flag and
                 // sends a wake-up byte (which persists in the socket until we poll).
