@@ -457,27 +457,24 @@ impl Results {
     /// The summary table: one row per transport × size. A figure from fewer repetitions than
     /// planned (some failed; see the notes) carries its count, `(n=2)`.
     pub fn table(&self) -> Table {
-        let mut table = Table::new();
-        table
-            .load_style(presets::ASCII_MARKDOWN)
-            .set_content_arrangement(ContentArrangement::Disabled)
-            .set_header(vec![
-                "transport",
-                "size",
-                "throughput",
-                "spread",
-                "×base",
-                "×limit",
-                "msg/s",
-                "rtt p50",
-                "rtt p99",
-                "rtt p99.9",
-                "p50 ×base",
-                "p50 ×limit",
-                "cpu tx s/GB",
-                "cpu rx s/GB",
-                "wake B/1k",
-            ]);
+        let mut table = markdown_table();
+        table.set_header(vec![
+            "transport",
+            "size",
+            "throughput",
+            "spread",
+            "×base",
+            "×limit",
+            "msg/s",
+            "rtt p50",
+            "rtt p99",
+            "rtt p99.9",
+            "p50 ×base",
+            "p50 ×limit",
+            "cpu tx s/GB",
+            "cpu rx s/GB",
+            "wake B/1k",
+        ]);
         let mut rows: Vec<(usize, u64, &str)> = self
             .records
             .iter()
@@ -562,22 +559,28 @@ pub fn compare(before: &Results, after: &Results, threshold: f64) -> Vec<Change>
     changes
 }
 
-/// The table of changes against a baseline, worst first.
-pub fn change_table(changes: &[Change]) -> Table {
+/// An empty table printed as Markdown, columns as wide as their contents.
+fn markdown_table() -> Table {
     let mut table = Table::new();
     table
         .load_style(presets::ASCII_MARKDOWN)
-        .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(vec![
-            "transport",
-            "size",
-            "metric",
-            "compared",
-            "before",
-            "now",
-            "change",
-            "",
-        ]);
+        .set_content_arrangement(ContentArrangement::Disabled);
+    table
+}
+
+/// The table of changes against a baseline, worst first.
+pub fn change_table(changes: &[Change]) -> Table {
+    let mut table = markdown_table();
+    table.set_header(vec![
+        "transport",
+        "size",
+        "metric",
+        "compared",
+        "before",
+        "now",
+        "change",
+        "",
+    ]);
     for c in changes {
         table.add_row(vec![
             TableCell::new(&c.transport),

@@ -66,22 +66,22 @@ pub(crate) fn check_memfd(fd: impl AsFd, seals: SealFlags, size: u64) -> Result<
 
 /// Maps `len` bytes of `fd` shared and writable (`MAP_SHARED`, `PROT_READ | PROT_WRITE`).
 pub(crate) fn map_rw(fd: &OwnedFd, len: usize, populate: bool) -> Result<MmapRaw> {
-    let mut opts = MmapOptions::new();
-    opts.len(len);
-    if populate {
-        opts.populate();
-    }
-    Ok(opts.map_raw(fd.as_raw_fd())?)
+    Ok(map_options(len, populate).map_raw(fd.as_raw_fd())?)
 }
 
 /// Maps `len` bytes of `fd` shared and read-only (`MAP_SHARED`, `PROT_READ`).
 pub(crate) fn map_ro(fd: &OwnedFd, len: usize, populate: bool) -> Result<MmapRaw> {
+    Ok(map_options(len, populate).map_raw_read_only(fd.as_raw_fd())?)
+}
+
+/// `len` bytes from offset 0, prefaulted (`MAP_POPULATE`) if asked.
+fn map_options(len: usize, populate: bool) -> MmapOptions {
     let mut opts = MmapOptions::new();
     opts.len(len);
     if populate {
         opts.populate();
     }
-    Ok(opts.map_raw_read_only(fd.as_raw_fd())?)
+    opts
 }
 
 #[cfg(test)]

@@ -582,10 +582,9 @@ impl std::ops::Deref for WriteGrant<'_> {
             .shared
             .data
             .ptr_at(self.claim.offset + HEADER_LEN);
-        // SAFETY: the slot `[offset + 8, offset + 8 + n_bytes)` is inside the producer's mapping
-        // (`try_claim`); only this producer can write the data memfd (the consumer's mapping is
-        // read-only by `F_SEAL_FUTURE_WRITE`), and the grant borrows the producer mutably, so no
-        // other access to this slot exists in this process while the reference lives.
+        // SAFETY: the slot is inside the producer's mapping (`try_claim`); only this producer can
+        // write the data memfd (`F_SEAL_FUTURE_WRITE`) and the grant borrows it mutably, so no
+        // other access to the slot exists in this process while the reference lives.
         unsafe { std::slice::from_raw_parts(ptr, self.claim.n_bytes) }
     }
 }

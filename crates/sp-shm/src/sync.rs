@@ -123,10 +123,9 @@ impl DataPtr {
     /// `off` is a multiple of 8 and `off + 8 <= len`.
     pub(crate) unsafe fn load_u64(&self, off: usize) -> u64 {
         debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
-        // SAFETY: in bounds and aligned by this function's contract; an atomic load is defined
-        // even when the peer writes the word concurrently. The consumer's mapping is read-only:
-        // a Relaxed load of a register-sized word is explicitly allowed there (`std::sync::atomic`
-        // docs, "Atomic accesses to read-only memory"), and nothing here ever stores through it.
+        // SAFETY: in bounds and aligned (this function's contract); an atomic load is defined while
+        // the peer writes the word, and a Relaxed load is allowed on a read-only mapping
+        // (`std::sync::atomic`, "Atomic accesses to read-only memory"); nothing stores through it.
         let word = unsafe { AtomicU64::from_ptr(self.base.add(off).cast::<u64>()) };
         word.load(Ordering::Relaxed)
     }

@@ -194,16 +194,7 @@ fn blob_not_a_memfd() -> TestResult {
         RefuseReason::MissingSeals,
         "memfd without MFD_ALLOW_SEALING",
     )?;
-    let path = std::env::temp_dir().join(format!("sp-shm-blob-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let _ = std::fs::remove_file(&path);
-    file.set_len(4096).map_err(|e| e.to_string())?;
-    let file = OwnedFd::from(file);
+    let file = hostile::disk_file(4096)?;
     expect_refused(
         send_and_receive(&blob_msg(4096), &[&file])?,
         RefuseReason::MissingSeals,

@@ -165,7 +165,7 @@ pub(crate) fn manual_ring(flaw: Flaw) -> Result<ManualRing, String> {
 }
 
 /// An unlinked regular file of `size` bytes in the temporary directory.
-fn disk_file(size: u64) -> Result<OwnedFd, String> {
+pub(crate) fn disk_file(size: u64) -> Result<OwnedFd, String> {
     let path = std::env::temp_dir().join(format!("sp-shm-it-{}", std::process::id()));
     let file = std::fs::OpenOptions::new()
         .read(true)
