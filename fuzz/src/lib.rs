@@ -15,6 +15,19 @@ pub const CAPACITY: u64 = 4096;
 /// Largest payload of the peer's ring.
 pub const MAX_PAYLOAD: u64 = 1024;
 const CTRL_SIZE: usize = 4096;
+/// Protocol version 2: records are published by their header words, not by a tail index.
+const VERSION: u32 = 2;
+/// The layout word: 128-byte lines, a one-page control block.
+const LAYOUT: u32 = 128 | (1 << 16);
+/// The commit bit of a header word (in the `len` half): a nonzero word without it is corrupt.
+pub const COMMITTED: u32 = 1 << 31;
+/// The kind of a padding record.
+pub const PADDING: u32 = u32::MAX;
+
+/// A committed header word: `len | COMMITTED` in the low half, `kind` in the high half.
+pub fn header(len: u32, kind: u32) -> u64 {
+    u64::from(len | COMMITTED) | (u64::from(kind) << 32)
+}
 
 /// Reads the fuzzer's bytes as numbers; zeros once they run out.
 #[derive(Debug)]
@@ -128,7 +141,7 @@ pub fn connect() -> (Peer, sp_shm::Duplex) {
     let ctrl_fd = memfd("fuzz-ctrl", CTRL_SIZE as u64, MemfdFlags::ALLOW_SEALING);
     let ctrl = Words::map(&ctrl_fd, CTRL_SIZE).expect("map ctrl");
     ctrl.poke(0, u64::from_le_bytes(*b"SPSHMCTL"));
-    ctrl.poke(1, 1 | (u64::from(128u32 | (1 << 16)) << 32));
+    ctrl.poke(1, u64::from(VERSION) | (u64::from(LAYOUT) << 32));
     ctrl.poke(2, CAPACITY);
     ctrl.poke(3, MAX_PAYLOAD);
     let base = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
@@ -141,8 +154,8 @@ pub fn connect() -> (Peer, sp_shm::Duplex) {
 
     let mut offer = Vec::with_capacity(40);
     offer.extend_from_slice(b"SPSHMOFR");
-    offer.extend_from_slice(&1u32.to_le_bytes());
-    offer.extend_from_slice(&(128u32 | (1 << 16)).to_le_bytes());
+    offer.extend_from_slice(&VERSION.to_le_bytes());
+    offer.extend_from_slice(&LAYOUT.to_le_bytes());
     offer.extend_from_slice(&CAPACITY.to_le_bytes());
     offer.extend_from_slice(&MAX_PAYLOAD.to_le_bytes());
     offer.extend_from_slice(&(CTRL_SIZE as u64).to_le_bytes());

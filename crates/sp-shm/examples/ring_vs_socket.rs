@@ -2,11 +2,11 @@
 //! sides spinning) against an sp-core stream socketpair (one `write` and one `read` per record),
 //! run interleaved A B C A B C, reporting medians and the median ratios.
 //!
-//! - A, `ring`: one record per call (`send` / `read`): one index publication and one
-//!   `fence(SeqCst)` per record on each side.
+//! - A, `ring`: one record per call (`send` / `read`): the producer's header store publishes
+//!   each record, the consumer publishes its head after each one.
 //! - B, `socket`: one `write(2)` and one `read(2)` of 64 bytes per record.
-//! - C, `ring-batch`: `send_batch` of 64 records / `for_each_available`: one publication per
-//!   batch.
+//! - C, `ring-batch`: `send_batch` of 64 records / `for_each_available`: one wake-up check and
+//!   one head publication per batch.
 //!
 //! ```text
 //! cargo run --release -p sp-shm --example ring_vs_socket

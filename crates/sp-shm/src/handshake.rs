@@ -282,9 +282,12 @@ mod tests {
         let mut bad = good;
         bad[0] = b'X';
         check(&bad, 3, RefuseReason::BadMagic);
-        let mut bad = good;
-        bad[8] = 2;
-        check(&bad, 3, RefuseReason::BadVersion);
+        for version in [1, 3] {
+            // Version 1 (tail-index publication) and a future version are both refused.
+            let mut bad = good;
+            bad[8] = version;
+            check(&bad, 3, RefuseReason::BadVersion);
+        }
         let mut bad = good;
         bad[12] = 64;
         check(&bad, 3, RefuseReason::BadLayout);

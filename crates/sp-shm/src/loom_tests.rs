@@ -1,8 +1,9 @@
-//! loom models of the ring: index publication (no torn or lost record) and park/wake (no lost
-//! wake-up), run over the real `Producer`/`Consumer` code through the `sync` shim.
+//! loom models of the ring: publication by header (no torn, stale or lost record) and park/wake
+//! (no lost wake-up), run over the real `Producer`/`Consumer` code through the `sync` shim.
 //!
-//! The data area is one loom cell per byte, so loom fails the model if the consumer can read a
-//! record's bytes without the producer's writes happening before (a torn record). Wake-ups go
+//! The data area is one loom atomic per 8-byte word, written and read Relaxed except for the
+//! header words (Release / Acquire), so loom lets a read that is not ordered after its write
+//! return an older value, and the byte checks below fail (a torn or stale record). Wake-ups go
 //! through a mutex-and-condvar model of the wake socket; if a wake-up were lost, every thread
 //! would end up blocked and loom reports a deadlock.
 //!
@@ -56,6 +57,33 @@ fn loom_padding_and_wrap() {
         assert!(rx.read().unwrap().is_empty());
         assert_eq!(rx.read().unwrap().to_vec(), [1; 8]);
         assert_eq!(rx.read().unwrap().to_vec(), [2; 8]);
+        producer.join().unwrap();
+    });
+}
+
+/// The zeroed next slot: after the wrap, the slot after the record at offset 0 still holds the
+/// second record's payload from the first lap, and that payload is a valid header word (an empty
+/// committed record). The consumer must see the zero the producer stored there before publishing
+/// the record, never the stale word: if the zeroing were missing, or ordered after the header's
+/// Release store, loom lets `try_read` return a phantom empty record. (The third record ends
+/// exactly at the end of the data area, so the fourth wraps without padding, whose own Release
+/// store would otherwise order the zeroing too.)
+#[test]
+fn loom_stale_payload_never_read_as_header() {
+    const PHANTOM: [u8; 8] = [0, 0, 0, 0x80, 0, 0, 0, 0]; // `encode_header(0, 0)`, little-endian
+    loom::model(|| {
+        let (mut tx, mut rx) = model_pair(CAPACITY, MAX_PAYLOAD);
+        let producer = thread::spawn(move || {
+            tx.send(&[]).unwrap(); // offset 0, 8 bytes
+            tx.send(&PHANTOM).unwrap(); // offset 8, 16 bytes: payload at 16..24
+            tx.send(&[]).unwrap(); // offset 24, 8 bytes: ends at the end of the area
+            tx.send(&[2; 8]).unwrap(); // offset 0 again, 16 bytes: next slot at 16
+        });
+        assert!(rx.read().unwrap().is_empty());
+        assert_eq!(rx.read().unwrap().to_vec(), PHANTOM);
+        assert!(rx.read().unwrap().is_empty());
+        assert_eq!(rx.read().unwrap().to_vec(), [2; 8]);
+        assert!(matches!(rx.try_read(), Err(Error::Empty)));
         producer.join().unwrap();
     });
 }

@@ -3,8 +3,9 @@
 //!
 //! This is the pattern of tokio's `src/loom` and crossbeam's `primitive` module. In a normal build
 //! the atomics are `std`'s and [`DataPtr`] is a raw pointer into a `memmap2::MmapRaw` mapping. In
-//! a loom build the atomics are loom's and the data area is a vector of loom `UnsafeCell<u8>`, so
-//! loom reports any read of a record that is not ordered after its write (a torn or lost record).
+//! a loom build the atomics are loom's and the data area is a vector of loom `AtomicU64` words
+//! (see the loom [`DataPtr`]), so loom explores every value a read that is not ordered after its
+//! write could return (a torn, stale or lost record fails the model's byte checks).
 //!
 //! Data-area reads use 8-byte atomic loads rather than `&[u8]`: the peer process may write those
 //! bytes at any time (a hostile producer can), and a racing atomic load is defined behaviour
@@ -117,34 +118,67 @@ impl DataPtr {
         Self { base, len }
     }
 
-    /// Loads the 8-byte word at `off` (Relaxed; ordering comes from the index loads).
+    /// The 8-byte word at `off` as an atomic.
+    ///
+    /// # Safety
+    /// `off` is a multiple of 8 and `off + 8 <= len`; the atomic is only stored to if the mapping
+    /// is writable.
+    #[inline]
+    unsafe fn word(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
+        // SAFETY: in bounds and aligned (this function's contract), inside a mapping that outlives
+        // `self`. An atomic access is defined while the peer writes the word, and a load is
+        // allowed on a read-only mapping (`std::sync::atomic`, "Atomic accesses to read-only
+        // memory"); callers store only through writable mappings.
+        unsafe { AtomicU64::from_ptr(self.base.add(off).cast::<u64>()) }
+    }
+
+    /// Loads the 8-byte word at `off` (Relaxed: payload words, ordered by the header load).
     ///
     /// # Safety
     /// `off` is a multiple of 8 and `off + 8 <= len`.
+    #[inline]
     pub(crate) unsafe fn load_u64(&self, off: usize) -> u64 {
-        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
-        // SAFETY: in bounds and aligned (this function's contract); an atomic load is defined while
-        // the peer writes the word, and a Relaxed load is allowed on a read-only mapping
-        // (`std::sync::atomic`, "Atomic accesses to read-only memory"); nothing stores through it.
-        let word = unsafe { AtomicU64::from_ptr(self.base.add(off).cast::<u64>()) };
-        word.load(Ordering::Relaxed)
+        // SAFETY: forwarded contract.
+        unsafe { self.word(off) }.load(Ordering::Relaxed)
     }
 
-    /// Stores the 8-byte word at `off` (Relaxed; published by the later tail store).
+    /// Loads a header word with Acquire: the record it publishes is visible after it.
+    ///
+    /// # Safety
+    /// `off` is a multiple of 8 and `off + 8 <= len`.
+    #[inline]
+    pub(crate) unsafe fn load_u64_acquire(&self, off: usize) -> u64 {
+        // SAFETY: forwarded contract.
+        unsafe { self.word(off) }.load(Ordering::Acquire)
+    }
+
+    /// Stores the 8-byte word at `off` (Relaxed: published by a later Release header store).
     ///
     /// # Safety
     /// `off` is a multiple of 8, `off + 8 <= len`, and the mapping is writable.
+    #[inline]
     pub(crate) unsafe fn store_u64(&self, off: usize, value: u64) {
-        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
-        // SAFETY: in bounds, aligned and writable by this function's contract.
-        let word = unsafe { AtomicU64::from_ptr(self.base.add(off).cast::<u64>()) };
-        word.store(value, Ordering::Relaxed);
+        // SAFETY: forwarded contract; the mapping is writable.
+        unsafe { self.word(off) }.store(value, Ordering::Relaxed);
+    }
+
+    /// Stores a header word with Release: everything written before it is visible to a consumer
+    /// that loads it with Acquire.
+    ///
+    /// # Safety
+    /// `off` is a multiple of 8, `off + 8 <= len`, and the mapping is writable.
+    #[inline]
+    pub(crate) unsafe fn store_u64_release(&self, off: usize, value: u64) {
+        // SAFETY: forwarded contract; the mapping is writable.
+        unsafe { self.word(off) }.store(value, Ordering::Release);
     }
 
     /// Copies `dst.len()` bytes from `off` with 8-byte atomic loads.
     ///
     /// # Safety
     /// `off` is a multiple of 8 and `off + dst.len()` rounded up to 8 is `<= len`.
+    #[inline]
     pub(crate) unsafe fn copy_out(&self, off: usize, dst: &mut [u8]) {
         debug_assert!(off.is_multiple_of(8) && off + dst.len().next_multiple_of(8) <= self.len);
         let mut chunks = dst.chunks_exact_mut(8);
@@ -169,6 +203,7 @@ impl DataPtr {
     /// # Safety
     /// `off + src.len() <= len`, the mapping is writable, and the consumer does not read these
     /// bytes until they are published.
+    #[inline]
     pub(crate) unsafe fn copy_in(&self, off: usize, src: &[u8]) {
         debug_assert!(off + src.len() <= self.len);
         // SAFETY: in bounds and writable by this function's contract; `src` is private memory,
@@ -177,82 +212,91 @@ impl DataPtr {
     }
 
     /// A raw pointer to the byte at `off`.
+    #[inline]
     pub(crate) fn ptr_at(&self, off: usize) -> *mut u8 {
         debug_assert!(off <= self.len);
         self.base.wrapping_add(off)
     }
 }
 
-/// The loom build's data area: one loom cell per byte, so loom checks every access.
+/// The loom build's data area: one loom atomic per 8-byte word.
+///
+/// Atomic words rather than `UnsafeCell<u8>`s because header slots are read while the producer
+/// may be writing them (that is how a consumer polls), and because the same bytes are a header in
+/// one lap and payload in another: the model has to let a stale payload word be read where a
+/// header is expected, as the real mapping would. Payload words are Relaxed, so loom lets a read
+/// that is not ordered after its write return an older value; the models check every byte.
 #[cfg(sp_loom)]
 #[derive(Debug, Clone)]
 pub(crate) struct DataPtr {
-    cells: std::sync::Arc<Cells>,
+    words: std::sync::Arc<Vec<AtomicU64>>,
 }
-
-/// The model's bytes.
-#[cfg(sp_loom)]
-#[derive(Debug)]
-pub(crate) struct Cells(Vec<loom::cell::UnsafeCell<u8>>);
-
-// SAFETY: shared between the model's producer and consumer threads exactly like the mapped data
-// area; loom's `UnsafeCell` checks every access for races, which is the point of the model.
-#[cfg(sp_loom)]
-unsafe impl Sync for Cells {}
-// SAFETY: as for `Sync`.
-#[cfg(sp_loom)]
-unsafe impl Send for Cells {}
 
 #[cfg(sp_loom)]
 impl DataPtr {
-    /// `len` zeroed cells.
+    /// `len` zeroed bytes (`len` a multiple of 8).
     pub(crate) fn new_model(len: usize) -> Self {
         Self {
-            cells: std::sync::Arc::new(Cells(
-                (0..len).map(|_| loom::cell::UnsafeCell::new(0)).collect(),
-            )),
+            words: std::sync::Arc::new((0..len / 8).map(|_| AtomicU64::new(0)).collect()),
         }
     }
 
-    /// As the mapped version; loom checks the accesses.
+    /// As the mapped version.
     ///
     /// # Safety
-    /// `off + 8 <= len`.
+    /// None in the model; the signature matches the mapped version.
     pub(crate) unsafe fn load_u64(&self, off: usize) -> u64 {
-        let mut bytes = [0u8; 8];
-        // SAFETY: forwarded contract.
-        unsafe { self.copy_out(off, &mut bytes) };
-        u64::from_ne_bytes(bytes)
+        self.words[off / 8].load(Ordering::Relaxed)
     }
 
-    /// As the mapped version; loom checks the accesses.
+    /// As the mapped version.
     ///
     /// # Safety
-    /// `off + 8 <= len`.
+    /// None in the model; the signature matches the mapped version.
+    pub(crate) unsafe fn load_u64_acquire(&self, off: usize) -> u64 {
+        self.words[off / 8].load(Ordering::Acquire)
+    }
+
+    /// As the mapped version.
+    ///
+    /// # Safety
+    /// None in the model; the signature matches the mapped version.
     pub(crate) unsafe fn store_u64(&self, off: usize, value: u64) {
-        // SAFETY: forwarded contract.
-        unsafe { self.copy_in(off, &value.to_ne_bytes()) };
+        self.words[off / 8].store(value, Ordering::Relaxed);
     }
 
-    /// As the mapped version; loom checks the accesses.
+    /// As the mapped version.
     ///
     /// # Safety
-    /// `off + dst.len() <= len`.
+    /// None in the model; the signature matches the mapped version.
+    pub(crate) unsafe fn store_u64_release(&self, off: usize, value: u64) {
+        self.words[off / 8].store(value, Ordering::Release);
+    }
+
+    /// As the mapped version: whole-word Relaxed loads.
+    ///
+    /// # Safety
+    /// None in the model; the signature matches the mapped version.
     pub(crate) unsafe fn copy_out(&self, off: usize, dst: &mut [u8]) {
-        for (i, byte) in dst.iter_mut().enumerate() {
-            // SAFETY: loom checks that no write to this cell races with the read.
-            *byte = self.cells.0[off + i].with(|p| unsafe { *p });
+        for (i, chunk) in dst.chunks_mut(8).enumerate() {
+            let word = self.words[off / 8 + i]
+                .load(Ordering::Relaxed)
+                .to_ne_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
         }
     }
 
-    /// As the mapped version; loom checks the accesses.
+    /// As the mapped version: whole-word Relaxed stores (a partial last word is merged; only the
+    /// producer writes the data area).
     ///
     /// # Safety
-    /// `off + src.len() <= len`.
+    /// None in the model; the signature matches the mapped version.
     pub(crate) unsafe fn copy_in(&self, off: usize, src: &[u8]) {
-        for (i, byte) in src.iter().enumerate() {
-            // SAFETY: loom checks that no access to this cell races with the write.
-            self.cells.0[off + i].with_mut(|p| unsafe { *p = *byte });
+        for (i, chunk) in src.chunks(8).enumerate() {
+            let cell = &self.words[off / 8 + i];
+            let mut word = cell.load(Ordering::Relaxed).to_ne_bytes();
+            word[..chunk.len()].copy_from_slice(chunk);
+            cell.store(u64::from_ne_bytes(word), Ordering::Relaxed);
         }
     }
 }

@@ -49,7 +49,8 @@ const FD_WINDOW: u64 = 8;
 /// The scenarios, by where the child is when it dies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Point {
-    /// Published K records, committed some more without publishing, holds a half-written grant.
+    /// Committed K records, committed some more with `commit_deferred` (visible at once: a
+    /// record's header publishes it; only the wake-up is deferred), holds a half-written grant.
     MidReserve,
     /// Published K records and stopped.
     AfterCommit,
@@ -343,9 +344,11 @@ fn send_until_peer_gone(producer: &mut sp_shm::Producer, killed: Instant) -> Tes
 
 // --- scenarios, this side -------------------------------------------------------------------
 
-/// Mid-reserve / after commit: the child publishes `k` records, commits `deferred` more without
-/// publishing, optionally half-writes a reserved record, says "reached", and is killed. This
-/// side sees exactly the `k` published records, whole, then `PeerGone`.
+/// Mid-reserve / after commit: the child commits `k` records, commits `deferred` more with
+/// `commit_deferred` (published by their headers like the others; only the wake-up is skipped),
+/// optionally half-writes a reserved record, says "reached", and is killed. This side sees
+/// exactly the `k + deferred` committed records, whole, then `PeerGone`, and nothing of the
+/// half-written one.
 fn writer(
     point: Point,
     rng: &mut Rng,
@@ -356,8 +359,10 @@ fn writer(
     let capacity = config.capacity_bytes();
     let hold = point == Point::MidReserve;
     let deferred = if hold { rng.below(4) } else { 0 };
-    // Everything the child writes must fit without this side reading, so it never waits.
-    let room = capacity - (8 + config.max_payload_bytes());
+    // Everything the child writes must fit without this side reading, so it never waits: the
+    // held grant needs its slot and the 8 bytes after it (the next header slot, which a commit
+    // zeroes).
+    let room = capacity - (8 + config.max_payload_bytes() + 8);
     let mut k = rng.below(capacity as u64 / 64);
     while k > 0 && ring_bytes(k + deferred) > room {
         k -= 1;
@@ -383,13 +388,13 @@ fn writer(
     }
     let killed = reaper.kill()?;
     let late = drain_then_peer_gone(&mut consumer, early, killed)?;
-    if early + late != k {
+    if early + late != k + deferred {
         return Err(format!(
-            "{k} records published, {} delivered ({deferred} deferred, grant held: {hold})",
+            "{k} records committed and {deferred} deferred, {} delivered (grant held: {hold})",
             early + late
         ));
     }
-    tally.records += k;
+    tally.records += k + deferred;
     reaper.reap_killed()
 }
 

@@ -115,7 +115,8 @@ fn message(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
 fn valid_offer(capacity: u64, max_payload: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(40);
     out.extend_from_slice(&OFFER_MAGIC);
-    out.extend_from_slice(&1u32.to_le_bytes());
+    // Protocol version 2 (records published by their header words).
+    out.extend_from_slice(&2u32.to_le_bytes());
     out.extend_from_slice(&(128u32 | (1 << 16)).to_le_bytes());
     out.extend_from_slice(&capacity.to_le_bytes());
     out.extend_from_slice(&max_payload.to_le_bytes());

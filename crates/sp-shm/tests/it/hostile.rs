@@ -1,5 +1,10 @@
 //! Hand-written peers that follow `docs/protocol.md` byte by byte, and then break it: scribble on
-//! the control block, probe the seals, or offer memory that must be refused.
+//! the control block and the record headers, probe the seals, or offer memory that must be
+//! refused.
+//!
+//! Protocol version 2: a record is published by its header word (the commit bit set in the low
+//! half), stored with Release after the payload and after the zeroing of the next header slot.
+//! The control block's line at offset 128 (version 1's tail index) is reserved and ignored.
 
 #![allow(unsafe_code)] // The hostile child writes arbitrary words into shared mappings.
 
@@ -17,10 +22,61 @@ use crate::cross::{TestResult, child_command, spawn_child};
 const CAPACITY: u64 = 4096;
 const MAX_PAYLOAD: u64 = 1024;
 const CTRL_SIZE: usize = 4096;
-const TAIL: usize = 128;
+/// The protocol version in the control block and the OFFER.
+const VERSION: u32 = 2;
+/// The layout word: 128-byte lines, a one-page control block.
+const LAYOUT: u32 = 128 | (1 << 16);
+/// Version 1's tail index; reserved in version 2: nobody reads or writes it.
+const RESERVED: usize = 128;
 const HEAD: usize = 256;
 const CONSUMER_WAITING: usize = 384;
 const PRODUCER_WAITING: usize = 512;
+/// The commit bit of a header word (in the `len` half).
+const COMMITTED: u64 = 1 << 31;
+/// The kind of a padding record.
+const PADDING: u32 = u32::MAX;
+/// The kind of the hostile child's clean records: those it commits before it writes any
+/// garbage into its data area. No garbage word carries it (see [`scrub`]).
+const CLEAN_KIND: u32 = 0xC1EA_0002;
+/// The kind of the well-formed records it commits once garbage has begun.
+const DIRTY_KIND: u32 = 1;
+
+/// A committed header word: `len | COMMITTED` in the low half, `kind` in the high half.
+fn header(len: u64, kind: u32) -> u64 {
+    assert!(len < COMMITTED);
+    len | COMMITTED | (u64::from(kind) << 32)
+}
+
+/// A garbage word that cannot pass for a clean record's header.
+fn scrub(word: u64) -> u64 {
+    if (word >> 32) as u32 == CLEAN_KIND {
+        word ^ (1 << 32)
+    } else {
+        word
+    }
+}
+
+/// The length of clean record `seq`.
+fn clean_len(seq: u64) -> usize {
+    (seq.wrapping_mul(37) % 200) as usize
+}
+
+/// The payload of clean record `seq`, so that the parent can check it byte for byte. Every other
+/// word is a committed header (of an 8-byte record): once a lap has passed it is stale, and a
+/// consumer that took it for the next header would deliver a record that was never sent.
+fn clean_payload(seq: u64) -> Vec<u8> {
+    (0..clean_len(seq).div_ceil(8) as u64)
+        .flat_map(|k| {
+            let word = if k % 2 == 1 {
+                header(8, 0)
+            } else {
+                seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ k
+            };
+            word.to_le_bytes()
+        })
+        .take(clean_len(seq))
+        .collect()
+}
 
 /// What is wrong with a hand-made ring's data memfd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +160,7 @@ pub(crate) fn manual_ring(flaw: Flaw) -> Result<ManualRing, String> {
         return Ok(ManualRing { ctrl, ..ring });
     }
     poke(&ctrl_map, 0, u64::from_le_bytes(*b"SPSHMCTL"));
-    poke(&ctrl_map, 8, 1 | (u64::from(128u32 | (1 << 16)) << 32));
+    poke(&ctrl_map, 8, u64::from(VERSION) | (u64::from(LAYOUT) << 32));
     poke(&ctrl_map, 16, CAPACITY);
     poke(&ctrl_map, 24, MAX_PAYLOAD);
     rustix::fs::fcntl_add_seals(&ctrl, base_seals()).map_err(|e| e.to_string())?;
@@ -181,8 +237,8 @@ pub(crate) fn disk_file(size: u64) -> Result<OwnedFd, String> {
 fn offer_bytes() -> [u8; 40] {
     let mut out = [0u8; 40];
     out[0..8].copy_from_slice(b"SPSHMOFR");
-    out[8..12].copy_from_slice(&1u32.to_le_bytes());
-    out[12..16].copy_from_slice(&(128u32 | (1 << 16)).to_le_bytes());
+    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&LAYOUT.to_le_bytes());
     out[16..24].copy_from_slice(&CAPACITY.to_le_bytes());
     out[24..32].copy_from_slice(&MAX_PAYLOAD.to_le_bytes());
     out[32..40].copy_from_slice(&(CTRL_SIZE as u64).to_le_bytes());
@@ -258,19 +314,28 @@ impl Rng {
 
 // --- trials ---------------------------------------------------------------------------------
 
-/// The child writes arbitrary and plausible values into both control blocks and its data area;
-/// the parent's consumer returns only in-bounds records and then `Corrupt` or `PeerGone`, and
-/// its producer `Ok`, `Corrupt` or `PeerGone`. Both terminate.
+/// The child writes arbitrary and plausible values into both control blocks (the heads, the
+/// waiting flags, the reserved line at offset 128) but only well-formed records into its data
+/// area: the parent's consumer delivers every one of them byte for byte, in order, then
+/// `PeerGone`; its producer ends in `Ok`, `Corrupt` or `PeerGone`. Both terminate.
 pub(crate) fn hostile_peer_control_block() -> TestResult {
     let ending = hostile_round(DEFAULT_SEED, 0)?;
     eprintln!("  {ending}");
+    if ending.corrupt || ending.n_records != ending.n_clean || ending.n_clean == 0 {
+        return Err(format!(
+            "without garbage in the data area every record is clean and the round ends in \
+             PeerGone: {ending}"
+        ));
+    }
     Ok(())
 }
 
 /// As [`hostile_peer_control_block`] over many seeds (`SP_HOSTILE_SEEDS`, default 40, from
-/// `SP_HOSTILE_SEED`), with garbage in the record headers, padding and payload of the data area
-/// as well as in the control blocks. No signal kills this process, every record is in bounds, and
-/// the garbage is reported as `Corrupt`.
+/// `SP_HOSTILE_SEED`), and once the parent has read every clean record, garbage in the data
+/// area: headers without the commit bit, random or too long, padding of the wrong length or at
+/// offset 0, payload changed under the reader's feet. The clean records still arrive exactly; no
+/// signal kills this process, every record is in bounds, and the garbage is reported as
+/// `Corrupt`.
 pub(crate) fn hostile_peer_garbage_many_seeds() -> TestResult {
     let n_seeds: u64 = std::env::var("SP_HOSTILE_SEEDS")
         .ok()
@@ -280,15 +345,16 @@ pub(crate) fn hostile_peer_garbage_many_seeds() -> TestResult {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let (mut n_corrupt, mut n_records) = (0u64, 0u64);
+    let (mut n_corrupt, mut n_records, mut n_clean) = (0u64, 0u64, 0u64);
     for seed in base..base + n_seeds {
         let ending = hostile_round(seed, 1 + seed % 3)
             .map_err(|e| format!("SP_HOSTILE_SEED={seed}: {e}"))?;
         n_corrupt += u64::from(ending.corrupt);
         n_records += ending.n_records;
+        n_clean += ending.n_clean;
     }
     eprintln!(
-        "  {n_seeds} seeds ({} or more hostile steps each); {n_records} records read; {n_corrupt} rounds ended in Corrupt",
+        "  {n_seeds} seeds ({} or more hostile steps each); {n_records} records read, {n_clean} of them clean and exact; {n_corrupt} rounds ended in Corrupt",
         hostile_steps()
     );
     if n_corrupt < n_seeds / 2 {
@@ -296,17 +362,24 @@ pub(crate) fn hostile_peer_garbage_many_seeds() -> TestResult {
             "only {n_corrupt} of {n_seeds} rounds reported Corrupt: the garbage missed"
         ));
     }
+    if n_clean == 0 {
+        return Err("no clean record was read in any round".into());
+    }
     Ok(())
 }
 
 const SEED_ENV: &str = "SP_SHM_IT_SEED";
 const LEVEL_ENV: &str = "SP_SHM_IT_LEVEL";
 const DEFAULT_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+/// The child's report of how many clean records it committed: this tag, then the count (u64 LE).
+const CLEAN_REPORT: &[u8; 8] = b"CLEANREC";
 
 /// How one hostile round ended.
 struct Ending {
     corrupt: bool,
     n_records: u64,
+    /// Clean records read, each checked byte for byte; as many as the child committed.
+    n_clean: u64,
     text: String,
 }
 
@@ -324,8 +397,8 @@ fn hostile_steps() -> u64 {
     }
 }
 
-/// One hostile child with `seed`; `level` 0 is mostly plausible records, 1..=3 add garbage in
-/// the data area, more often at higher levels.
+/// One hostile child with `seed`; `level` 0 writes only well-formed records into the data area,
+/// 1..=3 add garbage once the clean records have been read, more often at higher levels.
 fn hostile_round(seed: u64, level: u64) -> Result<Ending, String> {
     let config = Config::new()
         .capacity(CAPACITY as usize)
@@ -335,7 +408,7 @@ fn hostile_round(seed: u64, level: u64) -> Result<Ending, String> {
     cmd.env(SEED_ENV, seed.to_string())
         .env(LEVEL_ENV, level.to_string());
     let (mut child, duplex) = spawn_child(&mut cmd, &config)?;
-    let (mut producer, mut consumer, _control) = duplex.into_parts();
+    let (mut producer, mut consumer, mut control) = duplex.into_parts();
     let sender = std::thread::spawn(move || {
         let mut n_sent = 0u64;
         loop {
@@ -347,7 +420,9 @@ fn hostile_round(seed: u64, level: u64) -> Result<Ending, String> {
         }
     });
     let max = consumer.max_payload();
-    let mut n_ok = 0u64;
+    let (mut n_ok, mut n_clean) = (0u64, 0u64);
+    // Clean records come first, all of them; the first other record ends the clean stretch.
+    let mut clean_stretch = true;
     let mut buf = vec![0u8; max + 64];
     let res = loop {
         match consumer.read() {
@@ -355,10 +430,23 @@ fn hostile_round(seed: u64, level: u64) -> Result<Ending, String> {
                 if rec.len() > max {
                     break Err(format!("record of {} bytes > {max}", rec.len()));
                 }
-                if rec.copy_to_slice(&mut buf) != rec.len() || rec.to_vec().len() != rec.len() {
+                let bytes = rec.to_vec();
+                if rec.copy_to_slice(&mut buf) != rec.len() || bytes.len() != rec.len() {
                     break Err("copy-out length differs from the record".into());
                 }
                 n_ok += 1;
+                if clean_stretch && rec.kind() == CLEAN_KIND {
+                    if bytes != clean_payload(n_clean) {
+                        break Err(format!(
+                            "clean record {n_clean}: {} bytes differ from the {} sent",
+                            bytes.len(),
+                            clean_len(n_clean)
+                        ));
+                    }
+                    n_clean += 1;
+                } else {
+                    clean_stretch = false;
+                }
             }
             Err(err @ (Error::Corrupt { .. } | Error::PeerGone)) => break Ok(err),
             Err(err) => break Err(format!("consumer: {err}")),
@@ -368,12 +456,34 @@ fn hostile_round(seed: u64, level: u64) -> Result<Ending, String> {
     let _ = child.kill();
     let status = child.wait().map_err(|e| e.to_string())?;
     let n_sent = sender.join().map_err(|_| "sender panicked")??;
-    let ending = res?;
+    let ending = res.map_err(|e| format!("{e}; child {status}"))?;
+    // The child reported its count before it wrote any garbage (or at its end), so the report
+    // is waiting in the socket whichever way the round ended, unless the round ended (and the
+    // child was killed) before any garbage: a clean record broken or lost.
+    let report = control.recv_timeout(Duration::from_secs(10)).map_err(|e| {
+        format!(
+            "no report of the clean records ({e}): the consumer read {n_ok} records \
+                 ({n_clean} clean) then {ending} before any garbage; child {status}"
+        )
+    })?;
+    let n_committed = match report.bytes.split_first_chunk::<8>() {
+        Some((tag, count)) if tag == CLEAN_REPORT && count.len() == 8 => {
+            u64::from_le_bytes(count.try_into().map_err(|_| "report")?)
+        }
+        _ => return Err(format!("not a report: {:?}", report.bytes)),
+    };
+    if n_clean != n_committed {
+        return Err(format!(
+            "the child committed {n_committed} clean records, {n_clean} arrived intact \
+             (then {ending}; child {status})"
+        ));
+    }
     Ok(Ending {
         corrupt: matches!(ending, Error::Corrupt { .. }),
         n_records: n_ok,
+        n_clean,
         text: format!(
-            "consumer: {n_ok} records then {ending}; producer: {n_sent} sends; child {status}"
+            "consumer: {n_ok} records ({n_clean} clean) then {ending}; producer: {n_sent} sends; child {status}"
         ),
     })
 }
@@ -403,6 +513,53 @@ pub(crate) fn bad_offer_refused(role: &str, reason: RefuseReason) -> TestResult 
 
 // --- child roles ----------------------------------------------------------------------------
 
+/// The child's producer for its own ring, written by hand from `docs/protocol.md`.
+struct HandProducer<'a> {
+    data: &'a MmapRaw,
+    ctrl: &'a MmapRaw,
+    /// Bytes committed (the hand-kept tail; the slot at it is zero while the child keeps to the
+    /// protocol).
+    tail: u64,
+}
+
+impl HandProducer<'_> {
+    /// Commits one record if it fits (it needs its slot, any padding, and the 8 bytes after it):
+    /// the payload words, then zero in the next header slot, then the header with Release, and
+    /// if the record wraps to offset 0, the padding header after the record's. Returns whether
+    /// the record was written.
+    fn commit(&mut self, payload: &[u8], kind: u32) -> bool {
+        let head = peek(self.ctrl, HEAD);
+        let size = (8 + payload.len() as u64).next_multiple_of(8);
+        let off = self.tail % CAPACITY;
+        let pad = if off + size > CAPACITY {
+            CAPACITY - off
+        } else {
+            0
+        };
+        if self.tail.wrapping_add(pad + size + 8).wrapping_sub(head) > CAPACITY {
+            return false;
+        }
+        let at = if pad > 0 { 0 } else { off as usize };
+        for (k, chunk) in payload.chunks(8).enumerate() {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            poke(self.data, at + 8 + 8 * k, u64::from_le_bytes(word));
+        }
+        poke(self.data, ((at as u64 + size) % CAPACITY) as usize, 0);
+        poke(self.data, at, header(payload.len() as u64, kind));
+        if pad > 0 {
+            poke(self.data, off as usize, header(pad - 8, PADDING));
+        }
+        self.tail += pad + size;
+        true
+    }
+
+    /// The data-area offset of the hand-kept tail.
+    fn tail_offset(&self) -> usize {
+        (self.tail % CAPACITY) as usize
+    }
+}
+
 pub(crate) fn child_hostile() -> TestResult {
     let mut channel = adopt_channel()?;
     let mut mine = manual_ring(Flaw::None)?;
@@ -419,12 +576,24 @@ pub(crate) fn child_hostile() -> TestResult {
     let mut rng = Rng(env(SEED_ENV, DEFAULT_SEED) | 1);
     let level = env(LEVEL_ENV, 0);
     let n_steps = hostile_steps();
+    let report = |channel: &Channel, n_clean: u64| {
+        let mut msg = CLEAN_REPORT.to_vec();
+        msg.extend_from_slice(&n_clean.to_le_bytes());
+        channel.send(&msg, &[]).map_err(|e| format!("report: {e}"))
+    };
     // Mostly well-formed records, so the consumer gets far, mixed with garbage.
-    let mut tail = 0u64;
-    // Garbage in the data area starts only once the parent's consumer has released `gate` bytes
-    // (its published head), so that it reads some records first however late it starts; the
-    // child then keeps going until it has written some garbage (or a hard cap of steps).
+    let mut writer = HandProducer {
+        data: &data_map,
+        ctrl: &mine.ctrl_map,
+        tail: 0,
+    };
+    // Clean records first. Once the parent's consumer has released `gate` bytes (its published
+    // head), so that it reads some records however late it starts, the child stops writing clean
+    // records; once the consumer has released every one of them, so that garbage cannot damage
+    // one, the child reports how many it wrote and starts on the garbage, and keeps going until
+    // it has written some (or a hard cap of steps).
     let gate = (rng.next() % (4 * CAPACITY)) & !7;
+    let (mut n_clean, mut draining, mut dirty, mut frozen) = (0u64, false, false, false);
     let mut n_garbage = 0u64;
     let mut step = 0u64;
     while step < n_steps || (level > 0 && n_garbage < 16 && step < 100 * n_steps) {
@@ -433,56 +602,75 @@ pub(crate) fn child_hostile() -> TestResult {
         let v = rng.next();
         let plausible = (v % (2 * CAPACITY)) & !7;
         let data_off = ((v as usize) % CAPACITY as usize) & !7;
-        let past_gate = level == 0 || peek(&mine.ctrl_map, HEAD) >= gate;
-        let rare = r.is_multiple_of(4096) && past_gate;
-        let garbage = level > 0 && rng.next().is_multiple_of(256 >> level) && past_gate;
-        n_garbage += u64::from(garbage && (32..=40).contains(&(r % 64)));
+        if level > 0 && !dirty {
+            let head = peek(&mine.ctrl_map, HEAD);
+            draining = head >= gate;
+            if draining && head == writer.tail {
+                report(&channel, n_clean)?;
+                dirty = true;
+            }
+        }
+        let garbage = dirty && rng.next().is_multiple_of(256 >> level);
+        n_garbage += u64::from(garbage && matches!(r % 64, 32..=40 | 62..=63));
         match r % 64 {
-            0 if rare => poke(&mine.ctrl_map, TAIL, v),
-            0..=30 => {
-                let head = peek(&mine.ctrl_map, HEAD);
-                let len = v % 200;
-                let size = (8 + len).next_multiple_of(8);
-                let off = tail % CAPACITY;
-                let pad = if off + size > CAPACITY {
-                    CAPACITY - off
+            0..=30 if !dirty && !draining => {
+                n_clean += u64::from(writer.commit(&clean_payload(n_clean), CLEAN_KIND));
+            }
+            0..=30 if dirty && !frozen => {
+                let len = (v % 200) as usize;
+                let bytes: Vec<u8> = if r & 64 == 0 {
+                    (0..len).map(|i| (i as u8) ^ (r >> 8) as u8).collect()
                 } else {
-                    0
+                    // Header-like words, stale once a lap has passed.
+                    header(8, 0)
+                        .to_le_bytes()
+                        .into_iter()
+                        .cycle()
+                        .take(len)
+                        .collect()
                 };
-                if tail.wrapping_add(pad + size).wrapping_sub(head) > CAPACITY {
-                    continue;
-                }
-                if pad > 0 {
-                    poke(
-                        &data_map,
-                        off as usize,
-                        (pad - 8) | (u64::from(u32::MAX) << 32),
-                    );
-                    tail += pad;
-                }
-                poke(&data_map, (tail % CAPACITY) as usize, len);
-                tail += size;
-                poke(&mine.ctrl_map, TAIL, tail);
+                writer.commit(&bytes, DIRTY_KIND);
             }
-            31 if rare => poke(&data_map, data_off, v),
-            // Garbage in the data area, at `level` >= 1: a published record whose header has a
-            // random length and kind, a padding record of the wrong length, or payload words
-            // changed under the reader's feet.
+            // Garbage in the data area, at `level` >= 1. At the tail: a random word, a header
+            // without the commit bit, or a committed header of random length (maybe past the
+            // largest payload or the end); the tail then moves on as if it were a record, and
+            // the slot at the new tail is zeroed or left stale.
             32..=35 if garbage => {
-                let off = (tail % CAPACITY) as usize;
-                poke(&data_map, off, if r & 128 == 0 { v } else { v % 2048 });
-                tail += 8 + (rng.next() % 64) * 8 * (r >> 8 & 1);
-                poke(&mine.ctrl_map, TAIL, tail);
+                let word = match r >> 8 & 3 {
+                    0 => scrub(v),
+                    1 => (v % 2048) | 8,
+                    _ => header(v % 2048, (v >> 32) as u32 % 4),
+                };
+                poke(&data_map, writer.tail_offset(), word);
+                writer.tail += 8 + (rng.next() % 64) * 8 * (r >> 10 & 1);
+                if r >> 11 & 1 == 0 {
+                    poke(&data_map, writer.tail_offset(), 0);
+                }
             }
-            36..=37 if garbage => {
-                let off = (tail % CAPACITY) as usize;
-                let to_end = CAPACITY - off as u64;
+            // A padding record at the tail that does not reach the end.
+            36 if garbage => {
+                let to_end = CAPACITY - writer.tail % CAPACITY;
                 let len = (to_end - 8) ^ (8 << (v % 4));
-                poke(&data_map, off, len | (u64::from(u32::MAX) << 32));
-                tail += to_end;
-                poke(&mine.ctrl_map, TAIL, tail);
+                poke(
+                    &data_map,
+                    writer.tail_offset(),
+                    header(len % COMMITTED, PADDING),
+                );
+                writer.tail += to_end;
             }
-            38..=40 if garbage => poke(&data_map, data_off, v),
+            // Padding over the whole ring at offset 0, reached through exact padding at the tail
+            // (or at once if the tail is at offset 0): the consumer must not go round for ever.
+            // The child stops writing records, so nothing covers it up.
+            37 if garbage => {
+                poke(&data_map, 0, header(CAPACITY - 8, PADDING));
+                let off = writer.tail_offset();
+                if off != 0 {
+                    poke(&data_map, off, header(CAPACITY - off as u64 - 8, PADDING));
+                }
+                frozen = true;
+            }
+            // Payload (or anything else) changed under the reader's feet.
+            38..=40 if garbage => poke(&data_map, data_off, scrub(v)),
             41..=45 => poke(
                 &peer.ctrl_map,
                 HEAD,
@@ -497,10 +685,29 @@ pub(crate) fn child_hostile() -> TestResult {
                     rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
                 );
             }
-            56..=58 => poke(&peer.ctrl_map, TAIL, v),
-            59 if rare => poke(&mine.ctrl_map, TAIL, plausible),
+            // The reserved lines (version 1's tails) of both rings: garbage or plausible tails,
+            // which nobody may read.
+            56..=58 => poke(&peer.ctrl_map, RESERVED, v),
+            59..=61 => poke(
+                &mine.ctrl_map,
+                RESERVED,
+                if r & 64 == 0 {
+                    v
+                } else {
+                    writer.tail + plausible
+                },
+            ),
+            // A version-1 header (no commit bit) at the tail.
+            62..=63 if garbage => {
+                let word = ((v % 2048) | 8) | (u64::from((v >> 32) as u32 % 4) << 32);
+                poke(&data_map, writer.tail_offset(), word);
+                writer.tail += (8 + v % 200).next_multiple_of(8);
+            }
             _ => {}
         }
+    }
+    if !dirty {
+        report(&channel, n_clean)?;
     }
     Ok(())
 }
