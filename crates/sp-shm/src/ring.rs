@@ -1301,11 +1301,9 @@ impl Side for RecordWait<'_> {
     }
 }
 
-/// Waits until `side.attempt()` succeeds: spin, yield, then park (see the module docs).
+/// Waits until `side.attempt()` succeeds: spin, yield, then park (see the module docs). The
+/// caller has just made an attempt that failed (the inlined fast path).
 fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> {
-    if let Some(ready) = side.attempt()? {
-        return Ok(ready);
-    }
     // The clock is read only once the wait checks it (see `Limit::After`).
     let mut deadline = LazyDeadline::new(limit);
     if let Err(err) = side.publish_own() {
