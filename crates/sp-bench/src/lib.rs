@@ -29,7 +29,9 @@ mod watchdog;
 pub use ceiling::probe;
 pub use cpu::{available_cpus, can_pin};
 pub use error::{Error, Result};
-pub use run::{Mode, PEER_ARG, Percentiles, RunSpec, Sample, measure, peer_main};
+pub use run::{
+    Mode, PEER_ARG, Percentiles, RunSpec, Sample, measure, peer_main, timer_overhead_ns,
+};
 pub use transport::{BASELINE, Placement, Transport};
 
 /// Pins the calling thread to the driver's core (CPU 0) when [`can_pin`]; call it once at the

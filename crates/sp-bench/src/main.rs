@@ -112,7 +112,8 @@ fn main() -> Result<()> {
     sp_bench::cleanup_peer_files();
     eprintln!("measured in {:.0?}", started.elapsed());
 
-    let results = Results::build(&config, date, machine, Probe::new(probes), &cells);
+    let probe = Probe::new(probes).with_timer(sp_bench::timer_overhead_ns(100_000));
+    let results = Results::build(&config, date, machine, probe, &cells);
     let json = cli.out.join("results.json");
     results
         .save(&json)

@@ -70,6 +70,11 @@ pub struct Probe {
     pub max: f64,
     /// Every sample, in the order taken.
     pub samples: Vec<f64>,
+    /// What the harness's clock adds to every round-trip sample: the median of an empty
+    /// interval timed the way a sample is (`Instant::now()` ... `elapsed()`), in nanoseconds.
+    /// The probe itself is timed over batches and does not include it. Absent in older files.
+    #[serde(default)]
+    pub timer_ns: Option<f64>,
 }
 
 /// How long each measurement ran.
@@ -269,7 +274,15 @@ impl Probe {
             min: summary.map_or(f64::NAN, |s| s.min),
             max: summary.map_or(f64::NAN, |s| s.max),
             samples,
+            timer_ns: None,
         }
+    }
+
+    /// Records the clock's own cost (see [`timer_ns`](Self::timer_ns)).
+    #[must_use]
+    pub fn with_timer(mut self, timer_ns: f64) -> Self {
+        self.timer_ns = Some(timer_ns);
+        self
     }
 }
 
@@ -442,6 +455,13 @@ impl Results {
             fmt_num(self.probe.max),
             self.probe.samples.len()
         );
+        if let Some(timer) = self.probe.timer_ns {
+            let _ = write!(
+                out,
+                "\nTimer: an empty interval reads {} ns (median); every rtt sample includes it, the probe does not.",
+                fmt_num(timer)
+            );
+        }
         out
     }
 
@@ -835,6 +855,24 @@ mod tests {
         }
         assert!(value["date"].is_string());
         assert_eq!(serde_json::from_str::<Results>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn timer_overhead_is_recorded_shown_and_optional_in_older_files() {
+        let mut r = results(vec![]);
+        assert!(!r.header().contains("Timer:"));
+        r.probe = r.probe.with_timer(21.0);
+        assert!(
+            r.header().contains("empty interval reads 21.00 ns"),
+            "{}",
+            r.header()
+        );
+        let mut value = serde_json::to_value(&r).unwrap();
+        assert_eq!(value["probe"]["timer_ns"], 21.0);
+        // A results file written before the field existed still loads.
+        value["probe"].as_object_mut().unwrap().remove("timer_ns");
+        let old: Results = serde_json::from_value(value).unwrap();
+        assert_eq!(old.probe.timer_ns, None);
     }
 
     #[test]

@@ -366,6 +366,19 @@ pub(crate) fn sample_from(spec: &RunSpec, round: Round) -> Sample {
     }
 }
 
+/// The median of `n` empty intervals timed as a round-trip sample is (`Instant::now()`, then
+/// `elapsed()`), in nanoseconds: the clock's share of every rtt sample.
+pub fn timer_overhead_ns(n: usize) -> f64 {
+    let mut ns: Vec<u64> = (0..n.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            start.elapsed().as_nanos() as u64
+        })
+        .collect();
+    ns.sort_unstable();
+    ns[ns.len() / 2] as f64
+}
+
 /// Runs one round on the driver's side: sends (and in latency mode receives) until `duration` has
 /// passed, then waits for the peer's report and checks it against what was sent.
 pub(crate) fn drive_round(
