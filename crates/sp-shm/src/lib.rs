@@ -63,3 +63,4 @@ pub use idle::IdleStrategy;
 pub use ring::{Consumer, Producer, ReadGrant, ReadGrantRef, Stats, WriteGrant};
 #[cfg(not(sp_loom))]
 pub use setup::channel;
+pub use sync::NO_MEMBARRIER_ENV;

@@ -186,6 +186,10 @@ pub struct Stats {
     pub wakes_sent: u64,
     /// Times this side parked in `poll`.
     pub parks: u64,
+    /// Of those, parks without a working `membarrier` (refused by the kernel, or switched off
+    /// with [`NO_MEMBARRIER_ENV`](crate::NO_MEMBARRIER_ENV)), which re-check every millisecond
+    /// rather than trust the wake-up byte alone.
+    pub rechecked_parks: u64,
 }
 
 /// The mappings behind one ring: the control block and the data area.
@@ -1341,6 +1345,7 @@ fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> {
                 let park_until = if fenced {
                     deadline
                 } else {
+                    side.stats().rechecked_parks += 1;
                     let recheck = Instant::now() + Duration::from_millis(1);
                     Some(deadline.map_or(recheck, |d| d.min(recheck)))
                 };

@@ -25,6 +25,17 @@ pub(crate) use std::sync::atomic::{AtomicU64, Ordering, fence};
 #[cfg(not(sp_loom))]
 static ASYMMETRIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether `membarrier` is switched off for this process by [`NO_MEMBARRIER_ENV`].
+#[cfg(not(sp_loom))]
+static NO_MEMBARRIER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// With this environment variable set to `1` when a process first sets up a ring side, that
+/// process never calls `membarrier(2)`: its publications use `fence(SeqCst)`, and its parked
+/// sides re-check every millisecond. This is the path taken where the kernel or a seccomp filter
+/// refuses `membarrier`; the switch exists to test it and for programs that must not have their
+/// CPUs interrupted by a peer's `MEMBARRIER_CMD_GLOBAL_EXPEDITED`.
+pub const NO_MEMBARRIER_ENV: &str = "SP_SHM_NO_MEMBARRIER";
+
 /// `membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)`, once per process: from then on a
 /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` in any process runs a full memory barrier on
 /// every CPU that is running one of this process's threads. Called before a ring side is used.
@@ -33,9 +44,13 @@ static ASYMMETRIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 pub(crate) fn register_asymmetric_fences() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let registered =
-            rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterGlobalExpedited)
-                .is_ok();
+        let off = std::env::var_os(NO_MEMBARRIER_ENV).is_some_and(|v| v == "1");
+        let registered = !off
+            && rustix::thread::membarrier(
+                rustix::thread::MembarrierCommand::RegisterGlobalExpedited,
+            )
+            .is_ok();
+        NO_MEMBARRIER.store(off, std::sync::atomic::Ordering::Relaxed);
         ASYMMETRIC.store(registered, std::sync::atomic::Ordering::Relaxed);
     });
 }
@@ -66,11 +81,13 @@ pub(crate) fn light_fence() {
 /// its waiting flag and before its re-check: `fence(SeqCst)`, then
 /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`. Returns `false` if the `membarrier` call failed:
 /// the peer may then have skipped its full fence, and the caller must not rely on being woken
-/// (it re-checks on a short timeout instead).
+/// (it re-checks on a short timeout instead). Also `false`, without the call, when
+/// [`NO_MEMBARRIER_ENV`] switched `membarrier` off.
 #[cfg(not(sp_loom))]
 pub(crate) fn heavy_fence() -> bool {
     fence(Ordering::SeqCst);
-    rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
+    !NO_MEMBARRIER.load(std::sync::atomic::Ordering::Relaxed)
+        && rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
 }
 
 /// loom has no `membarrier`: the model checks the symmetric protocol, both fences `SeqCst`.

@@ -28,7 +28,7 @@ pub(crate) fn main() {
     let mut trials = Vec::new();
     for idle in ["spin", "adaptive", "park"] {
         trials.push(trial(&format!("stream_both_ways_{idle}"), move || {
-            stream_both_ways(idle)
+            stream_both_ways(idle, false)
         }));
         trials.push(trial(&format!("consumer_sees_kill_{idle}"), move || {
             consumer_sees_kill(idle)
@@ -36,6 +36,12 @@ pub(crate) fn main() {
         trials.push(trial(
             &format!("full_producer_sees_kill_{idle}"),
             move || full_producer_sees_kill(idle),
+        ));
+    }
+    for idle in ["adaptive", "park"] {
+        trials.push(trial(
+            &format!("stream_both_ways_child_without_membarrier_{idle}"),
+            move || stream_both_ways(idle, true),
         ));
     }
     trials.push(trial("writer_killed_mid_record", writer_killed_mid_record));
@@ -209,10 +215,23 @@ pub(crate) fn consume(consumer: &mut Consumer, n: u64) -> TestResult {
 
 /// A million records each way at once, parent and child each producing on one thread and
 /// consuming on another; then both see the other leave.
-fn stream_both_ways(idle: &str) -> TestResult {
-    let n = record_count();
+///
+/// With `no_membarrier`, the child runs with [`sp_shm::NO_MEMBARRIER_ENV`]: it never calls
+/// `membarrier`, so its publications use full fences and its parks re-check every millisecond,
+/// while this process keeps the asymmetric fences. The stream must still arrive whole and
+/// promptly (a lost wake-up costs at most a millisecond, never a hang), and the child checks that
+/// every one of its parks took the re-checking path.
+fn stream_both_ways(idle: &str, no_membarrier: bool) -> TestResult {
+    let n = if no_membarrier {
+        record_count() / 4
+    } else {
+        record_count()
+    };
     let mut cmd = child_command("stream", idle);
     cmd.env(COUNT_ENV, n.to_string());
+    if no_membarrier {
+        cmd.env(sp_shm::NO_MEMBARRIER_ENV, "1");
+    }
     let (mut child, duplex) = spawn_child(&mut cmd, &config_for(idle))?;
     let (mut producer, mut consumer, _control) = duplex.into_parts();
     let sender = std::thread::spawn(move || {
@@ -428,12 +447,26 @@ fn child_stream(idle: &str) -> TestResult {
     let duplex = sp_shm::adopt(&config_for(idle)).map_err(|e| format!("adopt: {e}"))?;
     new_fds_cloexec(&inherited)?;
     let (mut producer, mut consumer, _control) = duplex.into_parts();
-    let sender = std::thread::spawn(move || produce(&mut producer, n));
+    let sender = std::thread::spawn(move || {
+        let res = produce(&mut producer, n);
+        (res, producer.stats())
+    });
     consume(&mut consumer, n)?;
-    sender
-        .join()
-        .map_err(|_| "producer panicked")?
-        .map_err(|e| format!("send: {e}"))
+    let (sent, pstats) = sender.join().map_err(|_| "producer panicked")?;
+    sent.map_err(|e| format!("send: {e}"))?;
+    if std::env::var_os(sp_shm::NO_MEMBARRIER_ENV).is_some() {
+        // Every park of this process must have taken the re-checking path.
+        let cstats = consumer.stats();
+        let parks = pstats.parks + cstats.parks;
+        let rechecked = pstats.rechecked_parks + cstats.rechecked_parks;
+        if rechecked != parks || (idle == "park" && parks == 0) {
+            return Err(format!(
+                "without membarrier: {parks} parks, {rechecked} of them re-checking"
+            ));
+        }
+        eprintln!("  child without membarrier: {parks} parks, all re-checking");
+    }
+    Ok(())
 }
 
 /// Every descriptor the handshake left open (the adopted socket, memfds, wake sockets) is
