@@ -143,10 +143,11 @@ impl DataPtr {
     #[inline]
     unsafe fn word(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
-        // SAFETY: in bounds and aligned (this function's contract), inside a mapping that outlives
-        // `self`. An atomic access is defined while the peer writes the word, and a load is
-        // allowed on a read-only mapping (`std::sync::atomic`, "Atomic accesses to read-only
-        // memory"); callers store only through writable mappings.
+        // An atomic access is defined while the peer writes the word, and a load is allowed on a
+        // read-only mapping (`std::sync::atomic`, "Atomic accesses to read-only memory"); callers
+        // store only through writable mappings.
+        // SAFETY: in bounds and 8-aligned (this function's contract), in a mapping that outlives
+        // `self`.
         unsafe { AtomicU64::from_ptr(self.base.add(off).cast::<u64>()) }
     }
 
