@@ -206,6 +206,30 @@ impl Channel {
         self.rx.try_recv()
     }
 
+    /// Receives the next message into `msg`, reusing its buffers; see [`Receiver::recv_into`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    pub fn recv_into(&mut self, msg: &mut Message) -> Result<()> {
+        self.rx.recv_into(msg)
+    }
+
+    /// As [`recv_into`](Self::recv_into), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`], plus [`Error::TimedOut`].
+    pub fn recv_into_timeout(&mut self, msg: &mut Message, timeout: Duration) -> Result<()> {
+        self.rx.recv_into_timeout(msg, timeout)
+    }
+
+    /// As [`recv_into`](Self::recv_into), without blocking.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`], plus [`Error::WouldBlock`].
+    pub fn try_recv_into(&mut self, msg: &mut Message) -> Result<()> {
+        self.rx.try_recv_into(msg)
+    }
+
     /// Splits the channel into halves that can live on different threads.
     pub fn split(self) -> (Sender, Receiver) {
         (self.tx, self.rx)
@@ -422,6 +446,33 @@ impl Receiver {
         self.recv_wait(Wait::Never)
     }
 
+    /// As [`recv`](Self::recv), into `msg`, reusing its buffers: the payload replaces
+    /// `msg.bytes` (whose capacity is kept, so a loop over one `Message` allocates only when a
+    /// payload outgrows it) and the descriptors replace `msg.fds` (the ones it held are closed).
+    /// On error `msg` is left empty: any descriptor that arrived with a refused message is closed.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub fn recv_into(&mut self, msg: &mut Message) -> Result<()> {
+        self.recv_wait_into(Wait::Forever, msg)
+    }
+
+    /// As [`recv_timeout`](Self::recv_timeout), into `msg` (see [`recv_into`](Self::recv_into)).
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_into_timeout(&mut self, msg: &mut Message, timeout: Duration) -> Result<()> {
+        self.recv_wait_into(Wait::Until(Instant::now() + timeout), msg)
+    }
+
+    /// As [`try_recv`](Self::try_recv), into `msg` (see [`recv_into`](Self::recv_into)).
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_into(&mut self, msg: &mut Message) -> Result<()> {
+        self.recv_wait_into(Wait::Never, msg)
+    }
+
     /// Turns this receiver into a [`crossbeam_channel::Receiver`] fed by a reader thread; see
     /// [`Bridge`](crate::Bridge).
     ///
@@ -436,13 +487,27 @@ impl Receiver {
     }
 
     fn recv_wait(&mut self, wait: Wait) -> Result<Message> {
+        let mut msg = Message::default();
+        self.recv_wait_into(wait, &mut msg)?;
+        Ok(msg)
+    }
+
+    fn recv_wait_into(&mut self, wait: Wait, msg: &mut Message) -> Result<()> {
+        msg.bytes.clear();
+        msg.fds.clear();
         if self.poisoned {
             return Err(Error::Poisoned);
         }
-        match self.kind {
-            SocketKind::Stream => self.recv_stream(wait),
-            _ => self.recv_record(wait),
+        let res = match self.kind {
+            SocketKind::Stream => self.recv_stream(wait, msg),
+            _ => self.recv_record(wait, msg),
+        };
+        if res.is_err() {
+            // Descriptors taken before the error are closed here, not handed to the caller.
+            msg.bytes.clear();
+            msg.fds.clear();
         }
+        res
     }
 
     /// Blocks (per `wait`) until the socket is readable; returns the flags for `recvmsg`.
@@ -493,15 +558,15 @@ impl Receiver {
         Ok((res.bytes, res.flags))
     }
 
-    fn recv_record(&mut self, wait: Wait) -> Result<Message> {
+    fn recv_record(&mut self, wait: Wait, msg: &mut Message) -> Result<()> {
         let flags = self.wait_readable(wait)? | RecvFlags::TRUNC;
         let capacity = HEADER_LEN + self.max_len;
         if self.buf.len() < capacity {
             self.buf.resize(capacity, 0);
         }
         self.end = 0;
-        let mut fds = Vec::new();
-        let (n, rflags) = self.recvmsg_into(capacity, flags, &mut fds)?;
+        let (n, rflags) = self.recvmsg_into(capacity, flags, &mut msg.fds)?;
+        let fds = &mut msg.fds;
         if n == 0 && fds.is_empty() {
             // Every frame has a header, so a zero-length record is end of file.
             return Err(Error::PeerGone);
@@ -509,7 +574,7 @@ impl Receiver {
         let header = decode_header(&self.buf[..n.min(capacity)]);
         if rflags.contains(ReturnFlags::CTRUNC) {
             let declared = header.map_or(fds.len(), |h| h.n_fds);
-            return Err(self.truncated(declared, fds));
+            return Err(self.truncated(declared, std::mem::take(fds)));
         }
         if rflags.contains(ReturnFlags::TRUNC) || n > capacity {
             return Err(Error::MessageTooLarge {
@@ -527,17 +592,15 @@ impl Receiver {
                 received: fds.len(),
             });
         }
-        Ok(Message {
-            bytes: self.buf[HEADER_LEN..n].to_vec(),
-            fds,
-        })
+        msg.bytes.extend_from_slice(&self.buf[HEADER_LEN..n]);
+        Ok(())
     }
 
-    fn recv_stream(&mut self, wait: Wait) -> Result<Message> {
+    fn recv_stream(&mut self, wait: Wait, msg: &mut Message) -> Result<()> {
         loop {
-            match self.parse_stream_frame() {
-                Ok(Some(msg)) => return Ok(msg),
-                Ok(None) => {}
+            match self.parse_stream_frame(msg) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
                 Err(err) => {
                     self.poison();
                     return Err(err);
@@ -547,11 +610,11 @@ impl Receiver {
         }
     }
 
-    /// Hands out the first buffered frame if it is complete.
-    fn parse_stream_frame(&mut self) -> Result<Option<Message>> {
+    /// Hands out the first buffered frame into `msg` if it is complete (`true`).
+    fn parse_stream_frame(&mut self, msg: &mut Message) -> Result<bool> {
         let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER_LEN {
-            return Ok(None);
+            return Ok(false);
         }
         let header = decode_header(avail)?;
         if header.n_bytes > self.max_len {
@@ -561,7 +624,7 @@ impl Receiver {
             });
         }
         if avail.len() < HEADER_LEN + header.n_bytes {
-            return Ok(None);
+            return Ok(false);
         }
         if self.fd_fifo.len() < header.n_fds {
             return Err(Error::FdCountMismatch {
@@ -570,8 +633,9 @@ impl Receiver {
             });
         }
         let frame_end = self.start + HEADER_LEN + header.n_bytes;
-        let bytes = self.buf[self.start + HEADER_LEN..frame_end].to_vec();
-        let fds: Vec<OwnedFd> = self.fd_fifo.drain(..header.n_fds).collect();
+        msg.bytes
+            .extend_from_slice(&self.buf[self.start + HEADER_LEN..frame_end]);
+        msg.fds.extend(self.fd_fifo.drain(..header.n_fds));
         self.start = frame_end;
         if self.start == self.end && !self.fd_fifo.is_empty() {
             // Descriptors arrive with the first byte of their frame, so with no bytes left over
@@ -582,7 +646,7 @@ impl Receiver {
                 received,
             });
         }
-        Ok(Some(Message { bytes, fds }))
+        Ok(true)
     }
 
     /// Reads more stream bytes (and descriptors) after the buffered ones.

@@ -2,7 +2,7 @@
 
 use std::os::fd::OwnedFd;
 
-use sp_core::{Channel, End, HEADER_LEN, SocketKind};
+use sp_core::{Channel, End, HEADER_LEN, Message, SocketKind};
 
 use crate::error::Result;
 use crate::transport::{Check, Fill, Link, Offer, take_fds};
@@ -17,6 +17,7 @@ const SEQPACKET_OVERHEAD: usize = 32;
 struct ChannelLink {
     channel: Channel,
     buf: Vec<u8>,
+    msg: Message,
 }
 
 /// A seqpacket pair wrapped as two channels; buffers are raised only when a message needs it.
@@ -49,6 +50,7 @@ impl ChannelLink {
         Ok(Self {
             channel,
             buf: vec![0; size],
+            msg: Message::default(),
         })
     }
 }
@@ -60,7 +62,8 @@ impl Link for ChannelLink {
     }
 
     fn recv(&mut self, check: &mut Check<'_>) -> Result<()> {
-        let msg = self.channel.recv()?;
-        check(&msg.bytes)
+        // One `Message` for the whole run: `recv_into` reuses its buffer, as a user's loop would.
+        self.channel.recv_into(&mut self.msg)?;
+        check(&self.msg.bytes)
     }
 }

@@ -68,6 +68,10 @@ pub fn trials() -> Vec<Trial> {
                 format!("msg_{k}_into_end_hands_back_the_socket_only_when_nothing_is_buffered"),
                 move || into_end(kind),
             ),
+            trial(
+                format!("msg_{k}_recv_into_reuses_the_buffer_replaces_fds_and_empties_on_error"),
+                move || recv_into(kind),
+            ),
         ]);
     }
     trials.extend([
@@ -131,6 +135,64 @@ fn round_trip(kind: SocketKind) -> TestResult {
     let reply = a.recv_timeout(RECV_LIMIT)?;
     assert_eq!(reply.bytes, b"reply");
     assert!(reply.fds.is_empty());
+    Ok(())
+}
+
+/// `recv_into` over one `Message`: each payload replaces the last in the same allocation while it
+/// fits, each message's descriptors replace the last ones (which are closed: the trial's fd-leak
+/// check and the count below see it), and an error leaves the message empty.
+fn recv_into(kind: SocketKind) -> TestResult {
+    let (a, mut b) = Channel::pair(kind)?;
+    let mut msg = sp_core::Message::default();
+    msg.bytes.reserve(4096);
+    let buffer = msg.bytes.as_ptr();
+    let open = || count_fds_to("sp-it-recv-into");
+    let memfds: Vec<OwnedFd> = (0..3)
+        .map(|i| memfd_with("sp-it-recv-into", format!("memfd {i}").as_bytes()))
+        .collect();
+    a.send(&[1; 1000], &[memfds[0].as_fd(), memfds[1].as_fd()])?;
+    a.send(b"second", &[memfds[2].as_fd()])?;
+    a.send(b"", &[])?;
+    drop(memfds);
+    assert_eq!(open(), 0);
+    b.recv_into_timeout(&mut msg, RECV_LIMIT)?;
+    assert_eq!(msg.bytes, [1; 1000]);
+    assert_eq!(msg.fds.len(), 2);
+    assert_eq!(read_all_at_0(&msg.fds[1]), b"memfd 1");
+    assert_eq!(open(), 2);
+    b.recv_into_timeout(&mut msg, RECV_LIMIT)?;
+    assert_eq!(msg.bytes, b"second");
+    assert_eq!(msg.fds.len(), 1);
+    assert_eq!(read_all_at_0(&msg.fds[0]), b"memfd 2");
+    assert_eq!(open(), 1, "the first message's fds were not closed");
+    b.recv_into(&mut msg)?;
+    assert!(msg.bytes.is_empty() && msg.fds.is_empty());
+    assert_eq!(
+        msg.bytes.as_ptr(),
+        buffer,
+        "the payload buffer was reallocated"
+    );
+    assert_eq!(open(), 0);
+    // An error (nothing to read) leaves the message empty.
+    a.send(b"x", &[])?;
+    b.try_recv_into(&mut msg)
+        .or_else(|_| b.recv_into_timeout(&mut msg, RECV_LIMIT))?;
+    assert_eq!(msg.bytes, b"x");
+    assert!(matches!(b.try_recv_into(&mut msg), Err(Error::WouldBlock)));
+    assert!(msg.bytes.is_empty() && msg.fds.is_empty());
+    // A refused message with a descriptor: the message stays empty and the descriptor is closed
+    // (at once on a seqpacket pair; with the poisoned receiver on a stream pair).
+    let (a, b) = Channel::pair(kind)?;
+    let mut b = b.with_max_message_len(16);
+    let memfd = memfd_with("sp-it-recv-into", b"refused");
+    a.send(&[2; 64], &[memfd.as_fd()])?;
+    drop(memfd);
+    msg.bytes.extend_from_slice(b"stale");
+    let res = b.recv_into_timeout(&mut msg, RECV_LIMIT);
+    assert!(matches!(res, Err(Error::MessageTooLarge { .. })), "{res:?}");
+    assert!(msg.bytes.is_empty() && msg.fds.is_empty());
+    drop(b);
+    assert_eq!(open(), 0);
     Ok(())
 }
 
