@@ -9,8 +9,9 @@
 //! | 3      | 1    | `n_fds`, descriptors sent with the frame |
 //! | 4      | 4    | `n_bytes`, payload length, little-endian |
 //!
-//! The header gives every message at least one data byte (an empty seqpacket record would read as
-//! end of file, and a stream cannot carry descriptors without data) and declares how many
+//! The header gives every message at least one data byte (an empty seqpacket record is
+//! indistinguishable from end of file in `recvmsg`, and a stream cannot carry descriptors without
+//! data) and declares how many
 //! descriptors belong to the frame, so the receiver can insist on an exact match.
 //!
 //! On a seqpacket pair a frame is one record and its descriptors travel with it. On a stream pair
@@ -568,8 +569,9 @@ impl Receiver {
         let (n, rflags) = self.recvmsg_into(capacity, flags, &mut msg.fds)?;
         let fds = &mut msg.fds;
         if n == 0 && fds.is_empty() {
-            // Every frame has a header, so a zero-length record is end of file.
-            return Err(Error::PeerGone);
+            // End of file, or an empty record, which no sp-core sender writes (every frame has a
+            // header): a peer that is still connected sent garbage, not a hang-up.
+            return Err(self.empty_record());
         }
         let header = decode_header(&self.buf[..n.min(capacity)]);
         if rflags.contains(ReturnFlags::CTRUNC) {
@@ -685,6 +687,18 @@ impl Receiver {
             ));
         }
         Ok(())
+    }
+
+    /// A zero-length seqpacket read: `PeerGone` if the peer has hung up (`POLLHUP` or
+    /// `POLLRDHUP` now), otherwise the peer sent an empty record and it is `Malformed`. (A peer
+    /// that sends an empty record and then closes may be reported as gone, which it then is.)
+    fn empty_record(&self) -> Error {
+        let hung_up = PollFlags::HUP | PollFlags::RDHUP;
+        match poll_one(self.fd.as_fd(), PollFlags::RDHUP, Some(Instant::now())) {
+            Ok(Some(revents)) if revents.intersects(hung_up) => Error::PeerGone,
+            Ok(_) => Error::Malformed("an empty record: every frame has an 8-byte header"),
+            Err(err) => err.into(),
+        }
     }
 
     /// Builds the error for `MSG_CTRUNC`, telling `EMFILE` apart from other causes while the
