@@ -575,7 +575,7 @@ impl Receiver {
         }
         let header = decode_header(&self.buf[..n.min(capacity)]);
         if rflags.contains(ReturnFlags::CTRUNC) {
-            let declared = header.map_or(fds.len(), |h| h.n_fds);
+            let declared = declared_fds(&self.buf[..n.min(capacity)]).unwrap_or(fds.len());
             return Err(self.truncated(declared, std::mem::take(fds)));
         }
         if rflags.contains(ReturnFlags::TRUNC) || n > capacity {
@@ -668,9 +668,17 @@ impl Receiver {
         let flags = self.wait_readable(wait)?;
         let mut fds = Vec::new();
         let limit = self.buf.len();
+        let old_end = self.end;
         let (n, rflags) = self.recvmsg_into(limit, flags, &mut fds)?;
         if rflags.contains(ReturnFlags::CTRUNC) {
-            let err = self.truncated(fds.len(), fds);
+            // Descriptors come with the first byte of the data they were sent with; when no
+            // partial frame was buffered, that is the header of the frame that declared them.
+            let declared = if old_end == 0 {
+                declared_fds(&self.buf[..n]).unwrap_or(fds.len())
+            } else {
+                fds.len()
+            };
+            let err = self.truncated(declared, fds);
             self.poison();
             return Err(err);
         }
@@ -743,6 +751,14 @@ fn encode_header(header: Header) -> [u8; HEADER_LEN] {
 }
 
 /// Parses the header at the front of `bytes` (which may hold more than a header).
+/// The descriptor count a frame header declares, read even when it is over [`MAX_FDS`] (for the
+/// error report of a truncated frame); `None` unless `bytes` starts with our magic and version.
+fn declared_fds(bytes: &[u8]) -> Option<usize> {
+    let head = bytes.first_chunk::<HEADER_LEN>()?;
+    (u16::from_le_bytes([head[0], head[1]]) == MAGIC && head[2] == VERSION)
+        .then_some(usize::from(head[3]))
+}
+
 fn decode_header(bytes: &[u8]) -> Result<Header> {
     let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
         return Err(Error::Malformed("shorter than a frame header"));
