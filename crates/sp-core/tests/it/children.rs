@@ -59,6 +59,10 @@ pub fn trials() -> Vec<Trial> {
             adopt_spawned_end,
         ),
         trial(
+            "spawn_moves_an_end_on_fd_0_clear_of_a_rewired_stdin",
+            spawn_from_fd_0,
+        ),
+        trial(
             "child_inherits_only_its_own_end_not_the_parents_other_fds",
             child_inherits_only_its_end,
         ),
@@ -114,6 +118,7 @@ pub fn run_role(role: &str) -> ExitCode {
         "write_line" => role_write_line(),
         "exit_now" => Ok(()),
         "check_adopted" => role_check_adopted(),
+        "spawn_from_fd_0" => role_spawn_from_fd_0(),
         "adopt_outcome" => return role_adopt_outcome(),
         "ready_then_block" => role_ready_then_block(),
         "emfile" => role_emfile(),
@@ -147,6 +152,52 @@ fn role_write_line() -> RoleResult {
     let mut end = sp_core::adopt().map_err(|e| format!("adopt: {e}"))?;
     end.write_all(b"Message from child process\n")
         .map_err(|e| e.to_string())
+}
+
+/// Holds an end on descriptor 0 (where a program with stdin closed gets its next socket) and
+/// hands it to a grandchild whose stdin is `/dev/null`. `spawn_with` must move the end off 0
+/// before `Command` rewires the standard descriptors; otherwise `SP_CORE_FD=0` names `/dev/null`
+/// in the grandchild, `adopt` fails and no line arrives.
+fn role_spawn_from_fd_0() -> RoleResult {
+    let (mut ours, theirs) = pair(SocketKind::Stream).map_err(|e| e.to_string())?;
+    rustix::stdio::dup2_stdin(&theirs).map_err(|e| format!("dup2: {e}"))?;
+    drop(theirs);
+    let on_zero = low_fd::take_fd_0();
+    if on_zero.as_raw_fd() != 0 {
+        return Err("the end is not on descriptor 0".into());
+    }
+    let mut cmd = crate::role_command("write_line");
+    cmd.stdin(Stdio::null());
+    let opts = sp_core::SpawnOptions::new().parent_death_signal(rustix::process::Signal::KILL);
+    let mut grandchild = sp_core::spawn_with(&mut cmd, on_zero, opts).map_err(|e| e.to_string())?;
+    ours.set_read_timeout(Some(RECV_LIMIT))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(&mut ours)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    let status = grandchild.wait().map_err(|e| e.to_string())?;
+    if line != "Message from child process\n" || !status.success() {
+        return Err(format!(
+            "grandchild wrote {line:?} and exited with {status}"
+        ));
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)] // Owning descriptor 0 needs `from_raw_fd`.
+mod low_fd {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use sp_core::End;
+
+    /// Takes ownership of descriptor 0 as an `End`.
+    pub fn take_fd_0() -> End {
+        // SAFETY: the caller has just made descriptor 0 a copy of a socket with `dup2`; nothing
+        // else in this single-threaded child role owns or closes it (std's `Stdin` borrows 0 only
+        // when used, and the role never uses it).
+        End::from(unsafe { OwnedFd::from_raw_fd(0) })
+    }
 }
 
 fn role_check_adopted() -> RoleResult {
@@ -471,6 +522,14 @@ fn child_checks_adopted_end() -> TestResult {
     assert_eq!(String::from_utf8_lossy(&report.bytes), "ok");
     let status = child.wait()?;
     assert!(status.success(), "child exited with {status}");
+    Ok(())
+}
+
+fn spawn_from_fd_0() -> TestResult {
+    let (_parent_end, child_end) = pair(SocketKind::Stream)?;
+    let mut child = spawn_role("spawn_from_fd_0", child_end)?;
+    let status = child.wait()?;
+    assert!(status.success(), "the role failed: {status}");
     Ok(())
 }
 
