@@ -218,7 +218,8 @@ impl End {
     /// # Errors
     /// Only if `poll` itself fails.
     pub fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to add to the clock is no limit.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         Ok(poll_one(self.fd.as_fd(), PollFlags::IN, deadline)?.is_some())
     }
 
@@ -240,7 +241,8 @@ impl End {
     /// # Errors
     /// Only if `poll` itself fails.
     pub fn wait_writable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to add to the clock is no limit.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         Ok(poll_one(self.fd.as_fd(), PollFlags::OUT, deadline)?.is_some())
     }
 

@@ -125,6 +125,15 @@ enum Wait {
     Until(Instant),
 }
 
+impl Wait {
+    /// Until `timeout` from now; a timeout too long to add to the clock is no limit.
+    fn after(timeout: Duration) -> Self {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Self::Forever, Self::Until)
+    }
+}
+
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
@@ -436,7 +445,7 @@ impl Receiver {
     /// # Errors
     /// As [`recv`](Self::recv), plus [`Error::TimedOut`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message> {
-        self.recv_wait(Wait::Until(Instant::now() + timeout))
+        self.recv_wait(Wait::after(timeout))
     }
 
     /// Receives a message if one is complete now.
@@ -463,7 +472,7 @@ impl Receiver {
     /// # Errors
     /// As [`recv_timeout`](Self::recv_timeout).
     pub fn recv_into_timeout(&mut self, msg: &mut Message, timeout: Duration) -> Result<()> {
-        self.recv_wait_into(Wait::Until(Instant::now() + timeout), msg)
+        self.recv_wait_into(Wait::after(timeout), msg)
     }
 
     /// As [`try_recv`](Self::try_recv), into `msg` (see [`recv_into`](Self::recv_into)).
@@ -697,14 +706,24 @@ impl Receiver {
         Ok(())
     }
 
-    /// A zero-length seqpacket read: `PeerGone` if the peer has hung up (`POLLHUP` or
-    /// `POLLRDHUP` now), otherwise the peer sent an empty record and it is `Malformed`. (A peer
-    /// that sends an empty record and then closes may be reported as gone, which it then is.)
+    /// A zero-length seqpacket read: end of file if the peer has hung up (`POLLHUP` or
+    /// `POLLRDHUP` now) and nothing else is queued, so `PeerGone`; otherwise the peer sent an
+    /// empty record, which is `Malformed`, and the records after it are still delivered.
     fn empty_record(&self) -> Error {
+        let malformed = Error::Malformed("an empty record: every frame has an 8-byte header");
         let hung_up = PollFlags::HUP | PollFlags::RDHUP;
         match poll_one(self.fd.as_fd(), PollFlags::RDHUP, Some(Instant::now())) {
-            Ok(Some(revents)) if revents.intersects(hung_up) => Error::PeerGone,
-            Ok(_) => Error::Malformed("an empty record: every frame has an 8-byte header"),
+            Ok(Some(revents)) if revents.intersects(hung_up) => {
+                // Gone, but records it sent after the empty one may still be queued: only when
+                // nothing (or nothing but another empty record) is left is this the end.
+                let mut probe = [0u8; 1];
+                let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC;
+                match retry_intr(|| rustix::net::recv(&*self.fd, &mut probe, flags)) {
+                    Ok((_, len)) if len > 0 => malformed,
+                    _ => Error::PeerGone,
+                }
+            }
+            Ok(_) => malformed,
             Err(err) => err.into(),
         }
     }
@@ -750,16 +769,9 @@ fn encode_header(header: Header) -> [u8; HEADER_LEN] {
     out
 }
 
-/// Parses the header at the front of `bytes` (which may hold more than a header).
-/// The descriptor count a frame header declares, read even when it is over [`MAX_FDS`] (for the
-/// error report of a truncated frame); `None` unless `bytes` starts with our magic and version.
-fn declared_fds(bytes: &[u8]) -> Option<usize> {
-    let head = bytes.first_chunk::<HEADER_LEN>()?;
-    (u16::from_le_bytes([head[0], head[1]]) == MAGIC && head[2] == VERSION)
-        .then_some(usize::from(head[3]))
-}
-
-fn decode_header(bytes: &[u8]) -> Result<Header> {
+/// The header at the front of `bytes` with its magic and version checked, its counts not yet:
+/// `(n_fds, n_bytes)`.
+fn raw_header(bytes: &[u8]) -> Result<(usize, usize)> {
     let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
         return Err(Error::Malformed("shorter than a frame header"));
     };
@@ -769,11 +781,22 @@ fn decode_header(bytes: &[u8]) -> Result<Header> {
     if head[2] != VERSION {
         return Err(Error::Malformed("unsupported version"));
     }
-    let n_fds = usize::from(head[3]);
+    let n_bytes = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    Ok((usize::from(head[3]), n_bytes))
+}
+
+/// The descriptor count a frame header declares, even when it is over [`MAX_FDS`] (for the
+/// error report of a truncated frame); `None` unless `bytes` starts with our magic and version.
+fn declared_fds(bytes: &[u8]) -> Option<usize> {
+    raw_header(bytes).ok().map(|(n_fds, _)| n_fds)
+}
+
+/// Parses the header at the front of `bytes` (which may hold more than a header).
+fn decode_header(bytes: &[u8]) -> Result<Header> {
+    let (n_fds, n_bytes) = raw_header(bytes)?;
     if n_fds > MAX_FDS {
         return Err(Error::Malformed("more descriptors declared than MAX_FDS"));
     }
-    let n_bytes = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
     Ok(Header { n_fds, n_bytes })
 }
 

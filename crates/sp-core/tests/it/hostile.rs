@@ -130,6 +130,16 @@ fn seqpacket_empty_record() -> TestResult {
     assert!(matches!(res, Err(Error::Malformed(_))), "{res:?}");
     drop(raw);
     assert!(matches!(rx.recv_timeout(RECV_LIMIT), Err(Error::PeerGone)));
+    // A peer that sends an empty record, then a good one, then leaves: the good one still
+    // arrives before `PeerGone`.
+    let (raw, mut rx) = hostile_pair(SocketKind::SeqPacket)?;
+    send_raw(&raw, &[], &[])?;
+    send_raw(&raw, &frame(0, b"last words"), &[])?;
+    drop(raw);
+    let res = rx.recv_timeout(RECV_LIMIT);
+    assert!(matches!(res, Err(Error::Malformed(_))), "{res:?}");
+    assert_eq!(rx.recv_timeout(RECV_LIMIT)?.bytes, b"last words");
+    assert!(matches!(rx.recv_timeout(RECV_LIMIT), Err(Error::PeerGone)));
     Ok(())
 }
 
