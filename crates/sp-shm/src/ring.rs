@@ -5,7 +5,7 @@
 //! The data area is `capacity` bytes, a power of two. Both sides count in free-running `u64` byte
 //! positions: the producer's *tail* (bytes ever committed) and the consumer's *head* (bytes ever
 //! released); a byte position maps to offset `pos & (capacity - 1)`. The ring holds
-//! `tail - head <= capacity` bytes (Linux `io_uring` and `perf_event` rings; the positions never
+//! `tail - head <= capacity - 8` bytes (the 8 bytes at the tail are the zeroed next slot) (Linux `io_uring` and `perf_event` rings; the positions never
 //! wrap in practice: 2^64 bytes at 100 GB/s is 5 years).
 //!
 //! Records are framed as in aeron's `aeron_rb.h`: an 8-byte header `{len: u32, kind: u32}` then
@@ -22,8 +22,9 @@
 //! loads the header at its head with Acquire: zero means "nothing yet", a committed header means a
 //! whole record. So at steady state a record costs the consumer the cache lines of the record
 //! itself and nothing else: there is no index line bouncing between the cores on every record
-//! (measured, `ring_vs_socket`, 64 B: 40 → 47 M records/s, and a 64 B spinning round trip
-//! 290 → 225 ns, against version 1 of the protocol, which published a tail index).
+//! (measured, `ring_vs_socket`, 64 B: 40 → 47.7 M records/s, and sp-bench's 64 B spinning round
+//! trip 290 → 221 ns, against version 1 of the protocol, which published a tail index; the steps
+//! are listed in docs/benchmarks.md).
 //!
 //! The consumer's head is still an index: it keeps it in private memory, *publishes* it to the
 //! control block (every record by default, or in batches, `Config::publish_every`), and the
@@ -67,9 +68,12 @@
 //! parked side whose `membarrier` fails re-checks every millisecond). The loom models check the
 //! symmetric form; the asymmetric one is the `membarrier(2)` pattern of liburcu.
 //!
-//! The `*_timeout` calls start their clock lazily, at the first park or periodic check of the
-//! wait (at most [`CHECK_EVERY`](crate::idle::CHECK_EVERY) spin steps, microseconds, after the
-//! call began): a spinning wait that ends quickly never reads the clock, which costs ~20 ns.
+//! The single-record `*_timeout` calls start their clock lazily, at the first park or periodic
+//! check of the wait: at most [`CHECK_EVERY`](crate::idle::CHECK_EVERY) idle steps (spins or
+//! yields, each with one attempt) after the call began, usually microseconds, up to about a
+//! millisecond when every attempt misses the cache. A spinning wait that ends quickly never reads
+//! the clock, which costs ~20 ns. The batch forms take one deadline for the whole batch, so their
+//! clock starts at the call.
 //!
 //! # Fast path
 //!
@@ -936,11 +940,23 @@ impl Consumer {
                 Slot::Invalid => return Err(corrupt("not a record header", word)),
                 Slot::Header(len, kind) => (len, kind),
             };
+            // A producer writes only space it knows is free: its cached head is at most the head
+            // we published, so nothing it commits ends past `head_published + capacity - 8`. This
+            // bounds how far a peer can lead us: without it, a data area full of valid headers
+            // would be an endless supply of records (and, with publication stopped once the peer
+            // is gone, see `publish`, a dead peer's leftovers are at most one ring).
+            let limit = self.head_published + self.capacity - HEADER_LEN as u64;
             if kind == PADDING {
                 // Padding at offset 0 is never needed (every record fits a whole ring), so a
                 // padding record is followed by a real one and this loop runs at most twice.
                 if offset == 0 || u64::from(len) != to_end - HEADER_LEN as u64 {
                     return Err(corrupt("bad padding record", word));
+                }
+                if self.head + to_end > limit {
+                    return Err(corrupt(
+                        "padding beyond what the producer could write",
+                        word,
+                    ));
                 }
                 self.head += to_end;
                 continue;
@@ -952,6 +968,14 @@ impl Consumer {
             let size = layout::record_size(len) as u64;
             if size > to_end {
                 return Err(corrupt("record past the end of the data area", word));
+            }
+            if self.head + size > limit {
+                return Err(corrupt("record beyond what the producer could write", word));
+            }
+            if offset == 0 && !self.peer_gone && self.wake.hung_up()? {
+                // Once a lap, look for a hang-up even if records keep coming: a dead peer's ring
+                // may hold a cycle of valid headers that would otherwise never run out.
+                self.peer_gone = true;
             }
             return Ok(Some(Record {
                 offset,
@@ -979,10 +1003,12 @@ impl Consumer {
         }
     }
 
-    /// Publishes the head and wakes the producer if it is parked.
+    /// Publishes the head and wakes the producer if it is parked. Once the producer is gone
+    /// nothing is published: nobody reads the head, and the frozen `head_published` caps what
+    /// is left to drain at one ring (see `poll_record`).
     #[inline]
     fn publish(&mut self) -> Result<()> {
-        if self.head == self.head_published {
+        if self.head == self.head_published || self.peer_gone {
             return Ok(());
         }
         let ctrl = self.shared.ctrl();
@@ -1003,6 +1029,7 @@ impl Consumer {
         }
     }
 
+    #[cold]
     #[inline(never)]
     fn wait_record_slow(&mut self, limit: Limit) -> Result<Record> {
         wait_for(&mut RecordWait { consumer: self }, limit)
@@ -1173,8 +1200,8 @@ fn wake_peer(waiting: &AtomicU64, wake: &WakeSocket, stats: &mut Stats) -> Resul
 enum Limit {
     Forever,
     /// From the moment the wait first checks the clock: at its first park or periodic check, so
-    /// at most [`CHECK_EVERY`](crate::idle::CHECK_EVERY) spin steps (microseconds) after it began.
-    /// A wait that ends while spinning never reads the clock.
+    /// at most [`CHECK_EVERY`](crate::idle::CHECK_EVERY) idle steps after it began (see the module
+    /// docs, "Waiting"). A wait that ends while spinning never reads the clock.
     After(Duration),
     /// Until a deadline already computed (`None`: forever).
     Until(Option<Instant>),
@@ -1334,9 +1361,13 @@ fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> {
                 // sends a wake-up byte (which persists in the socket until we poll).
                 let fenced = heavy_fence();
                 let deadline = deadline.get();
-                if let Some(ready) = side.attempt()? {
+                let recheck = side.attempt();
+                if !matches!(recheck, Ok(None)) {
+                    // Not parking after all (ready, or an error): no wake-up wanted.
                     side.waiting_flag().store(0, Ordering::Relaxed);
-                    return Ok(ready);
+                    if let Some(ready) = recheck? {
+                        return Ok(ready);
+                    }
                 }
                 side.stats().parks += 1;
                 // Without a working `membarrier` the peer's light fence may not have ordered its
@@ -1349,20 +1380,20 @@ fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> {
                     let recheck = Instant::now() + Duration::from_millis(1);
                     Some(deadline.map_or(recheck, |d| d.min(recheck)))
                 };
-                match side.wake().wait(park_until)? {
+                let woken = side.wake().wait(park_until);
+                // Awake, whatever woke us: clear the flag so that the peer sends no stale byte. A
+                // later park sets it again, with the fence and a re-check.
+                side.waiting_flag().store(0, Ordering::Relaxed);
+                match woken? {
                     Woken::Token => {}
                     Woken::TimedOut if deadline.is_none_or(|d| Instant::now() < d) => {}
                     Woken::TimedOut => {
-                        side.waiting_flag().store(0, Ordering::Relaxed);
                         return match side.attempt()? {
                             Some(ready) => Ok(ready),
                             None => Err(Error::TimedOut),
                         };
                     }
-                    Woken::HangUp => {
-                        side.waiting_flag().store(0, Ordering::Relaxed);
-                        return side.on_hang_up();
-                    }
+                    Woken::HangUp => return side.on_hang_up(),
                 }
             }
         }
@@ -1410,7 +1441,8 @@ pub(crate) fn model_pair(capacity: u64, max_payload: usize) -> (Producer, Consum
     let data = DataPtr::new_model(capacity as usize);
     let ptr = NonNull::from(&*ctrl);
     let (wake_p, wake_c) = WakeSocket::pair();
-    // SAFETY: `ptr` points into the `Arc` each `Shared` keeps; `data` has `capacity` cells.
+    // SAFETY: `ptr` points into the `Arc` each `Shared` keeps; `data` has `capacity` bytes (as
+    // 8-byte words).
     let (shared_p, shared_c) = unsafe {
         (
             Shared::new(ptr, data.clone(), ctrl.clone()),

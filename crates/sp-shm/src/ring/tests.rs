@@ -251,6 +251,25 @@ fn too_large_and_full() {
     ));
 }
 
+/// The slot after a record must be free too: with exactly a record's slot free (and not the 8
+/// bytes after it), the producer says `Full` instead of zeroing the header of the oldest unread
+/// record; 8 bytes less fits, and the oldest record is still read whole.
+#[test]
+fn a_record_needs_its_slot_and_the_next_header_free() {
+    let (mut tx, mut rx) = channel(&small()).unwrap();
+    // Three records of 1,024 bytes each (8 + 1,016): 1,024 bytes free at offset 3,072.
+    for i in 0..3u8 {
+        tx.try_send(&[i; 1016]).unwrap();
+    }
+    assert!(matches!(tx.try_send(&[9; 1016]), Err(Error::Full)));
+    tx.try_send(&[3; 1008]).unwrap();
+    for i in 0..3u8 {
+        assert_eq!(rx.try_read().unwrap().to_vec(), [i; 1016]);
+    }
+    assert_eq!(rx.try_read().unwrap().to_vec(), [3; 1008]);
+    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+}
+
 #[test]
 fn wraps_with_padding() {
     let (mut tx, mut rx) = channel(&small()).unwrap();
@@ -660,7 +679,8 @@ fn record_past_the_end_of_the_data_area_is_corrupt() {
 
 /// A record appears when its header does, not before: a hand-written producer writes the
 /// payload (nothing to read yet), zeroes the next slot, then stores the header with Release;
-/// the consumer reads the record and stops at the zeroed slot.
+/// the consumer reads the record and stops at the zeroed slot. Single-threaded, so this checks
+/// the steps, not their ordering between cores; the loom models check that.
 #[test]
 fn record_appears_with_its_header() {
     let (tx, mut rx) = channel(&small()).unwrap();
@@ -711,6 +731,59 @@ fn header_changing_between_calls() {
     assert!(matches!(rx.try_read(), Err(Error::Empty)));
 }
 
+/// A peer that fills the data area with valid headers (here, an empty record in every slot)
+/// offers an endless supply of records; the consumer takes at most what a producer could have
+/// written beyond the head it published, then says `Corrupt`. Every read form terminates, and
+/// once the producer's process is gone the leftovers end in `PeerGone` or `Corrupt`, never an
+/// endless stream.
+#[test]
+fn a_ring_full_of_valid_headers_is_not_an_endless_supply() {
+    let empty = encode_header(0, 0);
+    let fill = |tx: &Producer| {
+        for off in (0..CAPACITY).step_by(8) {
+            poke(tx, off, empty);
+        }
+    };
+    // One batch call with no limit of its own.
+    let (tx, mut rx) = channel(&small()).unwrap();
+    fill(&tx);
+    let (n, res) = within_bound(move || {
+        let mut n = 0usize;
+        let res = rx.for_each_available(usize::MAX, |_| n += 1);
+        (n, res)
+    });
+    assert!(matches!(res, Err(Error::Corrupt { .. })), "{res:?}");
+    assert!(n < CAPACITY / 8, "{n} records");
+    let (tx2, mut rx2) = channel(&small()).unwrap();
+    fill(&tx2);
+    let mut out = Vec::new();
+    let res = rx2.try_recv_batch(&mut out, usize::MAX);
+    assert!(matches!(res, Err(Error::Corrupt { .. })), "{res:?}");
+    assert!(out.len() < CAPACITY / 8);
+    // One record at a time, the head published after each: the producer's process leaves.
+    let (tx3, mut rx3) = channel(&small()).unwrap();
+    fill(&tx3);
+    drop(tx3);
+    let (n, last) = within_bound(move || {
+        let mut n = 0usize;
+        loop {
+            match rx3.read() {
+                Ok(rec) => {
+                    assert!(rec.is_empty());
+                    n += 1;
+                }
+                Err(err) => return (n, err),
+            }
+        }
+    });
+    assert!(
+        matches!(last, Error::PeerGone | Error::Corrupt { .. }),
+        "{last:?}"
+    );
+    assert!(n <= 2 * CAPACITY / 8, "{n} records from a dead peer");
+    drop((tx, tx2));
+}
+
 // --- hostile control block ------------------------------------------------------------------
 
 /// Version 1's tail index at offset 128 is reserved: the producer never writes it, and the
@@ -744,10 +817,17 @@ fn reserved_line_is_ignored() {
 
 #[test]
 fn hostile_head_is_corrupt() {
-    let (mut tx, rx) = channel(&small()).unwrap();
+    let (mut tx, mut rx) = channel(&small()).unwrap();
+    // A valid head the producer has loaded, so that going backwards is checked on its own.
+    while tx.try_send(&[0; 512]).is_ok() {}
+    drop(rx.try_read().unwrap());
+    // 448 + 8 bytes fit exactly before the end, but with the next slot need more than the cached
+    // head allows: the producer reloads the head (520).
+    tx.try_send(&[0; 448]).unwrap();
+    assert_eq!(tx.head_cache, 520);
     while tx.try_send(&[0; 512]).is_ok() {}
     let beyond = tx.tail + 8;
-    for bad_head in [u64::MAX, 1 << 20, 5, beyond] {
+    for bad_head in [512, u64::MAX, 1 << 20, 5, beyond] {
         rx.shared
             .ctrl()
             .head
