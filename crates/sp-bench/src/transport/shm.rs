@@ -117,15 +117,18 @@ impl RingLink {
 }
 
 impl Link for RingLink {
+    // Untimed, like the socket transports' blocking `read`/`write`: the measurement's watchdog
+    // bounds both (it kills the child, and a hang-up ends any wait), and a wait with a deadline
+    // would arm a kernel timer on every park that the sockets do not pay.
     fn send(&mut self, fill: &mut Fill<'_>) -> Result<()> {
-        let mut grant = self.producer.reserve_timeout(self.size, WAIT_LIMIT)?;
+        let mut grant = self.producer.reserve(self.size)?;
         fill(&mut grant);
         grant.commit(self.size)?;
         Ok(())
     }
 
     fn recv(&mut self, check: &mut Check<'_>) -> Result<()> {
-        let grant = self.consumer.read_timeout(WAIT_LIMIT)?;
+        let grant = self.consumer.read()?;
         // SAFETY: the producer is the other half of this benchmark, an sp-shm producer that
         // writes only space this consumer has released; the grant keeps this record unreleased
         // while the slice lives (see the module documentation).
