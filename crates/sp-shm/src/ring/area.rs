@@ -42,11 +42,12 @@ pub(crate) enum ReadWrite {}
 pub(crate) struct WordAt(usize);
 
 /// The payload of a record: `len` bytes after the header at an 8-aligned offset, the record's
-/// slot (`record_size(len)` bytes from the header) inside the data area.
+/// slot (`record_size(len)` bytes from the header, ending at `end`) inside the data area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Payload {
     header: usize,
     len: usize,
+    end: usize,
 }
 
 impl WordAt {
@@ -57,6 +58,13 @@ impl WordAt {
 }
 
 impl Payload {
+    /// An empty record at offset 0: inside any data area (which is at least 8 bytes).
+    pub(crate) const EMPTY: Self = Self {
+        header: 0,
+        len: 0,
+        end: HEADER_LEN,
+    };
+
     /// Where the record's header is.
     pub(crate) fn header(self) -> WordAt {
         WordAt(self.header)
@@ -67,11 +75,14 @@ impl Payload {
         self.len
     }
 
-    /// The same record with only its first `len` bytes (`len <= self.len()`).
+    /// The same record with only its first `len` bytes (at most `self.len()`): a shorter slot
+    /// that starts at the same header, so it lies in the area too.
     pub(crate) fn truncated(self, len: usize) -> Self {
+        let len = len.min(self.len);
         Self {
             header: self.header,
-            len: len.min(self.len),
+            len,
+            end: self.header + record_size(len),
         }
     }
 
@@ -81,8 +92,8 @@ impl Payload {
     }
 
     /// Offset just past the record's slot (the payload rounded up to 8).
-    fn slot_end(self) -> usize {
-        self.header + record_size(self.len)
+    pub(crate) fn slot_end(self) -> usize {
+        self.end
     }
 }
 
@@ -145,6 +156,9 @@ impl<A> Shared<A> {
 pub(crate) struct DataArea<A> {
     base: NonNull<u8>,
     capacity: usize,
+    /// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8: `PRFCHW`); older Intel
+    /// CPUs lack it.
+    prefetchw: bool,
     _access: PhantomData<A>,
 }
 
@@ -169,18 +183,21 @@ impl<A> DataArea<A> {
     /// before the end of the area.
     #[inline]
     pub(crate) fn payload(&self, header: WordAt, len: usize) -> Option<Payload> {
-        let payload = Payload {
+        // `header.0 < capacity` and `len <= capacity` keep the sum far from overflowing.
+        let end = header.0 + record_size(len.min(self.capacity + 1));
+        (len <= self.capacity && end <= self.capacity).then_some(Payload {
             header: header.0,
             len,
-        };
-        (len <= self.capacity && payload.slot_end() <= self.capacity).then_some(payload)
+            end,
+        })
     }
 
-    /// Checks that `payload` lies in this area: always true for one this area made.
+    /// Checks that `payload` lies in this area: always true for one this area made. (Its header
+    /// is 8-aligned whichever area made it: `WordAt` is.)
     #[inline]
     fn check(&self, payload: Payload) {
         assert!(
-            payload.slot_end() <= self.capacity && payload.header.is_multiple_of(8),
+            payload.end <= self.capacity,
             "a payload made for another data area"
         );
     }
@@ -197,9 +214,14 @@ impl<A> DataArea<A> {
     pub(crate) unsafe fn new(base: NonNull<u8>, capacity: usize) -> Self {
         debug_assert!((base.as_ptr() as usize).is_multiple_of(8));
         debug_assert!(capacity.is_power_of_two() && capacity >= 8);
+        #[cfg(target_arch = "x86_64")]
+        let prefetchw = (std::arch::x86_64::__cpuid(0x8000_0001).ecx >> 8) & 1 == 1;
+        #[cfg(not(target_arch = "x86_64"))]
+        let prefetchw = false;
         Self {
             base,
             capacity,
+            prefetchw,
             _access: PhantomData,
         }
     }
@@ -265,6 +287,35 @@ impl<A> DataArea<A> {
 
 #[cfg(not(sp_loom))]
 impl DataArea<ReadWrite> {
+    /// Asks the cache for the first lines of a record's slot and its next slot with the intent
+    /// to write them (`prefetchw`), so that their ownership requests start together, before the
+    /// payload is written. A hint only: it never faults and changes no memory.
+    #[inline]
+    pub(crate) fn prefetch_for_write(&self, payload: Payload) {
+        #[cfg(target_arch = "x86_64")]
+        if self.prefetchw {
+            /// Lines asked for: a small record and its next slot; a large one streams anyway.
+            const MAX_LINES: usize = 4;
+            let first = payload.header & !63;
+            let end = (payload.slot_end() + HEADER_LEN).min(first + MAX_LINES * 64);
+            for line in (first..end).step_by(64) {
+                let ptr = self.base.as_ptr().wrapping_add(line & (self.capacity - 1));
+                // SAFETY: `prefetchw` is a hint: it never faults and writes nothing, whatever the
+                // address (the address is inside the mapping anyway); this CPU has it
+                // (`self.prefetchw`).
+                unsafe {
+                    std::arch::asm!(
+                        "prefetchw [{ptr}]",
+                        ptr = in(reg) ptr,
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = payload;
+    }
+
     /// Stores a word Relaxed: the zeroed next slot, published by a later Release header store.
     #[inline]
     pub(crate) fn store_word(&self, at: WordAt, value: u64) {
@@ -351,6 +402,8 @@ impl<A> DataArea<A> {
 
 #[cfg(sp_loom)]
 impl DataArea<ReadWrite> {
+    pub(crate) fn prefetch_for_write(&self, _payload: Payload) {}
+
     pub(crate) fn store_word(&self, at: WordAt, value: u64) {
         self.word(at).store(value, Ordering::Relaxed);
     }

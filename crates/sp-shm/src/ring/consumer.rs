@@ -24,6 +24,10 @@ pub struct Consumer {
     /// Authoritative head: bytes released, published or not.
     pub(super) head: u64,
     head_published: u64,
+    /// Where a record taken on the fast path may end at the latest: the end of the head's lap
+    /// (no padding to skip, no hang-up check due) and the read-ahead limit
+    /// (`head_published + capacity - 8`). Recomputed on the slow path and on every publication.
+    fast_end: u64,
     publish_every: u64,
     pub(super) wake: WakeSocket,
     pub(super) idle: IdleStrategy,
@@ -53,12 +57,22 @@ pub struct ReadGrantRef<'a> {
     rec: Record,
 }
 
-/// A validated record: its payload (inside the data area), kind, and slot size.
+/// A validated record: its payload (inside the data area) and kind.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Record {
     pub(super) payload: Payload,
     kind: u32,
-    size: u64,
+}
+
+/// What `Consumer::check_slow` found at the head.
+#[derive(Debug, Clone, Copy)]
+enum SlowPath {
+    /// No record yet.
+    Empty,
+    /// A valid record; `fast_end` now admits it.
+    Validated,
+    /// A padding record, skipped: the head is at offset 0.
+    SkippedPadding,
 }
 
 impl Consumer {
@@ -77,6 +91,7 @@ impl Consumer {
             max_payload,
             head: 0,
             head_published: 0,
+            fast_end: 0,
             publish_every: publish_every as u64,
             wake,
             idle,
@@ -301,68 +316,110 @@ impl Consumer {
     }
 
     /// The next committed record, validated; skips padding.
+    ///
+    /// The record is made here, inline, from a header word that passed the fast path's checks;
+    /// the out-of-line slow path never returns one (through memory it would be reloaded with
+    /// loads wider than the stores that wrote it, which stalls). It validates the word in full,
+    /// skips padding and moves `fast_end`, and the loop loads the header again.
     #[inline]
     pub(super) fn poll_record(&mut self) -> Result<Option<Record>> {
+        let mut validated = false;
         loop {
             let header = self.shared.data.word_at(self.head);
-            let to_end = self.capacity - header.offset() as u64;
             // SYNC: (B) Acquire pairs with the producer's Release store of this header in
             // `Producer::finish`: the payload and the zeroed slot after it are visible below.
             let word = self.shared.data.load_header(header);
-            let (len, kind) = match layout::decode_header(word) {
-                Slot::Empty => return Ok(None),
-                Slot::Invalid => return Err(corrupt("not a record header", word)),
-                Slot::Header(len, kind) => (len, kind),
-            };
-            // A producer writes only space it knows is free: its cached head is at most the head
-            // we published, so nothing it commits ends past `head_published + capacity - 8`. This
-            // bounds how far a peer can lead us: without it, a data area full of valid headers
-            // would be an endless supply of records (and, with publication stopped once the peer
-            // is gone, see `publish`, a dead peer's leftovers are at most one ring).
-            let limit = self.head_published + self.capacity - HEADER_LEN as u64;
-            if kind == PADDING {
-                // Padding at offset 0 is never needed (every record fits a whole ring), so a
-                // padding record is followed by a real one and this loop runs at most twice.
-                if header.offset() == 0 || u64::from(len) != to_end - HEADER_LEN as u64 {
-                    return Err(corrupt("bad padding record", word));
-                }
-                if self.head + to_end > limit {
-                    return Err(corrupt(
-                        "padding beyond what the producer could write",
-                        word,
-                    ));
-                }
-                self.head += to_end;
-                continue;
+            // The fast path takes a committed record that is not padding, not longer than the
+            // largest payload, and ends by `fast_end` (inside this lap and the read-ahead limit).
+            let len = (word as u32 & !layout::COMMITTED) as usize;
+            let kind = (word >> 32) as u32;
+            if word as u32 & layout::COMMITTED != 0
+                && kind != PADDING
+                && len <= self.max_payload
+                && self.head + layout::record_size(len) as u64 <= self.fast_end
+                && let Some(payload) = self.shared.data.payload(header, len)
+            {
+                return Ok(Some(Record { payload, kind }));
             }
-            let len = len as usize;
-            if len > self.max_payload {
-                return Err(corrupt("record longer than the largest payload", word));
+            match self.check_slow(word, validated)? {
+                SlowPath::Empty => return Ok(None),
+                SlowPath::Validated => validated = true,
+                SlowPath::SkippedPadding => {}
             }
-            let Some(payload) = self.shared.data.payload(header, len) else {
-                return Err(corrupt("record past the end of the data area", word));
-            };
-            let size = layout::record_size(len) as u64;
-            if self.head + size > limit {
-                return Err(corrupt("record beyond what the producer could write", word));
-            }
-            if header.offset() == 0 && !self.peer_gone && self.wake.hung_up()? {
-                // Once a lap, look for a hang-up even if records keep coming: a dead peer's ring
-                // may hold a cycle of valid headers that would otherwise never run out.
-                self.peer_gone = true;
-            }
-            return Ok(Some(Record {
-                payload,
-                kind,
-                size,
-            }));
         }
+    }
+
+    /// Every check on the header word `word` at the head, for what the fast path did not take:
+    /// empty, invalid, padding (skipped), too long, past the end, past the read-ahead limit;
+    /// a hang-up check once a lap; `fast_end` recomputed so that the next load of a valid
+    /// record takes the fast path. A header that validates twice in one `poll_record` changed
+    /// under it after being committed, which only a broken producer does.
+    #[inline(never)]
+    fn check_slow(&mut self, word: u64, validated: bool) -> Result<SlowPath> {
+        let header = self.shared.data.word_at(self.head);
+        let to_end = self.capacity - header.offset() as u64;
+        let (len, kind) = match layout::decode_header(word) {
+            Slot::Empty => return Ok(SlowPath::Empty),
+            Slot::Invalid => return Err(corrupt("not a record header", word)),
+            Slot::Header(len, kind) => (len, kind),
+        };
+        // A producer writes only space it knows is free: its cached head is at most the head
+        // we published, so nothing it commits ends past `head_published + capacity - 8`. This
+        // bounds how far a peer can lead us: without it, a data area full of valid headers
+        // would be an endless supply of records (and, with publication stopped once the peer
+        // is gone, see `publish`, a dead peer's leftovers are at most one ring).
+        let limit = self.head_published + self.capacity - HEADER_LEN as u64;
+        if kind == PADDING {
+            // Padding at offset 0 is never needed (every record fits a whole ring), so padding
+            // is followed by a real record: `poll_record` comes here at most twice per record.
+            if header.offset() == 0 || u64::from(len) != to_end - HEADER_LEN as u64 {
+                return Err(corrupt("bad padding record", word));
+            }
+            if self.head + to_end > limit {
+                return Err(corrupt(
+                    "padding beyond what the producer could write",
+                    word,
+                ));
+            }
+            self.head += to_end;
+            return Ok(SlowPath::SkippedPadding);
+        }
+        let len = len as usize;
+        if len > self.max_payload {
+            return Err(corrupt("record longer than the largest payload", word));
+        }
+        if self.shared.data.payload(header, len).is_none() {
+            return Err(corrupt("record past the end of the data area", word));
+        }
+        if self.head + layout::record_size(len) as u64 > limit {
+            return Err(corrupt("record beyond what the producer could write", word));
+        }
+        if validated {
+            return Err(corrupt(
+                "a committed header changed while it was read",
+                word,
+            ));
+        }
+        if header.offset() == 0 && !self.peer_gone && self.wake.hung_up()? {
+            // Once a lap, look for a hang-up even if records keep coming: a dead peer's ring
+            // may hold a cycle of valid headers that would otherwise never run out.
+            self.peer_gone = true;
+        }
+        self.set_fast_end();
+        Ok(SlowPath::Validated)
+    }
+
+    /// `fast_end` for the head's lap and the head last published. The first record of a lap
+    /// always takes the slow path: `fast_end` is at most the end of the previous lap.
+    fn set_fast_end(&mut self) {
+        let lap_end = (self.head | (self.capacity - 1)) + 1;
+        self.fast_end = lap_end.min(self.head_published + self.capacity - HEADER_LEN as u64);
     }
 
     /// Releases a record privately.
     #[inline]
     fn advance(&mut self, rec: Record) {
-        self.head += rec.size;
+        self.head += layout::record_size(rec.payload.len()) as u64;
         self.stats.records += 1;
         self.stats.bytes += rec.payload.len() as u64;
     }
@@ -385,12 +442,17 @@ impl Consumer {
         if self.head == self.head_published || self.peer_gone {
             return Ok(());
         }
-        let ctrl = self.shared.ctrl();
         // SYNC: (C) Release pairs with the producer's Acquire load of the head in
         // `Producer::reload_head`: our reads of the released records happen before its writes.
-        ctrl.head.word.store(self.head, Ordering::Release);
+        self.shared
+            .ctrl()
+            .head
+            .word
+            .store(self.head, Ordering::Release);
         self.head_published = self.head;
+        self.set_fast_end();
         self.stats.publications += 1;
+        let ctrl = self.shared.ctrl();
         wake_if_waiting(&ctrl.producer_waiting.word, &self.wake, &mut self.stats)
     }
 

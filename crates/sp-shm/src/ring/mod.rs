@@ -41,7 +41,7 @@
 //! # Ordering (each pair is tagged `SYNC:` in the code)
 //!
 //! (A) The producer writes the payload and zeroes the next slot, then stores the header with
-//! Release (a padding record's header after the header of the record it precedes); (B) the
+//! Release (for padding: the word at offset 0 zeroed, then the padding's header); (B) the
 //! consumer loads the header with Acquire, then reads the record and, later, the next slot.
 //! (C) The consumer reads the record, then stores its head with Release; (D) the producer loads
 //! the head with Acquire before it writes over those bytes. This is the (A)-(D) scheme of Linux

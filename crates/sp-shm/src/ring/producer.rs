@@ -27,6 +27,15 @@ pub struct Producer {
     tail_announced: u64,
     /// Last head loaded from the control block; never ahead of the real head.
     pub(super) head_cache: u64,
+    /// The space the last successful claim found at the tail: the record's payload (header
+    /// offset and length reserved), which the next commit publishes. It lives here rather than in
+    /// the grant so that the hot path stores and loads it with matching widths (a grant returned
+    /// inside a `Result` was split into 32-bit stores and read back with 64-bit loads).
+    claimed: Payload,
+    /// Where a record claimed on the fast path may end at the latest: the end of the tail's lap
+    /// (no padding needed) and 8 bytes short of the cached head's free space (the next slot).
+    /// Recomputed on the slow path, whenever the tail enters a new lap or the head is reloaded.
+    fast_end: u64,
     pub(super) wake: WakeSocket,
     pub(super) idle: IdleStrategy,
     pub(super) stats: Stats,
@@ -42,16 +51,7 @@ pub struct Producer {
 #[derive(Debug)]
 pub struct WriteGrant<'a> {
     producer: &'a mut Producer,
-    claim: Claim,
     kind: u32,
-}
-
-/// Space found for a record: padding to write first (0 or the bytes to the end), and the
-/// record's payload (its header offset and the length reserved).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Claim {
-    pad: u64,
-    payload: Payload,
 }
 
 impl Producer {
@@ -70,6 +70,8 @@ impl Producer {
             tail: 0,
             tail_announced: 0,
             head_cache: 0,
+            claimed: Payload::EMPTY,
+            fast_end: 0,
             wake,
             idle,
             stats: Stats::default(),
@@ -84,8 +86,8 @@ impl Producer {
     /// consumer's process is gone while this waits; [`Error::Corrupt`] for a bad head.
     #[inline]
     pub fn reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>> {
-        let claim = self.wait_claim(n_bytes, Limit::Forever)?;
-        Ok(self.grant(claim))
+        self.wait_claim(n_bytes, Limit::Forever)?;
+        Ok(self.grant())
     }
 
     /// Reserves space if there is enough now.
@@ -94,9 +96,10 @@ impl Producer {
     /// [`Error::Full`] when there is not; otherwise as [`reserve`](Self::reserve).
     #[inline]
     pub fn try_reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>> {
-        match self.try_claim(n_bytes)? {
-            Some(claim) => Ok(self.grant(claim)),
-            None => Err(self.full()),
+        if self.try_claim(n_bytes)? {
+            Ok(self.grant())
+        } else {
+            Err(self.full())
         }
     }
 
@@ -106,8 +109,8 @@ impl Producer {
     /// [`Error::TimedOut`]; otherwise as [`reserve`](Self::reserve).
     #[inline]
     pub fn reserve_timeout(&mut self, n_bytes: usize, timeout: Duration) -> Result<WriteGrant<'_>> {
-        let claim = self.wait_claim(n_bytes, Limit::After(timeout))?;
-        Ok(self.grant(claim))
+        self.wait_claim(n_bytes, Limit::After(timeout))?;
+        Ok(self.grant())
     }
 
     /// Copies `bytes` into one record (kind 0) and publishes it, waiting for space.
@@ -116,8 +119,8 @@ impl Producer {
     /// As [`reserve`](Self::reserve).
     #[inline]
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        let claim = self.wait_claim(bytes.len(), Limit::Forever)?;
-        self.write_claim(claim, bytes);
+        self.wait_claim(bytes.len(), Limit::Forever)?;
+        self.write_claimed(bytes);
         self.publish()
     }
 
@@ -127,12 +130,11 @@ impl Producer {
     /// [`Error::Full`]; otherwise as [`reserve`](Self::reserve).
     #[inline]
     pub fn try_send(&mut self, bytes: &[u8]) -> Result<()> {
-        match self.try_claim(bytes.len())? {
-            Some(claim) => {
-                self.write_claim(claim, bytes);
-                self.publish()
-            }
-            None => Err(self.full()),
+        if self.try_claim(bytes.len())? {
+            self.write_claimed(bytes);
+            self.publish()
+        } else {
+            Err(self.full())
         }
     }
 
@@ -142,8 +144,8 @@ impl Producer {
     /// [`Error::TimedOut`]; otherwise as [`reserve`](Self::reserve).
     #[inline]
     pub fn send_timeout(&mut self, bytes: &[u8], timeout: Duration) -> Result<()> {
-        let claim = self.wait_claim(bytes.len(), Limit::After(timeout))?;
-        self.write_claim(claim, bytes);
+        self.wait_claim(bytes.len(), Limit::After(timeout))?;
+        self.write_claimed(bytes);
         self.publish()
     }
 
@@ -157,8 +159,8 @@ impl Producer {
         for record in records {
             let bytes = record.as_ref();
             match self.try_claim(bytes.len()) {
-                Ok(Some(claim)) => self.write_claim(claim, bytes),
-                Ok(None) => break,
+                Ok(true) => self.write_claimed(bytes),
+                Ok(false) => break,
                 Err(err) => {
                     self.publish()?;
                     return Err(err);
@@ -203,21 +205,16 @@ impl Producer {
     ) -> Result<usize> {
         for record in records {
             let bytes = record.as_ref();
-            let claim = match self.try_claim(bytes.len()) {
-                Ok(Some(claim)) => claim,
-                Ok(None) => match self.wait_claim_slow(bytes.len(), Limit::Until(deadline)) {
-                    Ok(claim) => claim,
-                    Err(err) => {
-                        self.publish()?;
-                        return Err(err);
-                    }
-                },
-                Err(err) => {
-                    self.publish()?;
-                    return Err(err);
-                }
+            let claimed = match self.try_claim(bytes.len()) {
+                Ok(true) => Ok(()),
+                Ok(false) => self.wait_claim_slow(bytes.len(), Limit::Until(deadline)),
+                Err(err) => Err(err),
             };
-            self.write_claim(claim, bytes);
+            if let Err(err) = claimed {
+                self.publish()?;
+                return Err(err);
+            }
+            self.write_claimed(bytes);
         }
         self.publish()?;
         Ok(records.len())
@@ -256,10 +253,9 @@ impl Producer {
     }
 
     #[inline]
-    fn grant(&mut self, claim: Claim) -> WriteGrant<'_> {
+    fn grant(&mut self) -> WriteGrant<'_> {
         WriteGrant {
             producer: self,
-            claim,
             kind: 0,
         }
     }
@@ -274,9 +270,14 @@ impl Producer {
         }
     }
 
-    /// Finds space for `n_bytes` of payload, reloading the head only if the cache says full.
+    /// Finds space for `n_bytes` of payload at the tail, reloading the head only if the cache
+    /// says full; on success `claimed` is that space.
+    ///
+    /// The claim is made here, inline, and never comes back from the out-of-line slow path,
+    /// which only makes room: returned through memory it would be reloaded with loads wider
+    /// than the stores that wrote it, and such a load waits for every earlier store to drain.
     #[inline]
-    pub(super) fn try_claim(&mut self, n_bytes: usize) -> Result<Option<Claim>> {
+    pub(super) fn try_claim(&mut self, n_bytes: usize) -> Result<bool> {
         if n_bytes > self.max_payload {
             return Err(Error::TooLarge {
                 n_bytes,
@@ -284,6 +285,26 @@ impl Producer {
             });
         }
         let need = layout::record_size(n_bytes) as u64;
+        if self.tail + need > self.fast_end && !self.make_room(need)? {
+            return Ok(false);
+        }
+        // Ending by `fast_end`, the record needs no padding, and it and its next slot are free.
+        let header = self.shared.data.word_at(self.tail);
+        let Some(payload) = self.shared.data.payload(header, n_bytes) else {
+            // Unreachable: the record ends by `fast_end`, inside the tail's lap.
+            return Ok(false);
+        };
+        self.shared.data.prefetch_for_write(payload);
+        self.claimed = payload;
+        Ok(true)
+    }
+
+    /// Makes room for a record of `need` bytes (header included) at the tail: reloads the head
+    /// if the cache says full, and if the record would straddle the end of the data area,
+    /// commits a padding record to the end so that the tail moves to offset 0. Returns whether
+    /// the record now ends by `fast_end`, which it recomputes.
+    #[inline(never)]
+    fn make_room(&mut self, need: u64) -> Result<bool> {
         let to_end = self.capacity - (self.tail & (self.capacity - 1));
         let pad = if need > to_end { to_end } else { 0 };
         // The 8 bytes after the record must be free too: `finish` zeroes them (the next header).
@@ -291,17 +312,29 @@ impl Producer {
         if self.capacity - (self.tail - self.head_cache) < total {
             self.reload_head()?;
             if self.capacity - (self.tail - self.head_cache) < total {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        // After padding the record starts at offset 0 (position `tail + pad`).
-        let header = self.shared.data.word_at(self.tail + pad);
-        // Always fits: a record of at most `max_payload <= capacity / 4` bytes fits whole before
-        // the end (`need <= to_end`) or at offset 0 after padding.
-        let Some(payload) = self.shared.data.payload(header, n_bytes) else {
-            return Ok(None);
-        };
-        Ok(Some(Claim { pad, payload }))
+        if pad > 0 {
+            self.commit_padding(pad);
+        }
+        let lap_end = (self.tail | (self.capacity - 1)) + 1;
+        self.fast_end = lap_end.min(self.head_cache + self.capacity - HEADER_LEN as u64);
+        Ok(self.tail + need <= self.fast_end)
+    }
+
+    /// Fills the rest of the data area with a padding record: zeroes the word at offset 0 (the
+    /// tail's next slot, where the next record will go), then stores the padding header with
+    /// Release, then moves the tail to offset 0. The space is free (`make_room` checked it).
+    fn commit_padding(&mut self, pad: u64) {
+        let data = &self.shared.data;
+        data.store_word(data.word_at(self.tail + pad), 0);
+        let header = layout::encode_header((pad - HEADER_LEN as u64) as u32, PADDING);
+        // SYNC: (A) Release pairs with the consumer's Acquire load of this header: the zeroed
+        // word at offset 0 happens before it, so a consumer that skips the padding finds zero or
+        // a header stored later there, never one from the previous lap.
+        data.store_header(data.word_at(self.tail), header);
+        self.tail += pad;
     }
 
     fn reload_head(&mut self) -> Result<()> {
@@ -318,39 +351,30 @@ impl Producer {
         Ok(())
     }
 
-    /// Publishes the record: zeroes the next header slot, then stores the record's header, then
-    /// the padding's (if any), each header with Release; advances the private tail.
+    /// Publishes the record: zeroes the next header slot, then stores the record's header with
+    /// Release; advances the private tail.
     #[inline]
-    fn finish(&mut self, claim: Claim, used: usize, kind: u32) {
-        let payload = claim.payload.truncated(used);
+    fn finish(&mut self, used: usize, kind: u32) {
+        let payload = self.claimed.truncated(used);
         let size = layout::record_size(payload.len()) as u64;
         let data = &self.shared.data;
         // The claim left the record and the slot after it inside free space (`try_claim`).
-        debug_assert!(
-            self.tail + claim.pad + size + HEADER_LEN as u64 <= self.head_cache + self.capacity
-        );
+        debug_assert!(self.tail + size + HEADER_LEN as u64 <= self.head_cache + self.capacity);
         let header = payload.header();
-        let next = data.word_at((header.offset() as u64) + size);
-        data.store_word(next, 0);
+        data.store_word(data.word_at(self.tail + size), 0);
         // SYNC: (A) Release pairs with the consumer's Acquire load of this header in
         // `Consumer::poll_record`: the payload and the zeroed next slot written above happen
         // before its reads of them.
         data.store_header(header, layout::encode_header(payload.len() as u32, kind));
-        if claim.pad > 0 {
-            let pad_header = layout::encode_header((claim.pad - HEADER_LEN as u64) as u32, PADDING);
-            // SYNC: (A) as above, for the padding: the consumer reaches the record at offset 0
-            // only through it, so the record's header is stored first.
-            data.store_header(data.word_at(self.tail), pad_header);
-        }
-        self.tail += claim.pad + size;
+        self.tail += size;
         self.stats.records += 1;
         self.stats.bytes += payload.len() as u64;
     }
 
     #[inline]
-    fn write_claim(&mut self, claim: Claim, bytes: &[u8]) {
-        self.shared.data.copy_in(claim.payload, bytes);
-        self.finish(claim, bytes.len(), 0);
+    fn write_claimed(&mut self, bytes: &[u8]) {
+        self.shared.data.copy_in(self.claimed, bytes);
+        self.finish(bytes.len(), 0);
     }
 
     /// After records were committed (each already visible through its header): wakes the
@@ -371,16 +395,17 @@ impl Producer {
     /// with a load wider than the stores that wrote it, and that load waited for every earlier
     /// store (the record bytes, still waiting for their cache lines) to drain.
     #[inline]
-    fn wait_claim(&mut self, n_bytes: usize, limit: Limit) -> Result<Claim> {
-        match self.try_claim(n_bytes)? {
-            Some(claim) => Ok(claim),
-            None => self.wait_claim_slow(n_bytes, limit),
+    fn wait_claim(&mut self, n_bytes: usize, limit: Limit) -> Result<()> {
+        if self.try_claim(n_bytes)? {
+            Ok(())
+        } else {
+            self.wait_claim_slow(n_bytes, limit)
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn wait_claim_slow(&mut self, n_bytes: usize, limit: Limit) -> Result<Claim> {
+    fn wait_claim_slow(&mut self, n_bytes: usize, limit: Limit) -> Result<()> {
         wait_for(
             &mut ClaimWait {
                 producer: self,
@@ -407,7 +432,7 @@ impl Drop for Producer {
 impl WriteGrant<'_> {
     /// The reserved payload length.
     pub fn len(&self) -> usize {
-        self.claim.payload.len()
+        self.producer.claimed.len()
     }
 
     /// Whether zero bytes were reserved.
@@ -434,7 +459,7 @@ impl WriteGrant<'_> {
         self.producer
             .shared
             .data
-            .payload_mut(self.claim.payload)
+            .payload_mut(self.producer.claimed)
             .as_mut_ptr()
     }
 
@@ -446,12 +471,8 @@ impl WriteGrant<'_> {
     /// committed, but nobody will read it).
     #[inline]
     pub fn commit(self, used: usize) -> Result<()> {
-        let Self {
-            producer,
-            claim,
-            kind,
-        } = self;
-        producer.finish(claim, used, kind);
+        let Self { producer, kind } = self;
+        producer.finish(used, kind);
         producer.publish()
     }
 
@@ -461,12 +482,8 @@ impl WriteGrant<'_> {
     /// and wake once.
     #[inline]
     pub fn commit_deferred(self, used: usize) {
-        let Self {
-            producer,
-            claim,
-            kind,
-        } = self;
-        producer.finish(claim, used, kind);
+        let Self { producer, kind } = self;
+        producer.finish(used, kind);
     }
 }
 
@@ -476,7 +493,8 @@ impl std::ops::Deref for WriteGrant<'_> {
 
     #[inline]
     fn deref(&self) -> &[u8] {
-        self.producer.shared.data.payload_ref(self.claim.payload)
+        let producer = &*self.producer;
+        producer.shared.data.payload_ref(producer.claimed)
     }
 }
 
@@ -484,6 +502,7 @@ impl std::ops::Deref for WriteGrant<'_> {
 impl std::ops::DerefMut for WriteGrant<'_> {
     #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.producer.shared.data.payload_mut(self.claim.payload)
+        let producer = &mut *self.producer;
+        producer.shared.data.payload_mut(producer.claimed)
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::Stats;
 use super::consumer::{Consumer, Record};
-use super::producer::{Claim, Producer};
+use super::producer::Producer;
 use crate::error::{Error, Result};
 use crate::idle::{Backoff, IdleStrategy, Step};
 use crate::sync::{AtomicU64, Ordering, heavy_fence, light_fence};
@@ -118,11 +118,12 @@ pub(super) struct RecordWait<'a> {
 }
 
 impl Side for ClaimWait<'_> {
-    type Ready = Claim;
+    /// The claim itself is in `Producer::claimed`.
+    type Ready = ();
     const SPIN_PAUSES: u32 = PRODUCER_SPIN_PAUSES;
 
-    fn attempt(&mut self) -> Result<Option<Claim>> {
-        self.producer.try_claim(self.n_bytes)
+    fn attempt(&mut self) -> Result<Option<()>> {
+        Ok(self.producer.try_claim(self.n_bytes)?.then_some(()))
     }
 
     fn publish_own(&mut self) -> Result<()> {
@@ -145,7 +146,7 @@ impl Side for ClaimWait<'_> {
         &mut self.producer.stats
     }
 
-    fn on_hang_up(&mut self) -> Result<Claim> {
+    fn on_hang_up(&mut self) -> Result<()> {
         self.producer.peer_gone = true;
         Err(Error::PeerGone)
     }
