@@ -58,6 +58,9 @@ const VERSION: u8 = 1;
 /// The kernel refuses a seqpacket record longer than `SO_SNDBUF` minus this overhead
 /// (`unix_dgram_sendmsg`: `len > sk_sndbuf - 32`).
 const SEQPACKET_OVERHEAD: usize = 32;
+/// The largest frame (header included) that [`Sender::send`] copies into one buffer for a plain
+/// `send` when it carries no descriptors.
+const SMALL_FRAME: usize = 512;
 /// How much a stream receiver asks the kernel for at a time when the frame needs less.
 const STREAM_CHUNK: usize = 64 * 1024;
 
@@ -340,35 +343,20 @@ impl Sender {
             n_fds: fds.len(),
             n_bytes: bytes.len(),
         });
-        let mut cmsg_space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        let mut cmsg = SendAncillaryBuffer::new(&mut cmsg_space);
-        if !fds.is_empty() {
-            // Cannot fail: the buffer has room for MAX_FDS descriptors.
-            let pushed = cmsg.push(SendAncillaryMessage::ScmRights(fds));
-            debug_assert!(pushed);
-        }
-        let iov = [IoSlice::new(&header), IoSlice::new(bytes)];
         match self.kind {
             SocketKind::Stream => {
                 let _guard = self.stream_lock.lock().unwrap_or_else(|e| e.into_inner());
-                let sent = retry_intr(|| {
-                    rustix::net::sendmsg(&*self.fd, &iov, &mut cmsg, SendFlags::NOSIGNAL)
-                })?;
+                let sent = retry_intr(|| send_frame(&self.fd, &header, bytes, fds))?;
                 self.finish_stream_frame(&header, bytes, sent)
             }
-            _ => {
-                let res = retry_intr(|| {
-                    rustix::net::sendmsg(&*self.fd, &iov, &mut cmsg, SendFlags::NOSIGNAL)
-                });
-                match res {
-                    Ok(_) => Ok(()),
-                    Err(Errno::MSGSIZE) => Err(Error::MessageTooLarge {
-                        n_bytes: bytes.len(),
-                        limit: self.seqpacket_limit(),
-                    }),
-                    Err(err) => Err(err.into()),
-                }
-            }
+            _ => match retry_intr(|| send_frame(&self.fd, &header, bytes, fds)) {
+                Ok(_) => Ok(()),
+                Err(Errno::MSGSIZE) => Err(Error::MessageTooLarge {
+                    n_bytes: bytes.len(),
+                    limit: self.seqpacket_limit(),
+                }),
+                Err(err) => Err(err.into()),
+            },
         }
     }
 
@@ -461,6 +449,10 @@ impl Receiver {
     /// payload outgrows it) and the descriptors replace `msg.fds` (the ones it held are closed).
     /// On error `msg` is left empty: any descriptor that arrived with a refused message is closed.
     ///
+    /// On a seqpacket pair the kernel writes the payload straight into `msg.bytes` as far as its
+    /// current length reaches, so a loop whose payloads keep one size copies nothing; the part of
+    /// a payload beyond that length is received into the channel's own buffer and appended.
+    ///
     /// # Errors
     /// As [`recv`](Self::recv).
     pub fn recv_into(&mut self, msg: &mut Message) -> Result<()> {
@@ -503,13 +495,18 @@ impl Receiver {
     }
 
     fn recv_wait_into(&mut self, wait: Wait, msg: &mut Message) -> Result<()> {
-        msg.bytes.clear();
+        // `msg.bytes` keeps its contents for now: a record is received into them (they are
+        // overwritten, then cut to the new payload).
         msg.fds.clear();
         if self.poisoned {
+            msg.bytes.clear();
             return Err(Error::Poisoned);
         }
         let res = match self.kind {
-            SocketKind::Stream => self.recv_stream(wait, msg),
+            SocketKind::Stream => {
+                msg.bytes.clear();
+                self.recv_stream(wait, msg)
+            }
             _ => self.recv_record(wait, msg),
         };
         if res.is_err() {
@@ -534,67 +531,42 @@ impl Receiver {
         }
     }
 
-    /// One `recvmsg`: bytes into `self.buf[self.end..limit]`, descriptors into `fds`.
-    fn recvmsg_into(
-        &mut self,
-        limit: usize,
-        flags: RecvFlags,
-        fds: &mut Vec<OwnedFd>,
-    ) -> Result<(usize, ReturnFlags)> {
-        let mut cmsg_space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        let mut cmsg = RecvAncillaryBuffer::new(&mut cmsg_space);
-        let flags = flags | RecvFlags::CMSG_CLOEXEC;
-        let mut reset_seen = false;
-        let res = loop {
-            let mut iov = [IoSliceMut::new(&mut self.buf[self.end..limit])];
-            match rustix::net::recvmsg(&*self.fd, &mut iov, &mut cmsg, flags) {
-                Err(Errno::INTR) => continue,
-                // A peer that closed with data of ours unread leaves us ECONNRESET, which a
-                // seqpacket receive reports ahead of the messages the peer sent before closing.
-                // The kernel reports it once: read on, so those messages are not lost; end of
-                // file follows them.
-                Err(Errno::CONNRESET) if !reset_seen => reset_seen = true,
-                other => break other,
-            }
-        };
-        // Take every descriptor that arrived, even on an error path, so each is closed by drop
-        // rather than left to a later reader.
-        for msg in cmsg.drain() {
-            if let RecvAncillaryMessage::ScmRights(iter) = msg {
-                fds.extend(iter);
-            }
-        }
-        let res = res?;
-        Ok((res.bytes, res.flags))
-    }
-
     fn recv_record(&mut self, wait: Wait, msg: &mut Message) -> Result<()> {
         let flags = self.wait_readable(wait)? | RecvFlags::TRUNC;
-        let capacity = HEADER_LEN + self.max_len;
-        if self.buf.len() < capacity {
-            self.buf.resize(capacity, 0);
+        // The payload goes straight into `msg.bytes`, as far as its initialised length already
+        // reaches, and the rest into `self.buf`: a loop over one `Message` with payloads of one
+        // size copies nothing, and a payload that outgrows the message copies only its growth.
+        let held = msg.bytes.len().min(self.max_len);
+        if self.buf.len() < self.max_len - held {
+            self.buf.resize(self.max_len, 0);
         }
-        self.end = 0;
-        let (n, rflags) = self.recvmsg_into(capacity, flags, &mut msg.fds)?;
+        let mut head = [0u8; HEADER_LEN];
+        let mut iov = [
+            IoSliceMut::new(&mut head),
+            IoSliceMut::new(&mut msg.bytes[..held]),
+            IoSliceMut::new(&mut self.buf[..self.max_len - held]),
+        ];
+        let (n, rflags) = recvmsg_fds(&self.fd, &mut iov, flags, &mut msg.fds)?;
         let fds = &mut msg.fds;
         if n == 0 && fds.is_empty() {
             // End of file, or an empty record, which no sp-core sender writes (every frame has a
             // header): a peer that is still connected sent garbage, not a hang-up.
             return Err(self.empty_record());
         }
-        let header = decode_header(&self.buf[..n.min(capacity)]);
+        let head = &head[..n.min(HEADER_LEN)];
         if rflags.contains(ReturnFlags::CTRUNC) {
-            let declared = declared_fds(&self.buf[..n.min(capacity)]).unwrap_or(fds.len());
+            let declared = declared_fds(head).unwrap_or(fds.len());
             return Err(self.truncated(declared, std::mem::take(fds)));
         }
-        if rflags.contains(ReturnFlags::TRUNC) || n > capacity {
+        if rflags.contains(ReturnFlags::TRUNC) || n > HEADER_LEN + self.max_len {
             return Err(Error::MessageTooLarge {
                 n_bytes: n.saturating_sub(HEADER_LEN),
                 limit: self.max_len,
             });
         }
-        let header = header?;
-        if header.n_bytes != n - HEADER_LEN {
+        let header = decode_header(head)?;
+        let n_bytes = n - HEADER_LEN;
+        if header.n_bytes != n_bytes {
             return Err(Error::Malformed("payload length differs from the header"));
         }
         if header.n_fds != fds.len() {
@@ -603,7 +575,11 @@ impl Receiver {
                 received: fds.len(),
             });
         }
-        msg.bytes.extend_from_slice(&self.buf[HEADER_LEN..n]);
+        if n_bytes <= held {
+            msg.bytes.truncate(n_bytes);
+        } else {
+            msg.bytes.extend_from_slice(&self.buf[..n_bytes - held]);
+        }
         Ok(())
     }
 
@@ -676,9 +652,9 @@ impl Receiver {
         }
         let flags = self.wait_readable(wait)?;
         let mut fds = Vec::new();
-        let limit = self.buf.len();
         let old_end = self.end;
-        let (n, rflags) = self.recvmsg_into(limit, flags, &mut fds)?;
+        let mut iov = [IoSliceMut::new(&mut self.buf[old_end..])];
+        let (n, rflags) = recvmsg_fds(&self.fd, &mut iov, flags, &mut fds)?;
         if rflags.contains(ReturnFlags::CTRUNC) {
             // Descriptors come with the first byte of the data they were sent with; when no
             // partial frame was buffered, that is the header of the frame that declared them.
@@ -757,6 +733,68 @@ impl Receiver {
         self.start = 0;
         self.end = 0;
     }
+}
+
+/// One `send`/`sendmsg` of a frame with `MSG_NOSIGNAL`: the header, `bytes` and `fds` (at most
+/// [`MAX_FDS`]). Returns the bytes sent (on a stream, possibly fewer than the frame).
+fn send_frame(
+    fd: &OwnedFd,
+    header: &[u8; HEADER_LEN],
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> rustix::io::Result<usize> {
+    if fds.is_empty() && bytes.len() <= SMALL_FRAME - HEADER_LEN {
+        // A small frame is copied whole into one buffer and sent with `send`, which the kernel
+        // takes in fewer steps than a `sendmsg` of two pieces (no message header or iovec array
+        // to copy in); a larger one goes as it is, where that copy would cost more than it saves.
+        let mut frame = [0u8; SMALL_FRAME];
+        let len = HEADER_LEN + bytes.len();
+        frame[..HEADER_LEN].copy_from_slice(header);
+        frame[HEADER_LEN..len].copy_from_slice(bytes);
+        return rustix::net::send(fd, &frame[..len], SendFlags::NOSIGNAL);
+    }
+    let mut cmsg_space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut cmsg_space);
+    if !fds.is_empty() {
+        // Cannot fail: the buffer has room for MAX_FDS descriptors, and the caller sends no more.
+        let pushed = cmsg.push(SendAncillaryMessage::ScmRights(fds));
+        debug_assert!(pushed);
+    }
+    let iov = [IoSlice::new(header), IoSlice::new(bytes)];
+    rustix::net::sendmsg(fd, &iov, &mut cmsg, SendFlags::NOSIGNAL)
+}
+
+/// One `recvmsg` with `MSG_CMSG_CLOEXEC`: bytes into `iov`, descriptors appended to `fds` (even
+/// when the call fails, so each is closed by drop rather than left to a later reader). Returns
+/// the byte count (the whole record's length under `MSG_TRUNC`) and the flags.
+fn recvmsg_fds(
+    fd: &OwnedFd,
+    iov: &mut [IoSliceMut<'_>],
+    flags: RecvFlags,
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(usize, ReturnFlags)> {
+    let mut cmsg_space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut cmsg_space);
+    let flags = flags | RecvFlags::CMSG_CLOEXEC;
+    let mut reset_seen = false;
+    let res = loop {
+        match rustix::net::recvmsg(fd, iov, &mut cmsg, flags) {
+            Err(Errno::INTR) => continue,
+            // A peer that closed with data of ours unread leaves us ECONNRESET, which a
+            // seqpacket receive reports ahead of the messages the peer sent before closing.
+            // The kernel reports it once: read on, so those messages are not lost; end of
+            // file follows them.
+            Err(Errno::CONNRESET) if !reset_seen => reset_seen = true,
+            other => break other,
+        }
+    };
+    for msg in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(iter) = msg {
+            fds.extend(iter);
+        }
+    }
+    let res = res?;
+    Ok((res.bytes, res.flags))
 }
 
 fn encode_header(header: Header) -> [u8; HEADER_LEN] {

@@ -130,6 +130,7 @@ pub fn run_role(role: &str) -> ExitCode {
         "partial_frame_then_block" => role_partial_frame_then_block(),
         "sigpipe_not_raised" => role_sigpipe_not_raised(),
         "sigpipe_control" => role_sigpipe_control(),
+        "send_sizes" => return crate::sizes::role_send_sizes(),
         other => Err(format!("unknown role {other:?}")),
     };
     match res {

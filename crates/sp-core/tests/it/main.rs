@@ -16,6 +16,7 @@ mod decoders;
 mod hostile;
 mod messages;
 mod pairs;
+mod sizes;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         children::trials(),
         bridge::trials(),
         decoders::trials(),
+        sizes::trials(),
     ]
     .into_iter()
     .flatten()
