@@ -15,8 +15,9 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
 
-use crate::error::{Error, Result};
-use crate::msg::{Message, Receiver};
+use crate::channel::Message;
+use crate::error::{Error, Result, TryRecvError};
+use crate::receiver::Receiver;
 
 /// Owns the reader thread that feeds [`Bridge::receiver`]; dropping it stops and joins the thread.
 ///
@@ -85,16 +86,17 @@ fn pump(
     loop {
         // Drain every complete message first: a stream receiver may hold several frames.
         let item = match receiver.try_recv() {
-            Err(Error::WouldBlock) => match wait(&receiver, stop) {
+            Ok(msg) => Ok(msg),
+            Err(TryRecvError::Empty) => match wait(&receiver, stop) {
                 Ok(true) => continue,
                 Ok(false) => return,
                 Err(err) => Err(err),
             },
-            other => other,
+            Err(TryRecvError::Broken(err)) => Err(err),
         };
         let ends = match &item {
             Ok(_) => false,
-            Err(Error::FdCountMismatch { .. } | Error::MessageTooLarge { .. }) => false,
+            Err(Error::FdCountMismatch { .. } | Error::TooLarge { .. }) => false,
             Err(Error::FdsTruncated { .. } | Error::FdLimit { .. } | Error::Malformed(_)) => false,
             Err(_) => true,
         };

@@ -62,7 +62,7 @@ impl SpawnOptions {
 /// Starts `cmd` as a child that inherits `end`; see [`spawn_with`].
 ///
 /// # Errors
-/// As `Command::spawn`.
+/// As [`spawn_with`].
 ///
 /// # Examples
 /// ```no_run
@@ -70,9 +70,9 @@ impl SpawnOptions {
 /// let mut child = sp_core::spawn(&mut std::process::Command::new("my-worker"), child_end)?;
 /// // ... talk over parent_end; when the child exits, reads on parent_end see end of file.
 /// child.wait()?;
-/// # Ok::<(), std::io::Error>(())
+/// # Ok::<(), sp_core::Error>(())
 /// ```
-pub fn spawn(cmd: &mut Command, end: End) -> io::Result<Child> {
+pub fn spawn(cmd: &mut Command, end: End) -> Result<Child> {
     spawn_with(cmd, end, SpawnOptions::new())
 }
 
@@ -87,9 +87,10 @@ pub fn spawn(cmd: &mut Command, end: End) -> io::Result<Child> {
 /// by an earlier spawn does nothing.)
 ///
 /// # Errors
-/// As `Command::spawn`; also when the child-side set-up (`fcntl`, `prctl`) fails, which
-/// `Command::spawn` reports as the child's error.
-pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> io::Result<Child> {
+/// [`Error::Os`] with the error of `Command::spawn`, which includes a failure of the child-side
+/// set-up (`fcntl`, `prctl`), or with `EMFILE` when the end must be moved off a standard
+/// descriptor and no descriptor is free.
+pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Child> {
     // Keep the end clear of the standard descriptors, which `Command` rewires in the child.
     let end = if end.as_raw_fd() <= 2 {
         End::from(rustix::io::fcntl_dupfd_cloexec(&end, 3)?)

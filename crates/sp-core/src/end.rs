@@ -114,7 +114,7 @@ impl PairOptions {
     ///
     /// # References
     /// [socketpair(2)](https://man7.org/linux/man-pages/man2/socketpair.2.html)
-    pub fn create(self) -> io::Result<(End, End)> {
+    pub fn create(self) -> crate::Result<(End, End)> {
         let mut flags = SocketFlags::CLOEXEC;
         if self.nonblocking {
             flags |= SocketFlags::NONBLOCK;
@@ -137,14 +137,14 @@ impl PairOptions {
 /// let mut line = String::new();
 /// BufReader::new(sock2).read_line(&mut line)?;
 /// assert_eq!(line, "Hello from sock1!\n");
-/// # Ok::<(), std::io::Error>(())
+/// # Ok::<(), sp_core::Error>(())
 /// ```
 ///
 /// # References
 /// [socketpair(2)](https://man7.org/linux/man-pages/man2/socketpair.2.html),
 /// [unix(7)](https://man7.org/linux/man-pages/man7/unix.7.html)
 #[doc(alias = "socketpair")]
-pub fn pair(kind: SocketKind) -> io::Result<(End, End)> {
+pub fn pair(kind: SocketKind) -> crate::Result<(End, End)> {
     PairOptions::new(kind).create()
 }
 

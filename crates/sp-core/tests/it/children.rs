@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 use rustix::process::{Pid, PidfdFlags, Resource, Rlimit};
-use sp_core::{Channel, Error, FD_ENV, SocketKind, pair};
+use sp_core::{Channel, Error, FD_ENV, RecvTimeoutError, SocketKind, pair};
 
 use crate::pairs::kind_name;
 use crate::{
-    RECV_LIMIT, TestResult, assert_cloexec, count_fds_to, memfd_with, open_fds, role_command,
-    spawn_role, trial,
+    RECV_LIMIT, RecvWithin, TestResult, assert_cloexec, count_fds_to, memfd_with, open_fds,
+    role_command, spawn_role, trial,
 };
 
 pub fn trials() -> Vec<Trial> {
@@ -131,6 +131,7 @@ pub fn run_role(role: &str) -> ExitCode {
         "sigpipe_not_raised" => role_sigpipe_not_raised(),
         "sigpipe_control" => role_sigpipe_control(),
         "send_sizes" => return crate::sizes::role_send_sizes(),
+        "fill_until_full" => return crate::waiting::role_fill_until_full(),
         other => Err(format!("unknown role {other:?}")),
     };
     match res {
@@ -324,7 +325,7 @@ fn role_emfile() -> RoleResult {
     )
     .map_err(|e| format!("setrlimit: {e}"))?;
     channel.send(b"ready", &[]).map_err(|e| e.to_string())?;
-    let first = channel.recv_timeout(RECV_LIMIT);
+    let first = channel.recv_within();
     rustix::process::setrlimit(Resource::Nofile, old).map_err(|e| format!("restore: {e}"))?;
     let first = match first {
         Err(Error::FdLimit { declared, received }) => {
@@ -337,7 +338,7 @@ fn role_emfile() -> RoleResult {
         Ok(()) => "fds unchanged".to_owned(),
         Err(failed) => format!("{failed:?}"),
     };
-    let second = match channel.recv_timeout(RECV_LIMIT) {
+    let second = match channel.recv_within() {
         Ok(msg) => format!("second ok with {} fd", msg.fds.len()),
         Err(Error::Poisoned) => "second Poisoned".to_owned(),
         Err(err) => format!("second {err:?}"),
@@ -357,7 +358,7 @@ fn role_pdeath_parent() -> RoleResult {
     channel
         .send(grandchild.id().to_string().as_bytes(), &[])
         .map_err(|e| e.to_string())?;
-    match channel.recv_timeout(RECV_LIMIT) {
+    match channel.recv_within() {
         Ok(msg) if msg.bytes == b"exit" => Ok(()),
         other => Err(format!("expected \"exit\", got {other:?}")),
     }
@@ -475,7 +476,7 @@ fn spawn_closes_parent_copy() -> TestResult {
         "no descriptor in the parent refers to the child's end"
     );
     let mut channel = Channel::new(parent_end)?;
-    assert_eq!(channel.recv_timeout(RECV_LIMIT)?.bytes, b"ready");
+    assert_eq!(channel.recv_within()?.bytes, b"ready");
     drop(channel);
     let status = child.wait()?;
     assert!(status.success(), "child exited with {status}");
@@ -519,7 +520,7 @@ fn child_checks_adopted_end() -> TestResult {
     assert_eq!(parent_end.peer_credentials()?.pid, me);
     assert_ne!(child.id(), me);
     let mut channel = Channel::new(parent_end)?;
-    let report = channel.recv_timeout(RECV_LIMIT)?;
+    let report = channel.recv_within()?;
     assert_eq!(String::from_utf8_lossy(&report.bytes), "ok");
     let status = child.wait()?;
     assert!(status.success(), "child exited with {status}");
@@ -570,7 +571,7 @@ fn child_pidfd() -> TestResult {
     let (parent_end, child_end) = pair(SocketKind::SeqPacket)?;
     let mut child = spawn_role("ready_then_block", child_end)?;
     let mut channel = Channel::new(parent_end)?;
-    assert_eq!(channel.recv_timeout(RECV_LIMIT)?.bytes, b"ready");
+    assert_eq!(channel.recv_within()?.bytes, b"ready");
     let pidfd = child.pidfd().ok_or("no pidfd (Linux 5.3+ provides one)")?;
     assert_cloexec(pidfd);
     assert!(
@@ -600,7 +601,7 @@ fn peer_death_wakes_blocked_recv() -> TestResult {
     let (parent_end, child_end) = pair(SocketKind::SeqPacket)?;
     let mut child = spawn_role("ready_then_block", child_end)?;
     let mut channel = Channel::new(parent_end)?;
-    assert_eq!(channel.recv_timeout(RECV_LIMIT)?.bytes, b"ready");
+    assert_eq!(channel.recv_within()?.bytes, b"ready");
     let (tid_tx, tid_rx) = mpsc::channel();
     let (res_tx, res_rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -640,7 +641,7 @@ fn parent_death_signal() -> TestResult {
     let (parent_end, child_end) = pair(SocketKind::SeqPacket)?;
     let mut child_a = spawn_role("pdeath_parent", child_end)?;
     let mut channel = Channel::new(parent_end)?;
-    let msg = channel.recv_timeout(RECV_LIMIT)?;
+    let msg = channel.recv_within()?;
     let pid_b: i32 = String::from_utf8_lossy(&msg.bytes).parse()?;
     // A pidfd pins the identity of B, so a reused pid cannot fool the check below.
     let pidfd_b: OwnedFd =
@@ -702,14 +703,14 @@ fn emfile(kind: SocketKind) -> TestResult {
     let (parent_end, child_end) = pair(kind)?;
     let mut child = spawn_role("emfile", child_end)?;
     let mut channel = Channel::new(parent_end)?;
-    assert_eq!(channel.recv_timeout(RECV_LIMIT)?.bytes, b"ready");
+    assert_eq!(channel.recv_within()?.bytes, b"ready");
     let memfds: Vec<OwnedFd> = (0..5).map(|i| memfd_with("sp-it-emfile", &[i])).collect();
     let borrowed: Vec<BorrowedFd<'_>> = memfds.iter().map(AsFd::as_fd).collect();
     channel.send(b"five fds", &borrowed)?;
     channel.send(b"one fd", &borrowed[..1])?;
     drop(borrowed);
     drop(memfds);
-    let report = channel.recv_timeout(RECV_LIMIT)?;
+    let report = channel.recv_within()?;
     let report = String::from_utf8_lossy(&report.bytes);
     let parts: Vec<&str> = report.split("; ").collect();
     let [first, fds, second] = parts[..] else {
@@ -803,7 +804,7 @@ fn child_inherits_only_its_end() -> TestResult {
     let (parent_end, child_end) = pair(SocketKind::SeqPacket)?;
     let mut child = spawn_role("list_fds", child_end)?;
     let mut channel = Channel::new(parent_end)?;
-    let report = channel.recv_timeout(RECV_LIMIT)?;
+    let report = channel.recv_within()?;
     check_child_fds(&report.bytes)?;
     assert!(child.wait()?.success());
     Ok(())
@@ -824,7 +825,7 @@ fn spawn_reusing_command() -> TestResult {
         let mut child = sp_core::spawn_with(&mut cmd, child_end, opts)
             .map_err(|e| format!("round {round}: spawn with a reused Command failed: {e}"))?;
         let mut channel = Channel::new(parent_end)?;
-        let report = channel.recv_timeout(RECV_LIMIT)?;
+        let report = channel.recv_within()?;
         check_child_fds(&report.bytes)
             .map_err(|e| format!("round {round}: {}", e.message().unwrap_or_default()))?;
         assert!(child.wait()?.success());
@@ -842,17 +843,17 @@ fn spawn_missing_program() -> TestResult {
         child_end,
     )
     .expect_err("the program does not exist");
-    assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    match &err {
+        Error::Os(os) => assert_eq!(os.kind(), io::ErrorKind::NotFound, "{err}"),
+        other => panic!("expected Os(NotFound), got {other:?}"),
+    }
     assert_eq!(
         count_fds_to(&target),
         0,
         "the child end must be closed after a failed spawn"
     );
     let mut channel = Channel::new(parent_end)?;
-    assert!(matches!(
-        channel.recv_timeout(RECV_LIMIT),
-        Err(Error::PeerGone)
-    ));
+    assert!(matches!(channel.recv_within(), Err(Error::PeerGone)));
     Ok(())
 }
 
@@ -866,7 +867,7 @@ fn child_killed_mid_frame() -> TestResult {
     );
     let res = channel.recv_timeout(Duration::from_millis(50));
     assert!(
-        matches!(res, Err(Error::TimedOut)),
+        matches!(res, Err(RecvTimeoutError::Timeout)),
         "a partial frame is no message: {res:?}"
     );
     assert_eq!(
@@ -875,7 +876,7 @@ fn child_killed_mid_frame() -> TestResult {
         "the frame's fd is held for it"
     );
     child.kill()?;
-    let res = channel.recv_timeout(RECV_LIMIT);
+    let res = channel.recv_within();
     assert!(matches!(res, Err(Error::PeerGone)), "got {res:?}");
     assert_eq!(
         count_fds_to("sp-it-child-partial"),

@@ -17,9 +17,9 @@ mod hostile;
 mod messages;
 mod pairs;
 mod sizes;
+mod waiting;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::{Command, ExitCode};
 use std::sync::mpsc;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::FdFlags;
-use sp_core::{End, Signal, SpawnOptions};
+use sp_core::{Channel, End, Error, Message, Receiver, RecvTimeoutError, Signal, SpawnOptions};
 
 /// Set in a re-executed child: the name of the role it plays (see `children::run_role`).
 pub const ROLE_ENV: &str = "SP_IT_ROLE";
@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         bridge::trials(),
         decoders::trials(),
         sizes::trials(),
+        waiting::trials(),
     ]
     .into_iter()
     .flatten()
@@ -250,12 +251,49 @@ pub fn role_command(role: &str) -> Command {
 
 /// Starts the test binary as a child playing `role` and holding `end`; the child dies with this
 /// process (`PR_SET_PDEATHSIG` = `SIGKILL`).
-pub fn spawn_role(role: &str, end: End) -> io::Result<sp_core::Child> {
+pub fn spawn_role(role: &str, end: End) -> sp_core::Result<sp_core::Child> {
     sp_core::spawn_with(
         &mut role_command(role),
         end,
         SpawnOptions::new().parent_death_signal(Signal::KILL),
     )
+}
+
+/// Receives within [`RECV_LIMIT`]: the message, or the error that broke the receive. Every
+/// trial's message is on its way long before the limit, so running out of time panics (which
+/// fails the trial).
+pub trait RecvWithin {
+    /// `recv_timeout(RECV_LIMIT)` with `Timeout` a panic.
+    fn recv_within(&mut self) -> Result<Message, Error>;
+    /// `recv_into_timeout(msg, RECV_LIMIT)` with `Timeout` a panic.
+    fn recv_into_within(&mut self, msg: &mut Message) -> Result<(), Error>;
+}
+
+fn broken(err: RecvTimeoutError) -> Error {
+    match err {
+        RecvTimeoutError::Broken(err) => err,
+        RecvTimeoutError::Timeout => panic!("no message within {RECV_LIMIT:?}"),
+    }
+}
+
+impl RecvWithin for Receiver {
+    fn recv_within(&mut self) -> Result<Message, Error> {
+        self.recv_timeout(RECV_LIMIT).map_err(broken)
+    }
+
+    fn recv_into_within(&mut self, msg: &mut Message) -> Result<(), Error> {
+        self.recv_into_timeout(msg, RECV_LIMIT).map_err(broken)
+    }
+}
+
+impl RecvWithin for Channel {
+    fn recv_within(&mut self) -> Result<Message, Error> {
+        self.receiver().recv_within()
+    }
+
+    fn recv_into_within(&mut self, msg: &mut Message) -> Result<(), Error> {
+        self.receiver().recv_into_within(msg)
+    }
 }
 
 /// Runs `f` and returns its result with how long it took.

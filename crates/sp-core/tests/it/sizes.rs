@@ -10,7 +10,7 @@ use sp_core::{Channel, End, Error, Message, SocketKind};
 
 use crate::messages::pattern;
 use crate::pairs::kind_name;
-use crate::{RECV_LIMIT, TestResult, memfd_with, read_all_at_0, role_command, trial};
+use crate::{RecvWithin, TestResult, memfd_with, read_all_at_0, role_command, trial};
 
 /// The channel's largest payload in these trials: one seqpacket record of it fits the default
 /// send buffer (212,992 bytes here, less the kernel's 32-byte overhead and the frame header).
@@ -53,7 +53,7 @@ fn sizes_from_child(kind: SocketKind) -> TestResult {
     let mut channel = Channel::new(mine)?.with_max_message_len(MAX_LEN);
     let mut msg = Message::default();
     for (idx, &size) in SIZES.iter().enumerate() {
-        channel.recv_into_timeout(&mut msg, RECV_LIMIT)?;
+        channel.recv_into_within(&mut msg)?;
         if msg.bytes != pattern(size, idx as u8) {
             return Err(format!(
                 "message {idx}: {} bytes arrived, expected {size} of its pattern",
@@ -70,7 +70,7 @@ fn sizes_from_child(kind: SocketKind) -> TestResult {
             );
         }
     }
-    let res = channel.recv_into_timeout(&mut msg, RECV_LIMIT);
+    let res = channel.recv_into_within(&mut msg);
     assert!(matches!(res, Err(Error::PeerGone)), "{res:?}");
     let status = child.wait()?;
     assert!(status.success(), "child: {status}");

@@ -1,0 +1,131 @@
+//! The frame: the 8-byte header in front of every message's payload, and its encoder and parser.
+//!
+//! | offset | size | field                                    |
+//! |--------|------|------------------------------------------|
+//! | 0      | 2    | magic `0x5350` ("SP"), little-endian      |
+//! | 2      | 1    | version, 1                               |
+//! | 3      | 1    | `n_fds`, descriptors sent with the frame  |
+//! | 4      | 4    | `n_bytes`, payload length, little-endian  |
+
+use crate::error::Malformed;
+
+/// The most file descriptors one message may carry.
+///
+/// Well under the kernel's `SCM_MAX_FD` (253): the receive buffer for control data is sized for
+/// exactly this many, so a peer that sends more has its message truncated by the kernel, which
+/// sp-core reports as [`Error::FdsTruncated`](crate::Error::FdsTruncated) after closing what
+/// arrived. A sender asking to send more gets [`Error::TooManyFds`](crate::Error::TooManyFds) and
+/// nothing is sent; split the descriptors over several messages.
+pub const MAX_FDS: usize = 64;
+
+/// Bytes of frame header in front of every payload.
+pub const HEADER_LEN: usize = 8;
+
+const MAGIC: u16 = 0x5350;
+const VERSION: u8 = 1;
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// Descriptors sent with the frame.
+    pub(crate) n_fds: usize,
+    /// Payload length in bytes.
+    pub(crate) n_bytes: usize,
+}
+
+/// The header's bytes. The caller keeps `n_fds <= MAX_FDS` and `n_bytes <= u32::MAX`.
+pub(crate) fn encode_header(header: Header) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+    out[2] = VERSION;
+    // Both fit: n_fds <= MAX_FDS < 256 and n_bytes <= max_len <= u32::MAX, checked by the caller.
+    out[3] = header.n_fds as u8;
+    out[4..8].copy_from_slice(&(header.n_bytes as u32).to_le_bytes());
+    out
+}
+
+/// The header at the front of `bytes` with its magic and version checked, its counts not yet:
+/// `(n_fds, n_bytes)`.
+fn raw_header(bytes: &[u8]) -> Result<(usize, usize), Malformed> {
+    let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
+        return Err(Malformed::ShortFrame { len: bytes.len() });
+    };
+    let magic = u16::from_le_bytes([head[0], head[1]]);
+    if magic != MAGIC {
+        return Err(Malformed::BadMagic { found: magic });
+    }
+    if head[2] != VERSION {
+        return Err(Malformed::BadVersion { found: head[2] });
+    }
+    let n_bytes = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    Ok((usize::from(head[3]), n_bytes))
+}
+
+/// The descriptor count a frame header declares, even when it is over [`MAX_FDS`] (for the
+/// error report of a truncated frame); `None` unless `bytes` starts with our magic and version.
+pub(crate) fn declared_fds(bytes: &[u8]) -> Option<usize> {
+    raw_header(bytes).ok().map(|(n_fds, _)| n_fds)
+}
+
+/// Parses the header at the front of `bytes` (which may hold more than a header).
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {
+    let (n_fds, n_bytes) = raw_header(bytes)?;
+    if n_fds > MAX_FDS {
+        return Err(Malformed::TooManyFdsDeclared { declared: n_fds });
+    }
+    Ok(Header { n_fds, n_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let h = Header {
+            n_fds: 3,
+            n_bytes: 70_000,
+        };
+        assert_eq!(decode_header(&encode_header(h)), Ok(h));
+    }
+
+    #[test]
+    fn header_rejects_garbage() {
+        assert_eq!(
+            decode_header(&[0; 4]),
+            Err(Malformed::ShortFrame { len: 4 })
+        );
+        assert_eq!(
+            decode_header(&[0; 8]),
+            Err(Malformed::BadMagic { found: 0 })
+        );
+        let mut h = encode_header(Header {
+            n_fds: 0,
+            n_bytes: 0,
+        });
+        h[2] = 9;
+        assert_eq!(decode_header(&h), Err(Malformed::BadVersion { found: 9 }));
+        let mut h = encode_header(Header {
+            n_fds: 0,
+            n_bytes: 0,
+        });
+        h[3] = 200;
+        assert_eq!(
+            decode_header(&h),
+            Err(Malformed::TooManyFdsDeclared { declared: 200 })
+        );
+        assert_eq!(declared_fds(&h), Some(200));
+    }
+
+    proptest::proptest! {
+        /// Any bytes: a header that decodes has the magic, version 1 and at most `MAX_FDS`
+        /// descriptors, and re-encodes to the same 8 bytes; anything else is `Malformed`.
+        #[test]
+        fn header_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+            if let Ok(h) = decode_header(&bytes) {
+                proptest::prop_assert!(h.n_fds <= MAX_FDS);
+                proptest::prop_assert_eq!(&encode_header(h)[..], &bytes[..HEADER_LEN]);
+            }
+        }
+    }
+}
