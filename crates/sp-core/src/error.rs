@@ -89,12 +89,12 @@ pub enum Malformed {
         /// The record's length in bytes.
         len: usize,
     },
-    /// The header does not start with the frame magic, `0x5350` ("SP") little-endian.
+    /// The header does not start with [`FRAME_MAGIC`](crate::FRAME_MAGIC).
     BadMagic {
         /// The first two bytes, read little-endian.
         found: u16,
     },
-    /// The header's version is not the one this crate speaks (1).
+    /// The header's version is not [`FRAME_VERSION`](crate::FRAME_VERSION).
     BadVersion {
         /// The version byte.
         found: u8,

@@ -1,28 +1,40 @@
 //! The frame: the 8-byte header in front of every message's payload, and its encoder and parser.
 //!
-//! | offset | size | field                                    |
-//! |--------|------|------------------------------------------|
-//! | 0      | 2    | magic `0x5350` ("SP"), little-endian      |
-//! | 2      | 1    | version, 1                               |
-//! | 3      | 1    | `n_fds`, descriptors sent with the frame  |
-//! | 4      | 4    | `n_bytes`, payload length, little-endian  |
+//! | offset | size | field                                                          |
+//! |--------|------|----------------------------------------------------------------|
+//! | 0      | 2    | [`FRAME_MAGIC`] `0x5350`, little-endian (bytes `0x50 0x53`)      |
+//! | 2      | 1    | [`FRAME_VERSION`], 1                                           |
+//! | 3      | 1    | `n_fds`: descriptors sent with the frame, 0 to [`MAX_FDS`]     |
+//! | 4      | 4    | `n_bytes`: payload length, little-endian `u32`                 |
+//!
+//! docs/protocol.md ("sp-core frames") specifies the rest: how a frame travels on a seqpacket and
+//! on a stream pair, and every check a receiver makes.
 
 use crate::error::Malformed;
 
-/// The most file descriptors one message may carry.
+/// The most file descriptors one message may carry (`n_fds` in the frame header).
 ///
-/// Well under the kernel's `SCM_MAX_FD` (253): the receive buffer for control data is sized for
-/// exactly this many, so a peer that sends more has its message truncated by the kernel, which
-/// sp-core reports as [`Error::FdsTruncated`](crate::Error::FdsTruncated) after closing what
-/// arrived. A sender asking to send more gets [`Error::TooManyFds`](crate::Error::TooManyFds) and
-/// nothing is sent; split the descriptors over several messages.
+/// Well under the kernel's `SCM_MAX_FD` (253). A sender asking to send more gets
+/// [`Error::TooManyFds`](crate::Error::TooManyFds) and nothing is sent; split the descriptors
+/// over several messages. The receiver's buffer for control data holds exactly this many
+/// (`CMSG_SPACE(64 × 4)` = 272 bytes), so when a peer attaches more the kernel truncates the
+/// control data (`MSG_CTRUNC`) and the receive is
+/// [`Error::FdsTruncated`](crate::Error::FdsTruncated) with `received: 64`, every descriptor that
+/// arrived closed. A header that declares more than this while at most this many are attached is
+/// [`Malformed::TooManyFdsDeclared`].
 pub const MAX_FDS: usize = 64;
 
-/// Bytes of frame header in front of every payload.
+/// Bytes of frame header in front of every payload: the magic (2), the version (1), `n_fds` (1)
+/// and `n_bytes` (4), in that order.
 pub const HEADER_LEN: usize = 8;
 
-const MAGIC: u16 = 0x5350;
-const VERSION: u8 = 1;
+/// The first two bytes of every frame header, little-endian (`0x50`, `0x53` on the wire). A
+/// header with anything else is [`Malformed::BadMagic`].
+pub const FRAME_MAGIC: u16 = 0x5350;
+
+/// The frame format's version, byte 2 of every header. A receiver accepts only this value;
+/// anything else is [`Malformed::BadVersion`].
+pub const FRAME_VERSION: u8 = 1;
 
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +48,8 @@ pub(crate) struct Header {
 /// The header's bytes. The caller keeps `n_fds <= MAX_FDS` and `n_bytes <= u32::MAX`.
 pub(crate) fn encode_header(header: Header) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
-    out[0..2].copy_from_slice(&MAGIC.to_le_bytes());
-    out[2] = VERSION;
+    out[0..2].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    out[2] = FRAME_VERSION;
     // Both fit: n_fds <= MAX_FDS < 256 and n_bytes <= max_len <= u32::MAX, checked by the caller.
     out[3] = header.n_fds as u8;
     out[4..8].copy_from_slice(&(header.n_bytes as u32).to_le_bytes());
@@ -51,10 +63,10 @@ fn raw_header(bytes: &[u8]) -> Result<(usize, usize), Malformed> {
         return Err(Malformed::ShortFrame { len: bytes.len() });
     };
     let magic = u16::from_le_bytes([head[0], head[1]]);
-    if magic != MAGIC {
+    if magic != FRAME_MAGIC {
         return Err(Malformed::BadMagic { found: magic });
     }
-    if head[2] != VERSION {
+    if head[2] != FRAME_VERSION {
         return Err(Malformed::BadVersion { found: head[2] });
     }
     let n_bytes = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;

@@ -39,7 +39,7 @@ pub use end::{Credentials, End, PairOptions, Readiness, SocketKind, pair};
 pub use error::{
     Error, Malformed, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,
 };
-pub use frame::{HEADER_LEN, MAX_FDS};
+pub use frame::{FRAME_MAGIC, FRAME_VERSION, HEADER_LEN, MAX_FDS};
 pub use receiver::Receiver;
 pub use rustix::process::Signal;
 pub use sender::Sender;

@@ -20,6 +20,24 @@ use crate::frame::{HEADER_LEN, MAX_FDS, declared_fds, decode_header};
 /// How much a stream receiver asks the kernel for at a time when the frame needs less.
 const STREAM_CHUNK: usize = 64 * 1024;
 
+/// `CMSG_SPACE(MAX_FDS * 4)`: a `cmsghdr` (16 bytes on 64-bit Linux) and room for exactly
+/// [`MAX_FDS`] descriptors. The kernel delivers `(msg_controllen - sizeof(cmsghdr)) / 4`
+/// descriptors at most (`scm_detach_fds`) and sets `MSG_CTRUNC` for the rest.
+const RECV_CMSG_LEN: usize = CMSGHDR_LEN + (MAX_FDS * 4).next_multiple_of(size_of::<usize>());
+/// `CMSG_ALIGN(sizeof(struct cmsghdr))`: `cmsg_len` (a `size_t`), `cmsg_level`, `cmsg_type`.
+const CMSGHDR_LEN: usize = (size_of::<usize>() + 8).next_multiple_of(size_of::<usize>());
+// rustix's `cmsg_space!` is the same plus the alignment slack it trims off an unaligned start.
+const _: () =
+    assert!(RECV_CMSG_LEN + align_of::<usize>() == rustix::cmsg_space!(ScmRights(MAX_FDS)));
+
+/// The control-data buffer of every receive.
+///
+/// Invariant: it starts on a `cmsghdr` boundary, so rustix hands the kernel all
+/// [`RECV_CMSG_LEN`] bytes and the cut-off is exactly [`MAX_FDS`] descriptors. (A plain byte
+/// array of `cmsg_space!` bytes holds 64 to 66, depending on where the stack puts it.)
+#[repr(C, align(8))]
+struct RecvCmsgSpace([MaybeUninit<u8>; RECV_CMSG_LEN]);
+
 /// The receiving half of a message channel.
 #[derive(Debug)]
 pub struct Receiver {
@@ -427,8 +445,8 @@ fn recvmsg_fds(
     flags: RecvFlags,
     fds: &mut Vec<OwnedFd>,
 ) -> rustix::io::Result<(usize, ReturnFlags)> {
-    let mut cmsg_space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut cmsg = RecvAncillaryBuffer::new(&mut cmsg_space);
+    let mut cmsg_space = RecvCmsgSpace([MaybeUninit::uninit(); RECV_CMSG_LEN]);
+    let mut cmsg = RecvAncillaryBuffer::new(&mut cmsg_space.0);
     let flags = flags | RecvFlags::CMSG_CLOEXEC;
     let mut reset_seen = false;
     let res = loop {

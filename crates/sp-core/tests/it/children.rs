@@ -132,6 +132,7 @@ pub fn run_role(role: &str) -> ExitCode {
         "sigpipe_control" => role_sigpipe_control(),
         "send_sizes" => return crate::sizes::role_send_sizes(),
         "fill_until_full" => return crate::waiting::role_fill_until_full(),
+        "raw_fds_peer" => return crate::max_fds::role_raw_fds_peer(),
         other => Err(format!("unknown role {other:?}")),
     };
     match res {

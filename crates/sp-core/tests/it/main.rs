@@ -14,6 +14,7 @@ mod bridge;
 mod children;
 mod decoders;
 mod hostile;
+mod max_fds;
 mod messages;
 mod pairs;
 mod sizes;
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         bridge::trials(),
         decoders::trials(),
         sizes::trials(),
+        max_fds::trials(),
         waiting::trials(),
     ]
     .into_iter()
