@@ -15,9 +15,8 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
 
-use crate::channel::Message;
 use crate::error::{Error, Result, TryRecvError};
-use crate::receiver::Receiver;
+use crate::receiver::{Message, Receiver};
 
 /// Owns the reader thread that feeds [`Bridge::receiver`]; dropping it stops and joins the thread.
 ///
@@ -43,8 +42,19 @@ pub struct Bridge {
     thread: Option<JoinHandle<()>>,
 }
 
+impl Receiver {
+    /// Turns this receiver into a [`crossbeam_channel::Receiver`] fed by a reader thread; see
+    /// [`Bridge`].
+    ///
+    /// # Errors
+    /// When the stop pipe or the thread cannot be created.
+    pub fn into_crossbeam(self, capacity: usize) -> Result<Bridge> {
+        Bridge::start(self, capacity)
+    }
+}
+
 impl Bridge {
-    pub(crate) fn start(receiver: Receiver, capacity: usize) -> Result<Self> {
+    fn start(receiver: Receiver, capacity: usize) -> Result<Self> {
         let (stop_read, stop_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
         let (cb_stop_tx, cb_stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (tx, rx) = crossbeam_channel::bounded(capacity);

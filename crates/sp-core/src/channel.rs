@@ -1,6 +1,5 @@
 //! [`Channel`], a duplex message channel over one end of a seqpacket or stream pair, made of a
-//! [`Sender`] and a [`Receiver`]; [`Message`], what a receive returns; and the one wait that
-//! every blocking, `try_` and `_timeout` form of an operation goes through.
+//! [`Sender`] and a [`Receiver`].
 //!
 //! Every message is one *frame*: an 8-byte header (see [`frame`](crate::frame)), then the
 //! payload. The header gives every message at least one data byte (an empty seqpacket record is
@@ -14,31 +13,20 @@
 //! therefore keeps a FIFO of arrived descriptors and hands each completed frame exactly the number
 //! its header declares (the scheme Wayland uses).
 
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::event::PollFlags;
 use rustix::io::Errno;
 
-use crate::end::{End, SocketKind, poll_one};
+use crate::end::{End, SocketKind};
 use crate::error::{Error, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError};
-use crate::receiver::Receiver;
+use crate::receiver::{Message, Receiver};
 use crate::sender::Sender;
 
 /// The default cap on a message's payload, in bytes (1 MiB). See
 /// [`Channel::with_max_message_len`].
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 1 << 20;
-
-/// A received message: its bytes and the file descriptors that came with it, each close-on-exec.
-#[derive(Debug, Default)]
-pub struct Message {
-    /// The payload.
-    pub bytes: Vec<u8>,
-    /// The descriptors, in the order they were sent.
-    pub fds: Vec<OwnedFd>,
-}
 
 /// A duplex message channel over one end of a seqpacket (default) or stream pair.
 ///
@@ -57,27 +45,6 @@ pub struct Message {
 pub struct Channel {
     tx: Sender,
     rx: Receiver,
-}
-
-/// How long an operation may wait for the socket.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Wait {
-    /// Until it can proceed (the blocking forms).
-    Forever,
-    /// Not at all (the `try_` forms).
-    Never,
-    /// Until this instant (the `_timeout` forms).
-    Until(Instant),
-}
-
-/// Why a waiting operation ended without its result: its wait ran out, or it broke. Each public
-/// form turns this into its own error type.
-#[derive(Debug)]
-pub(crate) enum Stop {
-    /// [`Wait::Never`] found nothing to do, or [`Wait::Until`] passed its instant.
-    Waited,
-    /// The operation failed.
-    Broken(Error),
 }
 
 impl Channel {
@@ -107,7 +74,7 @@ impl Channel {
     /// # Errors
     /// `EMFILE` when out of descriptors; [`Error::WrongSocketKind`] for a datagram kind.
     pub fn pair(kind: SocketKind) -> Result<(Self, Self)> {
-        let (a, b) = crate::pair(kind)?;
+        let (a, b) = crate::end::pair(kind)?;
         Ok((Self::new(a)?, Self::new(b)?))
     }
 
@@ -259,102 +226,5 @@ impl Channel {
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.tx.as_fd()
-    }
-}
-
-impl Wait {
-    /// Until `timeout` from now; a timeout too long to add to the clock is no limit.
-    pub(crate) fn after(timeout: Duration) -> Self {
-        Instant::now()
-            .checked_add(timeout)
-            .map_or(Self::Forever, Self::Until)
-    }
-
-    /// Whether the socket call itself may block (the blocking forms let the kernel wait).
-    pub(crate) fn kernel_blocks(self) -> bool {
-        matches!(self, Self::Forever)
-    }
-
-    /// After a socket call found nothing to do (`EAGAIN`): waits per `self` until `fd` reports
-    /// one of `events`, or stops with [`Stop::Waited`].
-    pub(crate) fn until_ready(self, fd: BorrowedFd<'_>, events: PollFlags) -> Result<(), Stop> {
-        let deadline = match self {
-            Self::Never => return Err(Stop::Waited),
-            Self::Forever => None,
-            Self::Until(deadline) => Some(deadline),
-        };
-        match poll_one(fd, events, deadline)? {
-            Some(_) => Ok(()),
-            None => Err(Stop::Waited),
-        }
-    }
-}
-
-impl Stop {
-    /// The error of a blocking form, which waits without limit and so never stops with
-    /// [`Stop::Waited`].
-    pub(crate) fn blocking(self) -> Error {
-        match self {
-            Self::Broken(err) => err,
-            Self::Waited => unreachable!("an operation without a time limit stopped waiting"),
-        }
-    }
-}
-
-impl From<Error> for Stop {
-    fn from(err: Error) -> Self {
-        Self::Broken(err)
-    }
-}
-
-impl From<io::Error> for Stop {
-    fn from(err: io::Error) -> Self {
-        Self::Broken(err.into())
-    }
-}
-
-impl From<Stop> for TryRecvError {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            Stop::Waited => Self::Empty,
-            Stop::Broken(err) => Self::Broken(err),
-        }
-    }
-}
-
-impl From<Stop> for RecvTimeoutError {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            Stop::Waited => Self::Timeout,
-            Stop::Broken(err) => Self::Broken(err),
-        }
-    }
-}
-
-impl From<Stop> for TrySendError {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            Stop::Waited => Self::Full,
-            Stop::Broken(err) => Self::Broken(err),
-        }
-    }
-}
-
-impl From<Stop> for SendTimeoutError {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            Stop::Waited => Self::Timeout,
-            Stop::Broken(err) => Self::Broken(err),
-        }
-    }
-}
-
-/// Calls `f` again while it fails with `EINTR`.
-pub(crate) fn retry_intr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
-    loop {
-        match f() {
-            Err(Errno::INTR) => {}
-            other => return other,
-        }
     }
 }

@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{self, Command, ExitStatus};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use rustix::fs::FileType;
 use rustix::io::{Errno, FdFlags};
@@ -97,22 +97,25 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Chi
     } else {
         end
     };
-    let child_fd: RawFd = end.as_raw_fd();
     let parent_pid = rustix::process::getpid();
-    cmd.env(FD_ENV, child_fd.to_string());
-    // A `Command` keeps its pre-exec steps, so spawning it again would run this step again, on
-    // this end's number: closed by then, or reused by a descriptor that would leak into that
-    // child. The step acts only while `armed` is set, that is during this spawn; the forked child
-    // sees the value the flag had at `fork`.
-    let armed = Arc::new(AtomicBool::new(true));
-    let armed_in_child = Arc::clone(&armed);
+    cmd.env(FD_ENV, end.as_raw_fd().to_string());
+    // Invariant: the pre-exec step knows the end's number only during this spawn. A `Command`
+    // keeps its pre-exec steps, so spawning it again would run this step again: on this number,
+    // closed by then or reused by a descriptor that would then leak into that child. The slot
+    // holds the number until `cmd.spawn()` returns and -1 after; the forked child sees the value
+    // it had at `fork`. (This is the one raw descriptor number sp-core keeps anywhere, see
+    // docs/architecture.md.)
+    let fd_slot = Arc::new(AtomicI32::new(end.as_raw_fd()));
+    let fd_slot_in_child = Arc::clone(&fd_slot);
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
     // calls are allowed. It calls only raw system calls through rustix (`fcntl`, `prctl`,
-    // `getppid`), allocates nothing and takes no lock. `child_fd` is open in the child because
-    // `fork` copied the parent's table while `end` (moved into this function) was still open.
+    // `getppid`), allocates nothing and takes no lock. The number in the slot is open in the
+    // child because `fork` copied the parent's table while `end` (moved into this function) was
+    // still open, and it is read only while this spawn runs.
     unsafe {
         cmd.pre_exec(move || {
-            if !armed_in_child.load(Ordering::Relaxed) {
+            let child_fd: RawFd = fd_slot_in_child.load(Ordering::Relaxed);
+            if child_fd < 0 {
                 return Ok(());
             }
             // SAFETY: `child_fd` is open in this freshly forked child (see above) and is used only
@@ -133,7 +136,8 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Chi
     }
     let res = cmd.spawn();
     // Same thread as the fork inside `spawn`: program order is all the ordering needed.
-    armed.store(false, Ordering::Relaxed);
+    fd_slot.store(-1, Ordering::Relaxed);
+    // Invariant: the parent never keeps the child's end; it is closed here, spawned or not.
     drop(end);
     let child = res?;
     let pidfd = Pid::from_raw(child.id() as i32)
@@ -141,6 +145,8 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Chi
     Ok(Child { child, pidfd })
 }
 
+/// Invariant: set by the first `adopt` that gets past the environment checks; only that call
+/// turns the inherited number into an `OwnedFd`.
 static ADOPTED: AtomicBool = AtomicBool::new(false);
 
 /// In a child started by [`spawn`]: takes ownership of the inherited end.
@@ -228,5 +234,17 @@ impl Child {
     /// The underlying `std::process::Child` (for its stdio handles, say).
     pub fn as_std_mut(&mut self) -> &mut process::Child {
         &mut self.child
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Error`'s message for a missing end spells the variable out (so that errors depend on no
+    /// other module); it must be this one.
+    #[test]
+    fn no_inherited_end_names_fd_env() {
+        assert!(Error::NoInheritedEnd.to_string().contains(FD_ENV));
     }
 }

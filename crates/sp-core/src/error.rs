@@ -152,10 +152,10 @@ impl fmt::Display for Error {
             Self::WrongSocketKind => {
                 f.write_str("socket kind cannot carry messages (use stream or seqpacket)")
             }
-            Self::NoInheritedEnd => write!(
-                f,
-                "environment variable {} is missing, not a descriptor number, or already adopted",
-                crate::child::FD_ENV
+            // The name is `FD_ENV`'s (child.rs checks that they agree): spelled out here so that
+            // errors depend on nothing else in the crate.
+            Self::NoInheritedEnd => f.write_str(
+                "environment variable SP_CORE_FD is missing, not a descriptor number, or already adopted",
             ),
             Self::Os(err) => write!(f, "{err}"),
         }
@@ -171,11 +171,9 @@ impl fmt::Display for Malformed {
             }
             Self::BadMagic { found } => write!(f, "bad magic {found:#06x}"),
             Self::BadVersion { found } => write!(f, "unsupported frame version {found}"),
-            Self::TooManyFdsDeclared { declared } => write!(
-                f,
-                "{declared} descriptors declared, more than MAX_FDS ({})",
-                crate::MAX_FDS
-            ),
+            Self::TooManyFdsDeclared { declared } => {
+                write!(f, "{declared} descriptors declared, more than MAX_FDS")
+            }
             Self::LengthMismatch { declared, received } => write!(
                 f,
                 "the header declares a payload of {declared} bytes but {received} arrived"

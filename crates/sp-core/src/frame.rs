@@ -80,6 +80,8 @@ pub(crate) fn declared_fds(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Parses the header at the front of `bytes` (which may hold more than a header).
+// Invariant: nothing from the wire is used before it is checked here (and `n_bytes` against the
+// channel's maximum by the receiver); a bad header is a `Malformed` value, never a panic.
 pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {
     let (n_fds, n_bytes) = raw_header(bytes)?;
     if n_fds > MAX_FDS {

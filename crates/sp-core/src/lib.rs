@@ -31,15 +31,16 @@ mod error;
 mod frame;
 mod receiver;
 mod sender;
+mod wait;
 
 pub use bridge::Bridge;
-pub use channel::{Channel, DEFAULT_MAX_MESSAGE_LEN, Message};
+pub use channel::{Channel, DEFAULT_MAX_MESSAGE_LEN};
 pub use child::{Child, FD_ENV, SpawnOptions, adopt, spawn, spawn_with};
 pub use end::{Credentials, End, PairOptions, Readiness, SocketKind, pair};
 pub use error::{
     Error, Malformed, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use frame::{FRAME_MAGIC, FRAME_VERSION, HEADER_LEN, MAX_FDS};
-pub use receiver::Receiver;
+pub use receiver::{Message, Receiver};
 pub use rustix::process::Signal;
 pub use sender::Sender;

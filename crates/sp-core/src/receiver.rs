@@ -1,5 +1,5 @@
-//! The receiving half of a message channel: `recvmsg` with `MSG_CMSG_CLOEXEC`, each frame checked
-//! against its header, descriptors matched to frames.
+//! The receiving half of a message channel, and the [`Message`] it fills: `recvmsg` with
+//! `MSG_CMSG_CLOEXEC`, each frame checked against its header, descriptors matched to frames.
 
 use std::collections::VecDeque;
 use std::io::IoSliceMut;
@@ -12,10 +12,10 @@ use rustix::event::PollFlags;
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 
-use crate::channel::{Message, Stop, Wait, retry_intr};
 use crate::end::{SocketKind, poll_one};
 use crate::error::{Error, Malformed, RecvTimeoutError, Result, TryRecvError};
 use crate::frame::{HEADER_LEN, MAX_FDS, declared_fds, decode_header};
+use crate::wait::{Stop, Wait, retry_intr};
 
 /// How much a stream receiver asks the kernel for at a time when the frame needs less.
 const STREAM_CHUNK: usize = 64 * 1024;
@@ -37,6 +37,15 @@ const _: () =
 /// array of `cmsg_space!` bytes holds 64 to 66, depending on where the stack puts it.)
 #[repr(C, align(8))]
 struct RecvCmsgSpace([MaybeUninit<u8>; RECV_CMSG_LEN]);
+
+/// A received message: its bytes and the file descriptors that came with it, each close-on-exec.
+#[derive(Debug, Default)]
+pub struct Message {
+    /// The payload.
+    pub bytes: Vec<u8>,
+    /// The descriptors, in the order they were sent.
+    pub fds: Vec<OwnedFd>,
+}
 
 /// The receiving half of a message channel.
 #[derive(Debug)]
@@ -167,15 +176,6 @@ impl Receiver {
     /// As [`try_recv`](Self::try_recv).
     pub fn try_recv_into(&mut self, msg: &mut Message) -> std::result::Result<(), TryRecvError> {
         self.recv_wait_into(Wait::Never, msg).map_err(Into::into)
-    }
-
-    /// Turns this receiver into a [`crossbeam_channel::Receiver`] fed by a reader thread; see
-    /// [`Bridge`](crate::Bridge).
-    ///
-    /// # Errors
-    /// When the stop pipe or the thread cannot be created.
-    pub fn into_crossbeam(self, capacity: usize) -> Result<crate::Bridge> {
-        crate::bridge::Bridge::start(self, capacity)
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -386,6 +386,7 @@ impl Receiver {
     /// A zero-length seqpacket read: end of file if the peer has hung up (`POLLHUP` or
     /// `POLLRDHUP` now) and nothing else is queued, so `PeerGone`; otherwise the peer sent an
     /// empty record, which is `Malformed`, and the records after it are still delivered.
+    // Invariant: every frame has its 8-byte header, so only a hang-up makes an empty read the end.
     fn empty_record(&self) -> Error {
         let malformed = Error::Malformed(Malformed::EmptyRecord);
         let hung_up = PollFlags::HUP | PollFlags::RDHUP;
@@ -447,19 +448,22 @@ fn recvmsg_fds(
 ) -> rustix::io::Result<(usize, ReturnFlags)> {
     let mut cmsg_space = RecvCmsgSpace([MaybeUninit::uninit(); RECV_CMSG_LEN]);
     let mut cmsg = RecvAncillaryBuffer::new(&mut cmsg_space.0);
+    // Invariant: received descriptors are close-on-exec from the kernel, never set so later.
     let flags = flags | RecvFlags::CMSG_CLOEXEC;
     let mut reset_seen = false;
     let res = loop {
         match rustix::net::recvmsg(fd, iov, &mut cmsg, flags) {
             Err(Errno::INTR) => continue,
-            // A peer that closed with data of ours unread leaves us ECONNRESET, which a
-            // seqpacket receive reports ahead of the messages the peer sent before closing.
-            // The kernel reports it once: read on, so those messages are not lost; end of
-            // file follows them.
+            // Invariant: `PeerGone` only after everything the peer sent. A peer that closed with
+            // data of ours unread leaves us ECONNRESET, which a seqpacket receive reports ahead
+            // of the messages the peer sent before closing (a stream one after them, instead of
+            // end of file). The kernel reports it once: read on, so those messages are not lost.
             Err(Errno::CONNRESET) if !reset_seen => reset_seen = true,
             other => break other,
         }
     };
+    // Invariant: every descriptor that arrived becomes an `OwnedFd` here, even when the call
+    // failed, so every error path after this closes it by drop.
     for msg in cmsg.drain() {
         if let RecvAncillaryMessage::ScmRights(iter) = msg {
             fds.extend(iter);

@@ -11,10 +11,10 @@ use rustix::event::PollFlags;
 use rustix::io::Errno;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
-use crate::channel::{Stop, Wait, retry_intr};
 use crate::end::{SocketKind, poll_one};
 use crate::error::{Error, Result, SendTimeoutError, TrySendError};
 use crate::frame::{HEADER_LEN, Header, MAX_FDS, encode_header};
+use crate::wait::{Stop, Wait, retry_intr};
 
 /// The kernel refuses a seqpacket record longer than `SO_SNDBUF` minus this overhead
 /// (`unix_dgram_sendmsg`: `len > sk_sndbuf - 32`).
@@ -135,6 +135,7 @@ impl Sender {
             n_fds: fds.len(),
             n_bytes: bytes.len(),
         });
+        // Invariant: no send raises SIGPIPE; a gone peer is `PeerGone` (EPIPE).
         let mut flags = SendFlags::NOSIGNAL;
         if !wait.kernel_blocks() {
             flags |= SendFlags::DONTWAIT;
