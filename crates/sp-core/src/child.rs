@@ -4,11 +4,13 @@
 //! end stays close-on-exec in the parent the whole time; only in the forked child, between `fork`
 //! and `exec`, is the flag cleared on that one descriptor, so no other child started concurrently
 //! by another thread can inherit it. The child finds the descriptor's number in the environment
-//! variable [`FD_ENV`] and calls [`adopt`]. The parent's copy of the child's end is closed as soon
-//! as `spawn` returns, so when the child dies the parent reads end of file (the hang that
-//! ipc-channel #281 describes cannot happen).
+//! variable [`FD_ENV`] and calls [`adopt`], which removes the variable again (in a single-threaded
+//! process) so that the child's own children do not look for an end that is not theirs. The
+//! parent's copy of the child's end is closed as soon as `spawn` returns, so when the child dies
+//! the parent reads end of file (the hang that ipc-channel #281 describes cannot happen).
 
-#![allow(unsafe_code)] // `pre_exec` and taking ownership of the inherited descriptor number.
+#![allow(unsafe_code)] // `pre_exec`, taking ownership of the inherited descriptor number, and
+// removing `FD_ENV` from the environment.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -153,9 +155,16 @@ static ADOPTED: AtomicBool = AtomicBool::new(false);
 ///
 /// Reads the descriptor number from [`FD_ENV`], checks that it is open and a Unix-domain socket,
 /// marks it close-on-exec again (so grandchildren do not inherit it) and returns it. Only the first
-/// call can succeed; later calls return [`Error::NoInheritedEnd`]. The variable stays in the
-/// environment; remove it from commands you start yourself (`Command::env_remove`) if they are not
-/// meant to look for an end.
+/// call can succeed; later calls return [`Error::NoInheritedEnd`].
+///
+/// On success it also removes [`FD_ENV`] from this process's environment, so that programs this
+/// child starts do not find a number that no longer names their end (it is close-on-exec now: in
+/// a grandchild that number is closed, or some other descriptor). It does so only when this is the
+/// only thread of the process, because changing the environment while another thread may read it
+/// is undefined behaviour (see `std::env::remove_var`); adopt first thing in `main`. With other
+/// threads running the variable stays: remove it from the commands you start
+/// (`cmd.env_remove(sp_core::FD_ENV)`). A child started through [`spawn`] gets its own end's
+/// number in the variable either way.
 ///
 /// # Errors
 /// [`Error::NoInheritedEnd`] when the variable is missing, malformed or already adopted;
@@ -177,7 +186,34 @@ pub fn adopt() -> Result<End> {
     // SAFETY: `raw` is an open Unix socket (checked above) that the parent placed here for this
     // process; `ADOPTED` guarantees that this is the only place that ever takes ownership of it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    forget_fd_env();
     Ok(End::from(fd))
+}
+
+/// Removes [`FD_ENV`] from the environment if this is the process's only thread; returns whether
+/// it did.
+fn forget_fd_env() -> bool {
+    if !single_threaded() {
+        return false;
+    }
+    // SAFETY: `remove_var` is safe in a single-threaded program: this thread is the only one
+    // (checked just above), and only it could start another.
+    unsafe { std::env::remove_var(FD_ENV) };
+    true
+}
+
+/// Whether this process has exactly one thread (`Threads:` in `/proc/self/status`); `false` when
+/// that cannot be read.
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Threads:"))
+                .map(|n| n.trim() == "1")
+        })
+        .unwrap_or(false)
 }
 
 fn check_unix_socket(fd: BorrowedFd<'_>) -> Result<()> {

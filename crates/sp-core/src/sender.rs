@@ -63,8 +63,9 @@ impl Sender {
     ///   when the record does not fit the socket's send buffer (`EMSGSIZE`), with the limit that
     ///   buffer sets;
     /// - [`Error::PeerGone`] when the peer has closed its end (never `SIGPIPE`);
-    /// - [`Error::Os`] with `ETOOMANYREFS` when descriptors in flight nest too deeply or this
-    ///   user has too many in flight.
+    /// - [`Error::Os`] with `ETOOMANYREFS` when this user already has more descriptors in flight
+    ///   (sent, not yet received) than this process's `RLIMIT_NOFILE` soft limit (root,
+    ///   `CAP_SYS_RESOURCE` and `CAP_SYS_ADMIN` are exempt); nothing is sent.
     ///
     /// # References
     /// [sendmsg(2)](https://man7.org/linux/man-pages/man2/sendmsg.2.html),

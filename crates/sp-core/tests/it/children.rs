@@ -133,6 +133,10 @@ pub fn run_role(role: &str) -> ExitCode {
         "send_sizes" => return crate::sizes::role_send_sizes(),
         "fill_until_full" => return crate::waiting::role_fill_until_full(),
         "raw_fds_peer" => return crate::max_fds::role_raw_fds_peer(),
+        "adopt_then_plain_grandchild" => return crate::inherit::role_adopt_then_plain_grandchild(),
+        "report_fd_env" => return crate::inherit::role_report_fd_env(),
+        "adopt_with_a_second_thread" => return crate::inherit::role_adopt_with_a_second_thread(),
+        "too_many_refs" => return crate::refs::role_too_many_refs(),
         other => Err(format!("unknown role {other:?}")),
     };
     match res {

@@ -14,9 +14,11 @@ mod bridge;
 mod children;
 mod decoders;
 mod hostile;
+mod inherit;
 mod max_fds;
 mod messages;
 mod pairs;
+mod refs;
 mod sizes;
 mod waiting;
 
@@ -59,6 +61,8 @@ fn main() -> ExitCode {
         decoders::trials(),
         sizes::trials(),
         max_fds::trials(),
+        inherit::trials(),
+        refs::trials(),
         waiting::trials(),
     ]
     .into_iter()
