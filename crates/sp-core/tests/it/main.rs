@@ -19,6 +19,7 @@ mod max_fds;
 mod messages;
 mod pairs;
 mod refs;
+mod roles;
 mod sizes;
 mod waiting;
 
@@ -34,7 +35,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::FdFlags;
 use sp_core::{Channel, End, Error, Message, Receiver, RecvTimeoutError, Signal, SpawnOptions};
 
-/// Set in a re-executed child: the name of the role it plays (see `children::run_role`).
+/// Set in a re-executed child: the name of the role it plays (see `roles::run_role`).
 pub const ROLE_ENV: &str = "SP_IT_ROLE";
 /// The longest a trial may run before the watchdog ends the run.
 pub const TRIAL_LIMIT: Duration = Duration::from_secs(30);
@@ -46,7 +47,7 @@ pub type TestResult = Result<(), Failed>;
 
 fn main() -> ExitCode {
     if let Ok(role) = std::env::var(ROLE_ENV) {
-        return children::run_role(&role);
+        return roles::run_role(&role);
     }
     let mut args = Arguments::from_args();
     // The descriptor-leak check reads the whole process's descriptor table, so trials must not
