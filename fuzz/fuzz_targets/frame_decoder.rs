@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use libfuzzer_sys::fuzz_target;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-use sp_core::{Channel, Error, SocketKind};
+use sp_core::{Channel, Error, SocketKind, TryRecvError};
 use sp_fuzz::Input;
 
 fuzz_target!(|bytes: &[u8]| {
@@ -40,14 +40,14 @@ fuzz_target!(|bytes: &[u8]| {
         loop {
             match rx.try_recv() {
                 Ok(msg) => assert!(msg.fds.len() <= sp_core::MAX_FDS),
-                Err(Error::WouldBlock) => break,
-                Err(Error::Poisoned | Error::PeerGone) => return,
-                Err(
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Broken(Error::Poisoned | Error::PeerGone)) => return,
+                Err(TryRecvError::Broken(
                     Error::Malformed(_)
                     | Error::FdCountMismatch { .. }
                     | Error::FdsTruncated { .. }
-                    | Error::MessageTooLarge { .. },
-                ) => {}
+                    | Error::TooLarge { .. },
+                )) => {}
                 Err(err) => panic!("unexpected {err:?}"),
             }
         }

@@ -76,6 +76,15 @@ impl From<sp_core::Error> for Error {
     }
 }
 
+impl From<sp_core::RecvTimeoutError> for Error {
+    fn from(err: sp_core::RecvTimeoutError) -> Self {
+        match err {
+            sp_core::RecvTimeoutError::Timeout => Self::TimedOut("an sp-core receive"),
+            sp_core::RecvTimeoutError::Broken(err) => Self::Core(err),
+        }
+    }
+}
+
 impl From<sp_shm::Error> for Error {
     fn from(err: sp_shm::Error) -> Self {
         Self::Shm(err)

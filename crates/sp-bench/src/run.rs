@@ -325,9 +325,11 @@ fn child_error_or(ctl: &mut Channel, err: Error) -> Error {
 
 fn recv_control(ctl: &mut Channel, limit: Duration) -> Result<Control> {
     let msg = ctl.recv_timeout(limit).map_err(|err| match err {
-        sp_core::Error::TimedOut => Error::TimedOut("waiting for the child"),
-        sp_core::Error::PeerGone => Error::Child("exited before reporting".into()),
-        other => Error::Core(other),
+        sp_core::RecvTimeoutError::Timeout => Error::TimedOut("waiting for the child"),
+        sp_core::RecvTimeoutError::Broken(sp_core::Error::PeerGone) => {
+            Error::Child("exited before reporting".into())
+        }
+        sp_core::RecvTimeoutError::Broken(other) => Error::Core(other),
     })?;
     Ok(serde_json::from_slice(&msg.bytes)?)
 }

@@ -15,8 +15,8 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
 
-use crate::error::{Error, Result};
-use crate::msg::{Message, Receiver};
+use crate::error::{Error, Result, TryRecvError};
+use crate::receiver::{Message, Receiver};
 
 /// Owns the reader thread that feeds [`Bridge::receiver`]; dropping it stops and joins the thread.
 ///
@@ -42,8 +42,19 @@ pub struct Bridge {
     thread: Option<JoinHandle<()>>,
 }
 
+impl Receiver {
+    /// Turns this receiver into a [`crossbeam_channel::Receiver`] fed by a reader thread; see
+    /// [`Bridge`].
+    ///
+    /// # Errors
+    /// When the stop pipe or the thread cannot be created.
+    pub fn into_crossbeam(self, capacity: usize) -> Result<Bridge> {
+        Bridge::start(self, capacity)
+    }
+}
+
 impl Bridge {
-    pub(crate) fn start(receiver: Receiver, capacity: usize) -> Result<Self> {
+    fn start(receiver: Receiver, capacity: usize) -> Result<Self> {
         let (stop_read, stop_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
         let (cb_stop_tx, cb_stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
@@ -85,16 +96,17 @@ fn pump(
     loop {
         // Drain every complete message first: a stream receiver may hold several frames.
         let item = match receiver.try_recv() {
-            Err(Error::WouldBlock) => match wait(&receiver, stop) {
+            Ok(msg) => Ok(msg),
+            Err(TryRecvError::Empty) => match wait(&receiver, stop) {
                 Ok(true) => continue,
                 Ok(false) => return,
                 Err(err) => Err(err),
             },
-            other => other,
+            Err(TryRecvError::Broken(err)) => Err(err),
         };
         let ends = match &item {
             Ok(_) => false,
-            Err(Error::FdCountMismatch { .. } | Error::MessageTooLarge { .. }) => false,
+            Err(Error::FdCountMismatch { .. } | Error::TooLarge { .. }) => false,
             Err(Error::FdsTruncated { .. } | Error::FdLimit { .. } | Error::Malformed(_)) => false,
             Err(_) => true,
         };

@@ -4,18 +4,20 @@
 //! end stays close-on-exec in the parent the whole time; only in the forked child, between `fork`
 //! and `exec`, is the flag cleared on that one descriptor, so no other child started concurrently
 //! by another thread can inherit it. The child finds the descriptor's number in the environment
-//! variable [`FD_ENV`] and calls [`adopt`]. The parent's copy of the child's end is closed as soon
-//! as `spawn` returns, so when the child dies the parent reads end of file (the hang that
-//! ipc-channel #281 describes cannot happen).
+//! variable [`FD_ENV`] and calls [`adopt`], which removes the variable again (in a single-threaded
+//! process) so that the child's own children do not look for an end that is not theirs. The
+//! parent's copy of the child's end is closed as soon as `spawn` returns, so when the child dies
+//! the parent reads end of file (the hang that ipc-channel #281 describes cannot happen).
 
-#![allow(unsafe_code)] // `pre_exec` and taking ownership of the inherited descriptor number.
+#![allow(unsafe_code)] // `pre_exec`, taking ownership of the inherited descriptor number, and
+// removing `FD_ENV` from the environment.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{self, Command, ExitStatus};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use rustix::fs::FileType;
 use rustix::io::{Errno, FdFlags};
@@ -62,7 +64,7 @@ impl SpawnOptions {
 /// Starts `cmd` as a child that inherits `end`; see [`spawn_with`].
 ///
 /// # Errors
-/// As `Command::spawn`.
+/// As [`spawn_with`].
 ///
 /// # Examples
 /// ```no_run
@@ -70,9 +72,9 @@ impl SpawnOptions {
 /// let mut child = sp_core::spawn(&mut std::process::Command::new("my-worker"), child_end)?;
 /// // ... talk over parent_end; when the child exits, reads on parent_end see end of file.
 /// child.wait()?;
-/// # Ok::<(), std::io::Error>(())
+/// # Ok::<(), sp_core::Error>(())
 /// ```
-pub fn spawn(cmd: &mut Command, end: End) -> io::Result<Child> {
+pub fn spawn(cmd: &mut Command, end: End) -> Result<Child> {
     spawn_with(cmd, end, SpawnOptions::new())
 }
 
@@ -87,31 +89,35 @@ pub fn spawn(cmd: &mut Command, end: End) -> io::Result<Child> {
 /// by an earlier spawn does nothing.)
 ///
 /// # Errors
-/// As `Command::spawn`; also when the child-side set-up (`fcntl`, `prctl`) fails, which
-/// `Command::spawn` reports as the child's error.
-pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> io::Result<Child> {
+/// [`Error::Os`] with the error of `Command::spawn`, which includes a failure of the child-side
+/// set-up (`fcntl`, `prctl`), or with `EMFILE` when the end must be moved off a standard
+/// descriptor and no descriptor is free.
+pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Child> {
     // Keep the end clear of the standard descriptors, which `Command` rewires in the child.
     let end = if end.as_raw_fd() <= 2 {
         End::from(rustix::io::fcntl_dupfd_cloexec(&end, 3)?)
     } else {
         end
     };
-    let child_fd: RawFd = end.as_raw_fd();
     let parent_pid = rustix::process::getpid();
-    cmd.env(FD_ENV, child_fd.to_string());
-    // A `Command` keeps its pre-exec steps, so spawning it again would run this step again, on
-    // this end's number: closed by then, or reused by a descriptor that would leak into that
-    // child. The step acts only while `armed` is set, that is during this spawn; the forked child
-    // sees the value the flag had at `fork`.
-    let armed = Arc::new(AtomicBool::new(true));
-    let armed_in_child = Arc::clone(&armed);
+    cmd.env(FD_ENV, end.as_raw_fd().to_string());
+    // Invariant: the pre-exec step knows the end's number only during this spawn. A `Command`
+    // keeps its pre-exec steps, so spawning it again would run this step again: on this number,
+    // closed by then or reused by a descriptor that would then leak into that child. The slot
+    // holds the number until `cmd.spawn()` returns and -1 after; the forked child sees the value
+    // it had at `fork`. (This is the one raw descriptor number sp-core keeps anywhere, see
+    // docs/architecture.md.)
+    let fd_slot = Arc::new(AtomicI32::new(end.as_raw_fd()));
+    let fd_slot_in_child = Arc::clone(&fd_slot);
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
     // calls are allowed. It calls only raw system calls through rustix (`fcntl`, `prctl`,
-    // `getppid`), allocates nothing and takes no lock. `child_fd` is open in the child because
-    // `fork` copied the parent's table while `end` (moved into this function) was still open.
+    // `getppid`), allocates nothing and takes no lock. The number in the slot is open in the
+    // child because `fork` copied the parent's table while `end` (moved into this function) was
+    // still open, and it is read only while this spawn runs.
     unsafe {
         cmd.pre_exec(move || {
-            if !armed_in_child.load(Ordering::Relaxed) {
+            let child_fd: RawFd = fd_slot_in_child.load(Ordering::Relaxed);
+            if child_fd < 0 {
                 return Ok(());
             }
             // SAFETY: `child_fd` is open in this freshly forked child (see above) and is used only
@@ -132,7 +138,8 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> io::Result
     }
     let res = cmd.spawn();
     // Same thread as the fork inside `spawn`: program order is all the ordering needed.
-    armed.store(false, Ordering::Relaxed);
+    fd_slot.store(-1, Ordering::Relaxed);
+    // Invariant: the parent never keeps the child's end; it is closed here, spawned or not.
     drop(end);
     let child = res?;
     let pidfd = Pid::from_raw(child.id() as i32)
@@ -140,15 +147,24 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> io::Result
     Ok(Child { child, pidfd })
 }
 
+/// Invariant: set by the first `adopt` that gets past the environment checks; only that call
+/// turns the inherited number into an `OwnedFd`.
 static ADOPTED: AtomicBool = AtomicBool::new(false);
 
 /// In a child started by [`spawn`]: takes ownership of the inherited end.
 ///
 /// Reads the descriptor number from [`FD_ENV`], checks that it is open and a Unix-domain socket,
 /// marks it close-on-exec again (so grandchildren do not inherit it) and returns it. Only the first
-/// call can succeed; later calls return [`Error::NoInheritedEnd`]. The variable stays in the
-/// environment; remove it from commands you start yourself (`Command::env_remove`) if they are not
-/// meant to look for an end.
+/// call can succeed; later calls return [`Error::NoInheritedEnd`].
+///
+/// On success it also removes [`FD_ENV`] from this process's environment, so that programs this
+/// child starts do not find a number that no longer names their end (it is close-on-exec now: in
+/// a grandchild that number is closed, or some other descriptor). It does so only when this is the
+/// only thread of the process, because changing the environment while another thread may read it
+/// is undefined behaviour (see `std::env::remove_var`); adopt first thing in `main`. With other
+/// threads running the variable stays: remove it from the commands you start
+/// (`cmd.env_remove(sp_core::FD_ENV)`). A child started through [`spawn`] gets its own end's
+/// number in the variable either way.
 ///
 /// # Errors
 /// [`Error::NoInheritedEnd`] when the variable is missing, malformed or already adopted;
@@ -170,7 +186,34 @@ pub fn adopt() -> Result<End> {
     // SAFETY: `raw` is an open Unix socket (checked above) that the parent placed here for this
     // process; `ADOPTED` guarantees that this is the only place that ever takes ownership of it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    forget_fd_env();
     Ok(End::from(fd))
+}
+
+/// Removes [`FD_ENV`] from the environment if this is the process's only thread; returns whether
+/// it did.
+fn forget_fd_env() -> bool {
+    if !single_threaded() {
+        return false;
+    }
+    // SAFETY: `remove_var` is safe in a single-threaded program: this thread is the only one
+    // (checked just above), and only it could start another.
+    unsafe { std::env::remove_var(FD_ENV) };
+    true
+}
+
+/// Whether this process has exactly one thread (`Threads:` in `/proc/self/status`); `false` when
+/// that cannot be read.
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Threads:"))
+                .map(|n| n.trim() == "1")
+        })
+        .unwrap_or(false)
 }
 
 fn check_unix_socket(fd: BorrowedFd<'_>) -> Result<()> {
@@ -227,5 +270,17 @@ impl Child {
     /// The underlying `std::process::Child` (for its stdio handles, say).
     pub fn as_std_mut(&mut self) -> &mut process::Child {
         &mut self.child
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Error`'s message for a missing end spells the variable out (so that errors depend on no
+    /// other module); it must be this one.
+    #[test]
+    fn no_inherited_end_names_fd_env() {
+        assert!(Error::NoInheritedEnd.to_string().contains(FD_ENV));
     }
 }

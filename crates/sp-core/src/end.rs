@@ -11,6 +11,8 @@ use rustix::net::{
     AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, socketpair, sockopt,
 };
 
+use crate::error::Result;
+
 /// The socket type of a pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SocketKind {
@@ -114,7 +116,9 @@ impl PairOptions {
     ///
     /// # References
     /// [socketpair(2)](https://man7.org/linux/man-pages/man2/socketpair.2.html)
-    pub fn create(self) -> io::Result<(End, End)> {
+    pub fn create(self) -> Result<(End, End)> {
+        // Invariant: every descriptor sp-core creates is close-on-exec from the call that creates
+        // it, never made so afterwards (which would race with a `fork` in another thread).
         let mut flags = SocketFlags::CLOEXEC;
         if self.nonblocking {
             flags |= SocketFlags::NONBLOCK;
@@ -137,14 +141,14 @@ impl PairOptions {
 /// let mut line = String::new();
 /// BufReader::new(sock2).read_line(&mut line)?;
 /// assert_eq!(line, "Hello from sock1!\n");
-/// # Ok::<(), std::io::Error>(())
+/// # Ok::<(), sp_core::Error>(())
 /// ```
 ///
 /// # References
 /// [socketpair(2)](https://man7.org/linux/man-pages/man2/socketpair.2.html),
 /// [unix(7)](https://man7.org/linux/man-pages/man7/unix.7.html)
 #[doc(alias = "socketpair")]
-pub fn pair(kind: SocketKind) -> io::Result<(End, End)> {
+pub fn pair(kind: SocketKind) -> Result<(End, End)> {
     PairOptions::new(kind).create()
 }
 
@@ -312,7 +316,8 @@ impl Read for &End {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::empty()) {
             Ok((n, _)) => Ok(n),
-            // The error is reported once; what the peer sent before closing is still queued.
+            // Invariant: end of file only after everything the peer sent. The error is reported
+            // once; what the peer sent before closing is still queued.
             Err(Errno::CONNRESET) => Ok(rustix::net::recv(&self.fd, buf, RecvFlags::empty())?.0),
             Err(err) => Err(err.into()),
         }
@@ -334,6 +339,7 @@ impl Read for End {
 }
 
 impl Write for &End {
+    // Invariant: no write raises SIGPIPE (`MSG_NOSIGNAL`); a gone peer is `BrokenPipe`.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         Ok(rustix::net::send(&self.fd, buf, SendFlags::NOSIGNAL)?)
     }
@@ -389,6 +395,8 @@ impl IntoRawFd for End {
 impl FromRawFd for End {
     /// # Safety
     /// `fd` must be an open socket descriptor that nothing else owns.
+    // Invariant: one of the places where a raw number becomes an `OwnedFd` (see
+    // docs/architecture.md); sp-core itself never calls it, the caller vouches for ownership.
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         // SAFETY: the caller hands over ownership of an open descriptor, as this function's
         // contract requires.

@@ -1,4 +1,7 @@
-//! The one error type of sp-core: each variant names a cause a caller can act on.
+//! The errors of sp-core: [`Error`] for what breaks a call, [`Malformed`] for what was wrong with
+//! a frame the peer sent, and one "would wait" type per waiting form of an operation
+//! ([`TryRecvError`], [`RecvTimeoutError`], [`TrySendError`], [`SendTimeoutError`]), so that
+//! "nothing yet" and "broken" never share an enum.
 
 use std::fmt;
 use std::io;
@@ -6,11 +9,15 @@ use std::io;
 /// What went wrong in an sp-core call.
 ///
 /// Nothing a peer can send makes sp-core panic; a malformed or hostile message becomes one of these
-/// values, and every file descriptor that arrived with it has already been closed.
+/// values, and every file descriptor that arrived with it has already been closed. There is no
+/// "would block" or "timed out" here: those are the [`Empty`](TryRecvError::Empty),
+/// [`Full`](TrySendError::Full) and `Timeout` variants of the `try_*` and `*_timeout` forms'
+/// own error types.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The peer closed its end or died: end of file on receive, `EPIPE`/`ECONNRESET` on send.
+    /// The peer closed its end or died: end of file on receive (after every message it sent has
+    /// been delivered), `EPIPE`/`ECONNRESET` on send.
     PeerGone,
     /// The kernel truncated the control data of a message (`MSG_CTRUNC`), so some of its file
     /// descriptors were dropped. Every descriptor that did arrive has been closed.
@@ -45,15 +52,15 @@ pub enum Error {
     },
     /// A message is larger than this channel or the socket can carry; nothing was sent (or, on
     /// receive, the message was dropped and its descriptors closed).
-    MessageTooLarge {
+    TooLarge {
         /// The message's payload length in bytes.
-        n_bytes: usize,
+        len: usize,
         /// The largest payload accepted here, in bytes.
-        limit: usize,
+        max: usize,
     },
-    /// A message whose frame header is invalid (bad magic or version, data cut short). The
-    /// message is dropped and its descriptors closed.
-    Malformed(&'static str),
+    /// The peer sent something that is not a valid frame; the cause says what. The message is
+    /// dropped and its descriptors closed.
+    Malformed(Malformed),
     /// An earlier error left a stream channel without a way to match descriptors to messages; it
     /// refuses further receives. Seqpacket channels never enter this state.
     Poisoned,
@@ -61,14 +68,55 @@ pub enum Error {
     NotASocket,
     /// The descriptor's socket type cannot carry sp-core messages (for example, a datagram pair).
     WrongSocketKind,
-    /// The environment variable that names the child's descriptor is absent or not a number.
+    /// The environment variable that names the child's descriptor is absent or not a number, or
+    /// the end was already adopted.
     NoInheritedEnd,
-    /// A wait with a time limit expired before anything arrived.
-    TimedOut,
-    /// A non-blocking call found nothing to do.
-    WouldBlock,
     /// Any other operating-system error, with its errno.
     Os(io::Error),
+}
+
+/// What was wrong with a frame the peer sent: the cause of [`Error::Malformed`].
+///
+/// docs/protocol.md ("sp-core frames") lists the checks in the order a receiver makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Malformed {
+    /// A seqpacket record of zero bytes from a peer that is still connected (every frame has a
+    /// header, so no sp-core sender writes one).
+    EmptyRecord,
+    /// A seqpacket record shorter than a frame header.
+    ShortFrame {
+        /// The record's length in bytes.
+        len: usize,
+    },
+    /// The header does not start with [`FRAME_MAGIC`](crate::FRAME_MAGIC).
+    BadMagic {
+        /// The first two bytes, read little-endian.
+        found: u16,
+    },
+    /// The header's version is not [`FRAME_VERSION`](crate::FRAME_VERSION).
+    BadVersion {
+        /// The version byte.
+        found: u8,
+    },
+    /// The header declares more descriptors than [`MAX_FDS`](crate::MAX_FDS).
+    TooManyFdsDeclared {
+        /// The declared count.
+        declared: usize,
+    },
+    /// A seqpacket record's payload is not as long as its header says.
+    LengthMismatch {
+        /// The payload length the header declares.
+        declared: usize,
+        /// The payload length that arrived.
+        received: usize,
+    },
+    /// On a stream pair, more descriptors arrived than the buffered frames can claim (more than
+    /// two messages' worth ahead of their frames).
+    UnclaimedFds {
+        /// How many descriptors were waiting for frames.
+        queued: usize,
+    },
 }
 
 /// The result type of sp-core.
@@ -93,10 +141,10 @@ impl fmt::Display for Error {
             Self::TooManyFds { n_fds, max } => {
                 write!(f, "{n_fds} file descriptors in one message; the cap is {max}")
             }
-            Self::MessageTooLarge { n_bytes, limit } => {
-                write!(f, "message of {n_bytes} bytes exceeds the limit of {limit} bytes")
+            Self::TooLarge { len, max } => {
+                write!(f, "message of {len} bytes exceeds the limit of {max} bytes")
             }
-            Self::Malformed(why) => write!(f, "malformed message: {why}"),
+            Self::Malformed(cause) => write!(f, "malformed message: {cause}"),
             Self::Poisoned => f.write_str(
                 "stream channel poisoned by an earlier descriptor error; it can no longer match descriptors to messages",
             ),
@@ -104,14 +152,38 @@ impl fmt::Display for Error {
             Self::WrongSocketKind => {
                 f.write_str("socket kind cannot carry messages (use stream or seqpacket)")
             }
-            Self::NoInheritedEnd => write!(
-                f,
-                "environment variable {} is missing or not a descriptor number",
-                crate::child::FD_ENV
+            // The name is `FD_ENV`'s (child.rs checks that they agree): spelled out here so that
+            // errors depend on nothing else in the crate.
+            Self::NoInheritedEnd => f.write_str(
+                "environment variable SP_CORE_FD is missing, not a descriptor number, or already adopted",
             ),
-            Self::TimedOut => f.write_str("timed out"),
-            Self::WouldBlock => f.write_str("operation would block"),
             Self::Os(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::EmptyRecord => f.write_str("an empty record (every frame has an 8-byte header)"),
+            Self::ShortFrame { len } => {
+                write!(f, "a record of {len} bytes, shorter than a frame header")
+            }
+            Self::BadMagic { found } => write!(f, "bad magic {found:#06x}"),
+            Self::BadVersion { found } => write!(f, "unsupported frame version {found}"),
+            Self::TooManyFdsDeclared { declared } => {
+                write!(f, "{declared} descriptors declared, more than MAX_FDS")
+            }
+            Self::LengthMismatch { declared, received } => write!(
+                f,
+                "the header declares a payload of {declared} bytes but {received} arrived"
+            ),
+            Self::UnclaimedFds { queued } => {
+                write!(
+                    f,
+                    "{queued} descriptors arrived without frames to claim them"
+                )
+            }
         }
     }
 }
@@ -129,8 +201,6 @@ impl From<io::Error> for Error {
     fn from(err: io::Error) -> Self {
         match err.kind() {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Self::PeerGone,
-            io::ErrorKind::WouldBlock => Self::WouldBlock,
-            io::ErrorKind::TimedOut => Self::TimedOut,
             _ => Self::Os(err),
         }
     }
@@ -141,9 +211,14 @@ impl From<rustix::io::Errno> for Error {
         use rustix::io::Errno;
         match errno {
             Errno::PIPE | Errno::CONNRESET | Errno::CONNREFUSED => Self::PeerGone,
-            Errno::AGAIN => Self::WouldBlock,
             _ => Self::Os(errno.into()),
         }
+    }
+}
+
+impl From<Malformed> for Error {
+    fn from(cause: Malformed) -> Self {
+        Self::Malformed(cause)
     }
 }
 
@@ -152,9 +227,135 @@ impl From<Error> for io::Error {
         match err {
             Error::Os(err) => err,
             Error::PeerGone => io::Error::new(io::ErrorKind::BrokenPipe, err),
-            Error::TimedOut => io::Error::new(io::ErrorKind::TimedOut, err),
-            Error::WouldBlock => io::Error::new(io::ErrorKind::WouldBlock, err),
+            Error::TooLarge { .. } | Error::TooManyFds { .. } => {
+                io::Error::new(io::ErrorKind::InvalidInput, err)
+            }
+            Error::Malformed(_) => io::Error::new(io::ErrorKind::InvalidData, err),
             other => io::Error::other(other),
         }
     }
+}
+
+/// Defines a would-wait error type: the waiting outcome `$wait`, or `Broken` with an [`Error`].
+macro_rules! would_wait_error {
+    (
+        $(#[$doc:meta])*
+        $name:ident {
+            $(#[$wait_doc:meta])*
+            $wait:ident,
+        }
+        is_wait: $is_wait:ident,
+        wait_msg: $wait_msg:literal,
+        io_kind: $io_kind:ident,
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub enum $name {
+            $(#[$wait_doc])*
+            $wait,
+            /// The operation failed; nothing more will come of waiting for it (see [`Error`]).
+            Broken(Error),
+        }
+
+        impl $name {
+            #[doc = concat!("Whether this is [`", stringify!($wait), "`](Self::", stringify!($wait), "): waiting longer may succeed.")]
+            pub fn $is_wait(&self) -> bool {
+                matches!(self, Self::$wait)
+            }
+
+            /// Whether the peer is gone ([`Error::PeerGone`]): everything it sent has been
+            /// delivered and nothing more will come.
+            pub fn is_disconnected(&self) -> bool {
+                matches!(self, Self::Broken(Error::PeerGone))
+            }
+
+            /// The [`Error`] if the operation broke, `None` if it only would have waited.
+            pub fn into_broken(self) -> Option<Error> {
+                match self {
+                    Self::Broken(err) => Some(err),
+                    Self::$wait => None,
+                }
+            }
+        }
+
+        impl From<Error> for $name {
+            fn from(err: Error) -> Self {
+                Self::Broken(err)
+            }
+        }
+
+        /// `Broken` shows its [`Error`], and its `source()` is that error's: the wrapper adds
+        /// no context of its own (so a chain of causes does not repeat the message).
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    Self::$wait => f.write_str($wait_msg),
+                    Self::Broken(err) => fmt::Display::fmt(err, f),
+                }
+            }
+        }
+
+        impl std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                match self {
+                    Self::Broken(err) => std::error::Error::source(err),
+                    Self::$wait => None,
+                }
+            }
+        }
+
+        impl From<$name> for io::Error {
+            fn from(err: $name) -> Self {
+                match err {
+                    $name::$wait => io::Error::new(io::ErrorKind::$io_kind, err),
+                    $name::Broken(err) => err.into(),
+                }
+            }
+        }
+    };
+}
+
+would_wait_error! {
+    /// The error of a non-blocking receive (`try_recv`, `try_recv_into`).
+    TryRecvError {
+        /// No complete message is waiting.
+        Empty,
+    }
+    is_wait: is_empty,
+    wait_msg: "no complete message is waiting",
+    io_kind: WouldBlock,
+}
+
+would_wait_error! {
+    /// The error of a receive with a time limit (`recv_timeout`, `recv_into_timeout`).
+    RecvTimeoutError {
+        /// No complete message arrived within the time limit.
+        Timeout,
+    }
+    is_wait: is_timeout,
+    wait_msg: "timed out waiting for a message",
+    io_kind: TimedOut,
+}
+
+would_wait_error! {
+    /// The error of a non-blocking send (`try_send`).
+    TrySendError {
+        /// The socket's send buffer has no room for the frame now; nothing was sent.
+        Full,
+    }
+    is_wait: is_full,
+    wait_msg: "the socket's send buffer is full",
+    io_kind: WouldBlock,
+}
+
+would_wait_error! {
+    /// The error of a send with a time limit (`send_timeout`).
+    SendTimeoutError {
+        /// The socket's send buffer had no room for the frame within the time limit; nothing was
+        /// sent.
+        Timeout,
+    }
+    is_wait: is_timeout,
+    wait_msg: "timed out waiting for room to send",
+    io_kind: TimedOut,
 }

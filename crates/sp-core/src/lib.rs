@@ -20,18 +20,27 @@
 //! let mut line = String::new();
 //! BufReader::new(sock2).read_line(&mut line)?;
 //! print!("sock2 received: {line}");
-//! # Ok::<(), std::io::Error>(())
+//! # Ok::<(), sp_core::Error>(())
 //! ```
 
 mod bridge;
+mod channel;
 mod child;
 mod end;
 mod error;
-mod msg;
+mod frame;
+mod receiver;
+mod sender;
+mod wait;
 
 pub use bridge::Bridge;
+pub use channel::{Channel, DEFAULT_MAX_MESSAGE_LEN};
 pub use child::{Child, FD_ENV, SpawnOptions, adopt, spawn, spawn_with};
 pub use end::{Credentials, End, PairOptions, Readiness, SocketKind, pair};
-pub use error::{Error, Result};
-pub use msg::{Channel, DEFAULT_MAX_MESSAGE_LEN, HEADER_LEN, MAX_FDS, Message, Receiver, Sender};
+pub use error::{
+    Error, Malformed, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,
+};
+pub use frame::{FRAME_MAGIC, FRAME_VERSION, HEADER_LEN, MAX_FDS};
+pub use receiver::{Message, Receiver};
 pub use rustix::process::Signal;
+pub use sender::Sender;

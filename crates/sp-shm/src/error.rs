@@ -202,8 +202,16 @@ impl From<sp_core::Error> for Error {
     fn from(err: sp_core::Error) -> Self {
         match err {
             sp_core::Error::PeerGone => Self::PeerGone,
-            sp_core::Error::TimedOut => Self::TimedOut,
             other => Self::Channel(other),
+        }
+    }
+}
+
+impl From<sp_core::RecvTimeoutError> for Error {
+    fn from(err: sp_core::RecvTimeoutError) -> Self {
+        match err {
+            sp_core::RecvTimeoutError::Timeout => Self::TimedOut,
+            sp_core::RecvTimeoutError::Broken(err) => err.into(),
         }
     }
 }

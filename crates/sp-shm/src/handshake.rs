@@ -17,7 +17,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 
-use sp_core::{Channel, End, Message, SocketKind, SpawnOptions};
+use sp_core::{Channel, End, Message, RecvTimeoutError, SocketKind, SpawnOptions};
 
 use crate::config::Config;
 use crate::error::{Error, RefuseReason, Result};
@@ -83,12 +83,12 @@ impl Duplex {
                 // The offer could not be received whole (descriptors dropped at our
                 // RLIMIT_NOFILE, a wrong count, a bad frame, or no offer in time): refuse it like
                 // any other, so the peer learns why rather than seeing only a hang-up.
-                let status = match err {
-                    sp_core::Error::PeerGone => None,
-                    sp_core::Error::FdCountMismatch { .. }
-                    | sp_core::Error::FdsTruncated { .. } => {
-                        Some(RefuseReason::WrongFdCount.code())
-                    }
+                let status = match &err {
+                    RecvTimeoutError::Broken(sp_core::Error::PeerGone) => None,
+                    RecvTimeoutError::Broken(
+                        sp_core::Error::FdCountMismatch { .. }
+                        | sp_core::Error::FdsTruncated { .. },
+                    ) => Some(RefuseReason::WrongFdCount.code()),
                     _ => Some(STATUS_LOCAL_ERROR),
                 };
                 if let Some(status) = status {

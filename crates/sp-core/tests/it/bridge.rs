@@ -10,7 +10,8 @@ use sp_core::{Channel, Error, SocketKind, pair};
 use crate::messages::MSG_KINDS;
 use crate::pairs::kind_name;
 use crate::{
-    RECV_LIMIT, TestResult, assert_cloexec, memfd_with, open_fds, read_all_at_0, spawn_role, trial,
+    RECV_LIMIT, RecvWithin, TestResult, assert_cloexec, memfd_with, open_fds, read_all_at_0,
+    spawn_role, trial,
 };
 
 pub fn trials() -> Vec<Trial> {
@@ -77,7 +78,7 @@ fn peer_death() -> TestResult {
     let (parent_end, child_end) = pair(SocketKind::SeqPacket)?;
     let mut child = spawn_role("ready_then_block", child_end)?;
     let mut channel = Channel::new(parent_end)?;
-    assert_eq!(channel.recv_timeout(RECV_LIMIT)?.bytes, b"ready");
+    assert_eq!(channel.recv_within()?.bytes, b"ready");
     let (_tx, rx) = channel.split();
     let bridge = rx.into_crossbeam(1)?;
     child.kill()?;

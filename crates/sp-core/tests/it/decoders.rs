@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use libtest_mimic::Trial;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
-use sp_core::{Channel, Error, HEADER_LEN, MAX_FDS, SocketKind};
+use sp_core::{Channel, Error, HEADER_LEN, MAX_FDS, SocketKind, TryRecvError};
 
 use crate::hostile::{header, send_raw};
 use crate::messages::MSG_KINDS;
@@ -140,17 +140,17 @@ fn drain(kind: SocketKind, rx: &mut Channel, rec: &Record) -> Result<bool, TestC
                 }
                 let _: Vec<OwnedFd> = msg.fds;
             }
-            Err(Error::WouldBlock) => return Ok(true),
-            Err(Error::Poisoned) => {
+            Err(TryRecvError::Empty) => return Ok(true),
+            Err(TryRecvError::Broken(Error::Poisoned)) => {
                 prop_assert!(kind == SocketKind::Stream);
                 return Ok(false);
             }
-            Err(
+            Err(TryRecvError::Broken(
                 Error::Malformed(_)
                 | Error::FdCountMismatch { .. }
                 | Error::FdsTruncated { .. }
-                | Error::MessageTooLarge { .. },
-            ) => {}
+                | Error::TooLarge { .. },
+            )) => {}
             Err(err) => prop_assert!(false, "unexpected {err:?}"),
         }
     }

@@ -10,11 +10,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use libtest_mimic::Trial;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-use sp_core::{Channel, End, Error, HEADER_LEN, MAX_FDS, SocketKind};
+use sp_core::{Channel, End, Error, HEADER_LEN, MAX_FDS, Malformed, SocketKind, TryRecvError};
 
 use crate::messages::MSG_KINDS;
 use crate::pairs::kind_name;
-use crate::{RECV_LIMIT, TestResult, XorShift, count_fds_to, memfd_with, read_all_at_0, trial};
+use crate::{RecvWithin, TestResult, XorShift, count_fds_to, memfd_with, read_all_at_0, trial};
 
 const MAGIC: u16 = 0x5350;
 const VERSION: u8 = 1;
@@ -121,30 +121,39 @@ fn seqpacket_empty_record() -> TestResult {
     let (raw, mut rx) = hostile_pair(SocketKind::SeqPacket)?;
     send_raw(&raw, &[], &[])?;
     send_raw(&raw, &frame(0, b"after"), &[])?;
-    let res = rx.recv_timeout(RECV_LIMIT);
-    assert!(matches!(res, Err(Error::Malformed(_))), "{res:?}");
-    assert_eq!(rx.recv_timeout(RECV_LIMIT)?.bytes, b"after");
+    let res = rx.recv_within();
+    assert!(
+        matches!(res, Err(Error::Malformed(Malformed::EmptyRecord))),
+        "{res:?}"
+    );
+    assert_eq!(rx.recv_within()?.bytes, b"after");
     // An empty record with nothing after it, still connected: the same.
     send_raw(&raw, &[], &[])?;
-    let res = rx.recv_timeout(RECV_LIMIT);
-    assert!(matches!(res, Err(Error::Malformed(_))), "{res:?}");
+    let res = rx.recv_within();
+    assert!(
+        matches!(res, Err(Error::Malformed(Malformed::EmptyRecord))),
+        "{res:?}"
+    );
     drop(raw);
-    assert!(matches!(rx.recv_timeout(RECV_LIMIT), Err(Error::PeerGone)));
+    assert!(matches!(rx.recv_within(), Err(Error::PeerGone)));
     // A peer that sends an empty record, then a good one, then leaves: the good one still
     // arrives before `PeerGone`.
     let (raw, mut rx) = hostile_pair(SocketKind::SeqPacket)?;
     send_raw(&raw, &[], &[])?;
     send_raw(&raw, &frame(0, b"last words"), &[])?;
     drop(raw);
-    let res = rx.recv_timeout(RECV_LIMIT);
-    assert!(matches!(res, Err(Error::Malformed(_))), "{res:?}");
-    assert_eq!(rx.recv_timeout(RECV_LIMIT)?.bytes, b"last words");
-    assert!(matches!(rx.recv_timeout(RECV_LIMIT), Err(Error::PeerGone)));
+    let res = rx.recv_within();
+    assert!(
+        matches!(res, Err(Error::Malformed(Malformed::EmptyRecord))),
+        "{res:?}"
+    );
+    assert_eq!(rx.recv_within()?.bytes, b"last words");
+    assert!(matches!(rx.recv_within(), Err(Error::PeerGone)));
     Ok(())
 }
 
 /// A raw end for the hostile peer and a channel for the receiver.
-fn hostile_pair(kind: SocketKind) -> std::io::Result<(End, Channel)> {
+fn hostile_pair(kind: SocketKind) -> sp_core::Result<(End, Channel)> {
     let (raw, rx) = sp_core::pair(kind)?;
     Ok((raw, Channel::new(rx).expect("a seqpacket or stream end")))
 }
@@ -162,15 +171,18 @@ fn check_after_error(kind: SocketKind, raw: &End, rx: &mut Channel) -> TestResul
     drop(good);
     match kind {
         SocketKind::SeqPacket => {
-            let msg = rx.recv_timeout(RECV_LIMIT)?;
+            let msg = rx.recv_within()?;
             assert_eq!(msg.bytes, b"good");
             assert_eq!(msg.fds.len(), 1);
             assert_eq!(read_all_at_0(&msg.fds[0]), b"good fd");
         }
         _ => {
-            let res = rx.recv_timeout(RECV_LIMIT);
+            let res = rx.recv_within();
             assert!(matches!(res, Err(Error::Poisoned)), "got {res:?}");
-            assert!(matches!(rx.try_recv(), Err(Error::Poisoned)));
+            assert!(matches!(
+                rx.try_recv(),
+                Err(TryRecvError::Broken(Error::Poisoned))
+            ));
         }
     }
     Ok(())
@@ -184,7 +196,7 @@ fn fd_count_mismatch(kind: SocketKind, declared: usize, attached: usize) -> Test
     let borrowed: Vec<BorrowedFd<'_>> = memfds.iter().map(AsFd::as_fd).collect();
     send_raw(&raw, &frame(declared as u8, b"abcd"), &borrowed)?;
     drop(memfds);
-    let res = rx.recv_timeout(RECV_LIMIT);
+    let res = rx.recv_within();
     match res {
         Err(Error::FdCountMismatch {
             declared: d,
@@ -206,13 +218,16 @@ fn fds_truncated(kind: SocketKind) -> TestResult {
     let (raw, mut rx) = hostile_pair(kind)?;
     let memfd = memfd_with("sp-it-truncated", b"t");
     let fds = vec![memfd.as_fd(); 100];
-    // The header claims all of them; the receiver's control buffer holds only about MAX_FDS.
+    // The header claims all of them; the receiver's control buffer holds exactly MAX_FDS.
     send_raw(&raw, &frame(100, b"lots"), &fds)?;
     drop(fds);
     drop(memfd);
-    match rx.recv_timeout(RECV_LIMIT) {
+    match rx.recv_within() {
         Err(Error::FdsTruncated { declared, received }) => {
-            assert!(received <= MAX_FDS + 2, "{received} arrived");
+            assert_eq!(
+                received, MAX_FDS,
+                "the control buffer holds exactly MAX_FDS"
+            );
             // The count the header declared, even though it is over MAX_FDS.
             assert_eq!(declared, 100);
         }
@@ -259,10 +274,22 @@ fn malformed(kind: SocketKind, bad: Bad) -> TestResult {
     };
     send_raw(&raw, &bytes, &[memfd.as_fd()])?;
     drop(memfd);
-    let res = rx.recv_timeout(RECV_LIMIT);
+    let want = match bad {
+        Bad::Magic => Malformed::BadMagic { found: 0x5053 },
+        Bad::Version => Malformed::BadVersion { found: 2 },
+        Bad::TooManyDeclared => Malformed::TooManyFdsDeclared {
+            declared: MAX_FDS + 1,
+        },
+        Bad::Short => Malformed::ShortFrame { len: 5 },
+        Bad::LengthMismatch => Malformed::LengthMismatch {
+            declared: 10,
+            received: 7,
+        },
+    };
+    let res = rx.recv_within();
     assert!(
-        matches!(res, Err(Error::Malformed(_))),
-        "{bad:?}: got {res:?}"
+        matches!(res, Err(Error::Malformed(cause)) if cause == want),
+        "{bad:?}: got {res:?}, expected Malformed({want:?})"
     );
     assert_eq!(
         count_fds_to("sp-it-malformed"),
@@ -276,15 +303,18 @@ fn stream_huge_length() -> TestResult {
     let (raw, mut rx) = hostile_pair(SocketKind::Stream)?;
     send_raw(&raw, &header(MAGIC, VERSION, 0, u32::MAX), &[])?;
     // The receiver must reject the header at once, not wait for (or allocate) 4 GiB.
-    let res = rx.recv_timeout(RECV_LIMIT);
+    let res = rx.recv_within();
     match res {
-        Err(Error::MessageTooLarge { n_bytes, limit }) => {
-            assert_eq!(n_bytes, u32::MAX as usize);
-            assert_eq!(limit, sp_core::DEFAULT_MAX_MESSAGE_LEN);
+        Err(Error::TooLarge { len, max }) => {
+            assert_eq!(len, u32::MAX as usize);
+            assert_eq!(max, sp_core::DEFAULT_MAX_MESSAGE_LEN);
         }
-        other => panic!("expected MessageTooLarge, got {other:?}"),
+        other => panic!("expected TooLarge, got {other:?}"),
     }
-    assert!(matches!(rx.try_recv(), Err(Error::Poisoned)));
+    assert!(matches!(
+        rx.try_recv(),
+        Err(TryRecvError::Broken(Error::Poisoned))
+    ));
     Ok(())
 }
 
@@ -296,7 +326,7 @@ fn stream_cut_short() -> TestResult {
     send_raw(&raw, &f, &[memfd.as_fd()])?;
     drop(memfd);
     drop(raw);
-    let res = rx.recv_timeout(RECV_LIMIT);
+    let res = rx.recv_within();
     assert!(matches!(res, Err(Error::PeerGone)), "got {res:?}");
     assert_eq!(
         count_fds_to("sp-it-cut-short"),
@@ -366,20 +396,20 @@ fn garbage(kind: SocketKind) -> TestResult {
                         crate::assert_cloexec(fd);
                     }
                 }
-                Err(Error::WouldBlock) => break,
-                Err(Error::Poisoned) => {
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Broken(Error::Poisoned)) => {
                     // A stream gives up after a framing error; start a new session.
                     n_err += 1;
                     n_sessions += 1;
                     (raw, rx) = hostile_pair(kind)?;
                     break;
                 }
-                Err(
+                Err(TryRecvError::Broken(
                     Error::Malformed(_)
                     | Error::FdCountMismatch { .. }
                     | Error::FdsTruncated { .. }
-                    | Error::MessageTooLarge { .. },
-                ) => n_err += 1,
+                    | Error::TooLarge { .. },
+                )) => n_err += 1,
                 Err(other) => panic!("seed {seed}: unexpected error from garbage: {other:?}"),
             }
         }

@@ -14,11 +14,16 @@ mod bridge;
 mod children;
 mod decoders;
 mod hostile;
+mod inherit;
+mod max_fds;
 mod messages;
 mod pairs;
+mod refs;
+mod roles;
+mod sizes;
+mod waiting;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::{Command, ExitCode};
 use std::sync::mpsc;
@@ -28,9 +33,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::FdFlags;
-use sp_core::{End, Signal, SpawnOptions};
+use sp_core::{Channel, End, Error, Message, Receiver, RecvTimeoutError, Signal, SpawnOptions};
 
-/// Set in a re-executed child: the name of the role it plays (see `children::run_role`).
+/// Set in a re-executed child: the name of the role it plays (see `roles::run_role`).
 pub const ROLE_ENV: &str = "SP_IT_ROLE";
 /// The longest a trial may run before the watchdog ends the run.
 pub const TRIAL_LIMIT: Duration = Duration::from_secs(30);
@@ -42,7 +47,7 @@ pub type TestResult = Result<(), Failed>;
 
 fn main() -> ExitCode {
     if let Ok(role) = std::env::var(ROLE_ENV) {
-        return children::run_role(&role);
+        return roles::run_role(&role);
     }
     let mut args = Arguments::from_args();
     // The descriptor-leak check reads the whole process's descriptor table, so trials must not
@@ -55,6 +60,11 @@ fn main() -> ExitCode {
         children::trials(),
         bridge::trials(),
         decoders::trials(),
+        sizes::trials(),
+        max_fds::trials(),
+        inherit::trials(),
+        refs::trials(),
+        waiting::trials(),
     ]
     .into_iter()
     .flatten()
@@ -248,12 +258,49 @@ pub fn role_command(role: &str) -> Command {
 
 /// Starts the test binary as a child playing `role` and holding `end`; the child dies with this
 /// process (`PR_SET_PDEATHSIG` = `SIGKILL`).
-pub fn spawn_role(role: &str, end: End) -> io::Result<sp_core::Child> {
+pub fn spawn_role(role: &str, end: End) -> sp_core::Result<sp_core::Child> {
     sp_core::spawn_with(
         &mut role_command(role),
         end,
         SpawnOptions::new().parent_death_signal(Signal::KILL),
     )
+}
+
+/// Receives within [`RECV_LIMIT`]: the message, or the error that broke the receive. Every
+/// trial's message is on its way long before the limit, so running out of time panics (which
+/// fails the trial).
+pub trait RecvWithin {
+    /// `recv_timeout(RECV_LIMIT)` with `Timeout` a panic.
+    fn recv_within(&mut self) -> Result<Message, Error>;
+    /// `recv_into_timeout(msg, RECV_LIMIT)` with `Timeout` a panic.
+    fn recv_into_within(&mut self, msg: &mut Message) -> Result<(), Error>;
+}
+
+fn broken(err: RecvTimeoutError) -> Error {
+    match err {
+        RecvTimeoutError::Broken(err) => err,
+        RecvTimeoutError::Timeout => panic!("no message within {RECV_LIMIT:?}"),
+    }
+}
+
+impl RecvWithin for Receiver {
+    fn recv_within(&mut self) -> Result<Message, Error> {
+        self.recv_timeout(RECV_LIMIT).map_err(broken)
+    }
+
+    fn recv_into_within(&mut self, msg: &mut Message) -> Result<(), Error> {
+        self.recv_into_timeout(msg, RECV_LIMIT).map_err(broken)
+    }
+}
+
+impl RecvWithin for Channel {
+    fn recv_within(&mut self) -> Result<Message, Error> {
+        self.receiver().recv_within()
+    }
+
+    fn recv_into_within(&mut self, msg: &mut Message) -> Result<(), Error> {
+        self.receiver().recv_into_within(msg)
+    }
 }
 
 /// Runs `f` and returns its result with how long it took.

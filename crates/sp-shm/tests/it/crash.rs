@@ -504,7 +504,7 @@ fn fd_send(rng: &mut Rng, config: &Config, idle: &str, tally: &mut Tally) -> Tes
     loop {
         match control.recv_timeout(PROMPT) {
             Ok(msg) => check_fd_message(seq, msg)?,
-            Err(sp_core::Error::PeerGone) => break,
+            Err(err) if err.is_disconnected() => break,
             Err(err) => return Err(format!("message {seq} after the kill: {err}")),
         }
         seq += 1;
