@@ -115,6 +115,38 @@ pub struct Record {
     /// `median` ÷ the machine's limit for this metric and size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vs_limit: Option<f64>,
+    /// What `vs_limit` divides by. Absent in files written before it existed (there it was
+    /// memcpy for throughput and the probe for round trips).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Limit>,
+}
+
+/// What a record's `vs_limit` is taken against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Limit {
+    /// memcpy of the same size in the same run (throughput of every row but the rings').
+    Memcpy,
+    /// `ref-ring` of the same size in the same run (throughput and message rate of the sp-shm
+    /// ring rows): a plain ring between the same two processes.
+    RefRing,
+    /// The cache-line probe taken before the cell, plus the message copied each way at memcpy
+    /// speed when memcpy was measured (round trips).
+    Probe,
+    /// The pingpong ceiling's p50, for round trips of a cell that has no probe of its own.
+    Pingpong,
+}
+
+impl Limit {
+    /// The name in the table and the results file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memcpy => "memcpy",
+            Self::RefRing => "ref-ring",
+            Self::Probe => "probe",
+            Self::Pingpong => "pingpong",
+        }
+    }
 }
 
 /// The metrics a record can hold.
@@ -440,8 +472,9 @@ impl Results {
             out,
             "{} interleaved pairs per cell, {} ms warm-up + {} ms per measurement; ratios are \
              against {} measured just before each run (×base) and against the machine limit \
-             (×limit: memcpy for throughput; for round trips the cache-line probe taken before the \
-             cell plus the message copied each way at memcpy speed).",
+             (×limit, named in the `limit` column: for throughput ref-ring of the same size for \
+             the sp-shm ring rows, memcpy for the others; for round trips the cache-line probe \
+             taken before the cell plus the message copied each way at memcpy speed).",
             self.profile.reps,
             self.profile.warmup_ms,
             self.profile.duration_ms,
@@ -485,6 +518,7 @@ impl Results {
             "spread",
             "×base",
             "×limit",
+            "limit",
             "msg/s",
             "rtt p50",
             "rtt p99",
@@ -521,6 +555,7 @@ impl Results {
                 right(tp.map_or(String::new(), fmt_spread)),
                 right(fmt_ratio(tp.and_then(|r| r.vs_baseline))),
                 right(fmt_ratio(tp.and_then(|r| r.vs_limit))),
+                TableCell::new(tp.and_then(|r| r.limit).map_or("", Limit::name)),
                 right(get(Metric::MessageRate).map_or(String::new(), |r| fmt_count(r.median))),
                 right(p50.map_or(String::new(), |r| self.with_n(r, fmt_ns(r.median)))),
                 right(get(Metric::RttP99).map_or(String::new(), |r| fmt_ns(r.median))),
@@ -668,6 +703,7 @@ fn record(transport: Transport, size: usize, metric: Metric, values: &[f64]) -> 
         n,
         vs_baseline: None,
         vs_limit: None,
+        limit: None,
     })
 }
 
@@ -679,29 +715,41 @@ fn sort_key(r: &Record) -> (u64, usize, usize) {
     (r.size_bytes, t, m)
 }
 
-/// Sets `vs_limit`. Throughput: against memcpy of the same size. Round trips: against the
-/// fastest a round trip could be, the probe taken before the cell (one cache line there and
-/// back; the machine's cross-core speed drifts too much for one figure to serve a whole run) plus,
-/// when memcpy was measured, writing and reading the message once each way at memcpy speed
+/// Sets `vs_limit` and `limit`. Throughput of the sp-shm ring rows: against `ref-ring` of the same
+/// size (message rate too; the two ratios are the same at one size), none if the run has no
+/// ref-ring. Other throughput: against memcpy of the same size. Round trips: against the fastest
+/// a round trip could be, the probe taken before the cell (one cache line there and back; the
+/// machine's cross-core speed drifts too much for one figure to serve a whole run) plus, when
+/// memcpy was measured, writing and reading the message once each way at memcpy speed
 /// (`2 × size ÷ memcpy`). Without a probe the pingpong ceiling stands in for it.
 fn set_limit_ratios(records: &mut [Record], probes: &BTreeMap<(&str, u64), f64>) {
-    let memcpy: BTreeMap<u64, f64> = records
-        .iter()
-        .filter(|r| r.transport == Transport::Memcpy.name() && r.metric == "throughput")
-        .map(|r| (r.size_bytes, r.median))
-        .collect();
+    let medians = |transport: Transport, metric: Metric| -> BTreeMap<u64, f64> {
+        records
+            .iter()
+            .filter(|r| r.transport == transport.name() && r.metric == metric.name())
+            .map(|r| (r.size_bytes, r.median))
+            .collect()
+    };
+    let memcpy = medians(Transport::Memcpy, Metric::Throughput);
+    let ref_ring =
+        [Metric::Throughput, Metric::MessageRate].map(|m| medians(Transport::RefRing, m));
     let pingpong = records
         .iter()
         .find(|r| r.transport == Transport::Pingpong.name() && r.metric == "rtt_p50")
         .map(|r| r.median);
     for r in records.iter_mut() {
+        let is_ring = Transport::from_name(&r.transport).is_some_and(Transport::is_ring);
         let limit = match r.metric.as_str() {
-            "throughput" => memcpy.get(&r.size_bytes).copied(),
+            "throughput" if is_ring => ref_ring[0].get(&r.size_bytes).map(|l| (*l, Limit::RefRing)),
+            "message_rate" if is_ring => {
+                ref_ring[1].get(&r.size_bytes).map(|l| (*l, Limit::RefRing))
+            }
+            "throughput" => memcpy.get(&r.size_bytes).map(|l| (*l, Limit::Memcpy)),
             "rtt_p50" | "rtt_p99" | "rtt_p999" => {
-                let hop = probes
-                    .get(&(r.transport.as_str(), r.size_bytes))
-                    .copied()
-                    .or(pingpong);
+                let hop = match probes.get(&(r.transport.as_str(), r.size_bytes)) {
+                    Some(probe) => Some((*probe, Limit::Probe)),
+                    None => pingpong.map(|p| (p, Limit::Pingpong)),
+                };
                 let copies = if r.transport == Transport::Pingpong.name() {
                     0.0
                 } else {
@@ -710,11 +758,13 @@ fn set_limit_ratios(records: &mut [Record], probes: &BTreeMap<(&str, u64), f64>)
                         .filter(|bw| **bw > 0.0)
                         .map_or(0.0, |bw| 2.0 * r.size_bytes as f64 / bw * 1e9)
                 };
-                hop.map(|hop| hop + copies)
+                hop.map(|(hop, kind)| (hop + copies, kind))
             }
             _ => None,
         };
-        r.vs_limit = limit.filter(|l| *l > 0.0).map(|l| r.median / l);
+        let limit = limit.filter(|(l, _)| *l > 0.0);
+        r.vs_limit = limit.map(|(l, _)| r.median / l);
+        r.limit = limit.map(|(_, kind)| kind);
     }
 }
 
@@ -818,6 +868,7 @@ mod tests {
             n: 3,
             vs_baseline,
             vs_limit: None,
+            limit: None,
         }
     }
 
@@ -1007,5 +1058,39 @@ mod tests {
         assert!((records[3].vs_limit.unwrap() - 5000.0 / 212.8).abs() < 1e-9);
         // The pingpong has no probe of its own here: its own median.
         assert_eq!(records[2].vs_limit, Some(1.0));
+        assert_eq!(records[1].limit, Some(Limit::Memcpy));
+        assert_eq!(records[2].limit, Some(Limit::Pingpong));
+        assert_eq!(records[3].limit, Some(Limit::Probe));
+    }
+
+    #[test]
+    fn ring_rows_are_measured_against_the_ref_ring_of_their_size() {
+        let at = |transport: &str, metric: Metric, median: f64, size: u64| Record {
+            size_bytes: size,
+            ..rec(transport, metric, median, None)
+        };
+        let mut records = vec![
+            at("memcpy", Metric::Throughput, 100e9, 64),
+            at("ref-ring", Metric::Throughput, 3.2e9, 64),
+            at("ref-ring", Metric::MessageRate, 50e6, 64),
+            at("ref-ring", Metric::Throughput, 40e9, 1 << 20),
+            at("sp-shm-spin", Metric::Throughput, 1.6e9, 64),
+            at("sp-shm-spin", Metric::MessageRate, 25e6, 64),
+            at("sp-shm-park", Metric::Throughput, 30e9, 1 << 20),
+            // No ref-ring at this size: no limit, rather than memcpy's.
+            at("sp-shm-adaptive", Metric::Throughput, 1e9, 1 << 10),
+            at("pipe", Metric::Throughput, 1e9, 64),
+        ];
+        set_limit_ratios(&mut records, &BTreeMap::new());
+        let limit = |i: usize| (records[i].vs_limit, records[i].limit);
+        assert_eq!(limit(4), (Some(0.5), Some(Limit::RefRing)));
+        assert_eq!(limit(5), (Some(0.5), Some(Limit::RefRing)));
+        assert_eq!(limit(6), (Some(0.75), Some(Limit::RefRing)));
+        assert_eq!(limit(7), (None, None));
+        assert_eq!(limit(8), (Some(0.01), Some(Limit::Memcpy)));
+        // The ref-ring itself is a throughput row like any other: against memcpy.
+        assert_eq!(limit(1), (Some(0.032), Some(Limit::Memcpy)));
+        let table = results(records).table().to_string();
+        assert!(table.contains("| ref-ring "), "{table}");
     }
 }

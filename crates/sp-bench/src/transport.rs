@@ -18,6 +18,7 @@ mod fd;
 mod msg;
 #[cfg(feature = "peers")]
 mod peers;
+mod ref_ring;
 mod shm;
 
 /// Fills a message in place.
@@ -88,6 +89,9 @@ pub enum Transport {
     Iceoryx2,
     /// ipmpsc's shared ring, the receiver reading in place (peer).
     Ipmpsc,
+    /// Ceiling: a plain fixed-slot ring between the two processes, spinning; the limit the sp-shm
+    /// ring rows are compared with.
+    RefRing,
     /// Ceiling: a crossbeam channel between two threads of one process (buffers passed by pointer).
     Crossbeam,
     /// Ceiling: `memcpy` of one message on one thread (throughput only).
@@ -112,7 +116,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -126,6 +130,7 @@ impl Transport {
         Self::IpcChannelShm,
         Self::Iceoryx2,
         Self::Ipmpsc,
+        Self::RefRing,
         Self::Crossbeam,
         Self::Memcpy,
         Self::Pingpong,
@@ -147,6 +152,7 @@ impl Transport {
             Self::IpcChannelShm => "ipc-channel-shm",
             Self::Iceoryx2 => "iceoryx2",
             Self::Ipmpsc => "ipmpsc",
+            Self::RefRing => "ref-ring",
             Self::Crossbeam => "crossbeam",
             Self::Memcpy => "memcpy",
             Self::Pingpong => "pingpong",
@@ -169,7 +175,19 @@ impl Transport {
 
     /// Whether this is a ceiling (a machine limit) rather than an IPC transport.
     pub fn is_ceiling(self) -> bool {
-        matches!(self, Self::Crossbeam | Self::Memcpy | Self::Pingpong)
+        matches!(
+            self,
+            Self::RefRing | Self::Crossbeam | Self::Memcpy | Self::Pingpong
+        )
+    }
+
+    /// Whether this is the sp-shm ring under one of its idle strategies: the rows whose
+    /// throughput limit is [`RefRing`](Self::RefRing) rather than memcpy.
+    pub fn is_ring(self) -> bool {
+        matches!(
+            self,
+            Self::SpShmSpin | Self::SpShmAdaptive | Self::SpShmPark
+        )
     }
 
     /// Whether this is one of the other IPC crates sp is compared with.
@@ -193,6 +211,7 @@ impl Transport {
                 | Self::IpcChannelShm
                 | Self::Iceoryx2
                 | Self::Ipmpsc
+                | Self::RefRing
                 | Self::Crossbeam
                 | Self::Memcpy
         )
@@ -200,7 +219,10 @@ impl Transport {
 
     /// Whether the transport keeps a core busy while it waits (so it needs a core per side).
     pub fn spins(self) -> bool {
-        matches!(self, Self::SpShmSpin | Self::Iceoryx2 | Self::Pingpong)
+        matches!(
+            self,
+            Self::SpShmSpin | Self::Iceoryx2 | Self::RefRing | Self::Pingpong
+        )
     }
 
     /// Why this transport cannot be measured in this build or on this machine, if it cannot.
@@ -239,6 +261,7 @@ pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
         Transport::SpShmAdaptive => shm::offer_ring(size, IdleStrategy::adaptive()),
         Transport::SpShmPark => shm::offer_ring(size, IdleStrategy::park()),
         Transport::SpShmBlob => shm::offer_blob(size),
+        Transport::RefRing => ref_ring::offer(size),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => peers::ipc_channel::offer(size, false),
         #[cfg(feature = "peers")]
@@ -273,6 +296,7 @@ pub(crate) fn accept(
         Transport::SpShmAdaptive => shm::accept_ring(size, IdleStrategy::adaptive(), fds),
         Transport::SpShmPark => shm::accept_ring(size, IdleStrategy::park(), fds),
         Transport::SpShmBlob => shm::accept_blob(size, fds),
+        Transport::RefRing => ref_ring::accept(size, fds),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => peers::ipc_channel::accept(size, extra, false),
         #[cfg(feature = "peers")]

@@ -45,14 +45,19 @@ struct BlobLink {
     size: usize,
 }
 
-/// The ring geometry for messages of `size` bytes: room for at least four records, 1 MiB or more.
+/// The ring's data-area bytes for messages of `size` bytes: room for at least four records,
+/// 1 MiB or more, a power of two. The `ref-ring` yardstick sizes its slots from it.
+pub(super) fn ring_capacity(size: usize) -> usize {
+    (4 * (size.next_multiple_of(8) + RECORD_HEADER))
+        .max(1 << 20)
+        .next_power_of_two()
+}
+
+/// The ring geometry for messages of `size` bytes (see [`ring_capacity`]).
 pub(super) fn ring_config(size: usize, idle: IdleStrategy) -> Config {
     let max_payload = size.next_multiple_of(8);
-    let capacity = (4 * (max_payload + RECORD_HEADER))
-        .max(1 << 20)
-        .next_power_of_two();
     Config::new()
-        .capacity(capacity)
+        .capacity(ring_capacity(size))
         .max_payload(max_payload)
         .idle(idle)
         .handshake_timeout(WAIT_LIMIT)
