@@ -20,8 +20,9 @@
 //! the copy (in a page-aligned private buffer) to the check.
 //!
 //! Waiting spins (`std::hint::spin_loop`): this is a ceiling, and like `sp-shm-spin` it needs a
-//! core per side. Every [`CHECK_EVERY`] spins a waiting side polls its end of a socketpair whose
-//! other end the peer holds, so a dead peer ends the wait, and gives up after [`WAIT_LIMIT`].
+//! core per side. Every [`CHECK_EVERY`] spins a waiting side yields the core (as sp-shm's spin
+//! strategy does) and polls its end of a socketpair whose other end the peer holds, so a dead
+//! peer ends the wait; it gives up after [`WAIT_LIMIT`].
 //!
 //! The peer is the other half of this benchmark; the indices it publishes are still checked
 //! (`head <= tail <= head + n_slots`) before use, so a wrong one is an error rather than an
@@ -285,9 +286,10 @@ fn check_indices(head: u64, tail: u64, n_slots: u64) -> Result<()> {
     }
 }
 
-/// Spins until `attempt` yields a value. Every [`CHECK_EVERY`] spins it looks at the hang-up
-/// socket (then tries once more, so nothing published before the peer left is lost) and at the
-/// clock.
+/// Spins until `attempt` yields a value. Every [`CHECK_EVERY`] spins it yields the core, as
+/// sp-shm's spin strategy does (on a machine with more runnable threads than cores a side that
+/// never yields burns its share while it waits), looks at the hang-up socket (then tries once
+/// more, so nothing published before the peer left is lost) and at the clock.
 fn wait_for<T>(hang_up: &OwnedFd, mut attempt: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let mut spins = 0u32;
     let mut since: Option<Instant> = None;
@@ -298,6 +300,7 @@ fn wait_for<T>(hang_up: &OwnedFd, mut attempt: impl FnMut() -> Result<Option<T>>
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
         if spins.is_multiple_of(CHECK_EVERY) {
+            std::thread::yield_now();
             if hung_up(hang_up)? {
                 return match attempt()? {
                     Some(value) => Ok(value),
