@@ -400,12 +400,25 @@ pub(crate) fn drive_round(
     // Reading the clock costs ~20 ns: for small messages, look at it every few messages (a mask,
     // not a `%`: a division per message is measurable at 64 B).
     let clock_mask: u64 = if spec.size >= 4096 { 0 } else { 15 };
+    let batch = link.batch_len();
     let wake0 = link.wake_bytes();
     let cpu0 = clock.now_ns();
     let t0 = Instant::now();
     let deadline = t0 + duration;
     loop {
         match &mut hist {
+            None if batch > 1 => {
+                // The clock once per batch; the batch's final message carries the flag.
+                let last = Instant::now() >= deadline;
+                let mut i = 0;
+                link.send_batch(batch, &mut |buf| {
+                    i += 1;
+                    generator.fill(buf, last && i == batch);
+                })?;
+                if last {
+                    break;
+                }
+            }
             None => {
                 let last = generator.n_msgs & clock_mask == 0 && Instant::now() >= deadline;
                 link.send(&mut |buf| generator.fill(buf, last))?;
@@ -465,10 +478,16 @@ pub(crate) fn serve_round(
 ) -> Result<SideReport> {
     let mut verifier = Verifier::new(spec.size);
     let mut generator = Generator::default();
+    let batch = link.batch_len();
     let wake0 = link.wake_bytes();
     let cpu0 = clock.now_ns();
     loop {
-        link.recv(&mut |buf| verifier.check(buf))?;
+        if batch > 1 && spec.mode == Mode::Throughput {
+            // The flagged message ends its batch, so nothing follows it.
+            link.recv_batch(batch, &mut |buf| verifier.check(buf))?;
+        } else {
+            link.recv(&mut |buf| verifier.check(buf))?;
+        }
         let last = verifier.saw_last;
         if spec.mode == Mode::Latency {
             link.send(&mut |buf| generator.fill(buf, last))?;

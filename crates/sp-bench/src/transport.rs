@@ -37,6 +37,25 @@ pub(crate) trait Link {
     fn wake_bytes(&self) -> Option<u64> {
         None
     }
+    /// Messages per call in throughput mode: above 1, the throughput loops use
+    /// [`send_batch`](Self::send_batch) and [`recv_batch`](Self::recv_batch).
+    fn batch_len(&self) -> usize {
+        1
+    }
+    /// Sends `n` messages (`n <= batch_len()`), calling `fill` exactly once for each, in order.
+    fn send_batch(&mut self, n: usize, fill: &mut Fill<'_>) -> Result<()> {
+        for _ in 0..n {
+            self.send(fill)?;
+        }
+        Ok(())
+    }
+    /// Receives at least one message and at most `max`, handing each to `check` in order, as
+    /// [`recv`](Self::recv) waits; returns how many.
+    fn recv_batch(&mut self, max: usize, check: &mut Check<'_>) -> Result<usize> {
+        debug_assert!(max >= 1);
+        self.recv(check)?;
+        Ok(1)
+    }
 }
 
 /// What the driver hands the child to set up its side, and how the driver finishes its own.
@@ -79,6 +98,9 @@ pub enum Transport {
     SpShmAdaptive,
     /// The sp-shm ring, parking at once (the parked-wake path).
     SpShmPark,
+    /// The sp-shm ring (adaptive) driven in batches: `send_batch` and `for_each_available` of up
+    /// to 64 messages per call (throughput only).
+    SpShmBatch,
     /// sp-shm blobs: one sealed memfd per message, sent over a seqpacket channel.
     SpShmBlob,
     /// ipc-channel's bytes channel (peer).
@@ -116,7 +138,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -125,6 +147,7 @@ impl Transport {
         Self::SpShmSpin,
         Self::SpShmAdaptive,
         Self::SpShmPark,
+        Self::SpShmBatch,
         Self::SpShmBlob,
         Self::IpcChannel,
         Self::IpcChannelShm,
@@ -147,6 +170,7 @@ impl Transport {
             Self::SpShmSpin => "sp-shm-spin",
             Self::SpShmAdaptive => "sp-shm-adaptive",
             Self::SpShmPark => "sp-shm-park",
+            Self::SpShmBatch => "sp-shm-batch",
             Self::SpShmBlob => "sp-shm-blob",
             Self::IpcChannel => "ipc-channel",
             Self::IpcChannelShm => "ipc-channel-shm",
@@ -186,7 +210,7 @@ impl Transport {
     pub fn is_ring(self) -> bool {
         matches!(
             self,
-            Self::SpShmSpin | Self::SpShmAdaptive | Self::SpShmPark
+            Self::SpShmSpin | Self::SpShmAdaptive | Self::SpShmPark | Self::SpShmBatch
         )
     }
 
@@ -207,6 +231,7 @@ impl Transport {
             Self::SpShmSpin
                 | Self::SpShmAdaptive
                 | Self::SpShmPark
+                | Self::SpShmBatch
                 | Self::SpShmBlob
                 | Self::IpcChannelShm
                 | Self::Iceoryx2
@@ -239,7 +264,8 @@ impl Transport {
     /// Whether the transport measures throughput (`true`) and round trips (`latency`).
     pub fn measures(self, latency: bool) -> bool {
         match self {
-            Self::Memcpy => !latency,
+            // A batch's round trip is one message each way: the adaptive ring's.
+            Self::Memcpy | Self::SpShmBatch => !latency,
             Self::Pingpong => latency,
             _ => true,
         }
@@ -260,6 +286,7 @@ pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
         Transport::SpShmSpin => shm::offer_ring(size, IdleStrategy::spin()),
         Transport::SpShmAdaptive => shm::offer_ring(size, IdleStrategy::adaptive()),
         Transport::SpShmPark => shm::offer_ring(size, IdleStrategy::park()),
+        Transport::SpShmBatch => shm::offer_ring_batched(size),
         Transport::SpShmBlob => shm::offer_blob(size),
         Transport::RefRing => ref_ring::offer(size),
         #[cfg(feature = "peers")]
@@ -295,6 +322,7 @@ pub(crate) fn accept(
         Transport::SpShmSpin => shm::accept_ring(size, IdleStrategy::spin(), fds),
         Transport::SpShmAdaptive => shm::accept_ring(size, IdleStrategy::adaptive(), fds),
         Transport::SpShmPark => shm::accept_ring(size, IdleStrategy::park(), fds),
+        Transport::SpShmBatch => shm::accept_ring_batched(size, fds),
         Transport::SpShmBlob => shm::accept_blob(size, fds),
         Transport::RefRing => ref_ring::accept(size, fds),
         #[cfg(feature = "peers")]
