@@ -204,6 +204,7 @@ fn memcpy(spec: &RunSpec) -> Sample {
         cpu_peer_ns: 0,
         latency: None,
         wake_bytes: None,
+        parks: None,
     }
 }
 
@@ -234,6 +235,7 @@ fn pingpong_sample(spec: &RunSpec) -> Result<Sample> {
             p999: hist.value_at_quantile(0.999) as f64,
         }),
         wake_bytes: None,
+        parks: None,
     })
 }
 

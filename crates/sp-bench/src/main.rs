@@ -195,6 +195,17 @@ fn print_results(results: &Results) {
     println!("{}", results.header());
     println!();
     println!("{}", results.table());
+    let collapses = results.collapse_notes();
+    if !collapses.is_empty() {
+        println!();
+        println!(
+            "Collapsed (! above): the median is below half the best repetition (above twice the \
+             best for rtt p50):"
+        );
+        for note in &collapses {
+            println!("- {note}");
+        }
+    }
     if !results.notes.is_empty() {
         println!();
         println!("Not measured or failed:");

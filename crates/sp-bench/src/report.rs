@@ -109,6 +109,14 @@ pub struct Record {
     pub max: f64,
     /// Repetitions.
     pub n: usize,
+    /// Every repetition's value, in the order measured. Absent in files written before it
+    /// existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reps: Vec<f64>,
+    /// Whether the cell collapsed: its median is below half its best repetition (throughput,
+    /// message rate), or above twice its best (round-trip p50). See [`Metric::collapse_checked`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub collapsed: bool,
     /// Median of transport ÷ baseline over the interleaved pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vs_baseline: Option<f64>,
@@ -168,6 +176,8 @@ pub enum Metric {
     CpuRx,
     /// Bytes written to wake the peer, per 1,000 messages.
     WakeBytes,
+    /// Times either side parked, per 1,000 messages.
+    Parks,
 }
 
 /// A figure that moved by more than the threshold against a saved baseline.
@@ -191,7 +201,7 @@ pub struct Change {
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Throughput,
         Self::MessageRate,
         Self::RttP50,
@@ -200,6 +210,7 @@ impl Metric {
         Self::CpuTx,
         Self::CpuRx,
         Self::WakeBytes,
+        Self::Parks,
     ];
 
     /// The name in the results file.
@@ -213,6 +224,7 @@ impl Metric {
             Self::CpuTx => "cpu_tx",
             Self::CpuRx => "cpu_rx",
             Self::WakeBytes => "wake_bytes",
+            Self::Parks => "parks",
         }
     }
 
@@ -224,12 +236,31 @@ impl Metric {
             Self::RttP50 | Self::RttP99 | Self::RttP999 => "ns",
             Self::CpuTx | Self::CpuRx => "s/GB",
             Self::WakeBytes => "B/1k msgs",
+            Self::Parks => "/1k msgs",
         }
     }
 
     /// Whether a larger value is better.
     pub fn higher_is_better(self) -> bool {
         matches!(self, Self::Throughput | Self::MessageRate)
+    }
+
+    /// Whether a record of this metric is checked for a collapse: throughput and message rate
+    /// (median below half the best repetition) and the round-trip median (median above twice the
+    /// best). Tail percentiles, CPU and wake-ups vary too much from one short round to the next.
+    pub fn collapse_checked(self) -> bool {
+        matches!(self, Self::Throughput | Self::MessageRate | Self::RttP50)
+    }
+
+    /// Whether a median of `median` over repetitions whose best is `best` is a collapse.
+    fn collapsed(self, median: f64, best: f64) -> bool {
+        if !self.collapse_checked() {
+            false
+        } else if self.higher_is_better() {
+            median < best / 2.0
+        } else {
+            median > best * 2.0
+        }
     }
 
     /// The metric with this name.
@@ -266,6 +297,7 @@ impl Metric {
                 sample.cpu_rx_s_per_gb()
             }
             Self::WakeBytes => sample.wake_bytes_per_1k()?,
+            Self::Parks => sample.parks_per_1k()?,
         };
         Some(v)
     }
@@ -498,13 +530,46 @@ impl Results {
         out
     }
 
-    /// `text`, followed by the number of repetitions when some of them failed.
+    /// `text`, followed by the number of repetitions when some of them failed, and marked `!`
+    /// when the record collapsed.
     fn with_n(&self, r: &Record, text: String) -> String {
+        let text = if r.collapsed {
+            format!("!{text}")
+        } else {
+            text
+        };
         if r.n < self.profile.reps && r.transport != BASELINE.name() {
             format!("{text} (n={})", r.n)
         } else {
             text
         }
+    }
+
+    /// One line per collapsed record (marked `!` in the table): the cell, the median, the best
+    /// repetition and every repetition, in the order measured.
+    pub fn collapse_notes(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .filter(|r| r.collapsed)
+            .filter_map(|r| {
+                let metric = Metric::from_name(&r.metric)?;
+                let best = if metric.higher_is_better() {
+                    r.max
+                } else {
+                    r.min
+                };
+                let reps: Vec<String> = r.reps.iter().map(|v| fmt_value(metric, *v)).collect();
+                Some(format!(
+                    "{} {} {}: median {}, best {}; repetitions {}",
+                    r.transport,
+                    fmt_size(r.size_bytes),
+                    r.metric,
+                    fmt_value(metric, r.median),
+                    fmt_value(metric, best),
+                    reps.join(", ")
+                ))
+            })
+            .collect()
     }
 
     /// The summary table: one row per transport × size. A figure from fewer repetitions than
@@ -556,7 +621,10 @@ impl Results {
                 right(fmt_ratio(tp.and_then(|r| r.vs_baseline))),
                 right(fmt_ratio(tp.and_then(|r| r.vs_limit))),
                 TableCell::new(tp.and_then(|r| r.limit).map_or("", Limit::name)),
-                right(get(Metric::MessageRate).map_or(String::new(), |r| fmt_count(r.median))),
+                right(
+                    get(Metric::MessageRate)
+                        .map_or(String::new(), |r| self.with_n(r, fmt_count(r.median))),
+                ),
                 right(p50.map_or(String::new(), |r| self.with_n(r, fmt_ns(r.median)))),
                 right(get(Metric::RttP99).map_or(String::new(), |r| fmt_ns(r.median))),
                 right(get(Metric::RttP999).map_or(String::new(), |r| fmt_ns(r.median))),
@@ -692,7 +760,10 @@ fn record(transport: Transport, size: usize, metric: Metric, values: &[f64]) -> 
         max,
         n,
     } = stats::summarize(values)?;
+    let best = if metric.higher_is_better() { max } else { min };
     Some(Record {
+        reps: values.to_vec(),
+        collapsed: n > 1 && metric.collapsed(median, best),
         transport: transport.name().into(),
         size_bytes: size as u64,
         metric: metric.name().into(),
@@ -800,6 +871,16 @@ fn fmt_ns(ns: f64) -> String {
     }
 }
 
+/// A value of `metric` as the table prints it.
+fn fmt_value(metric: Metric, v: f64) -> String {
+    match metric {
+        Metric::Throughput => fmt_rate(v),
+        Metric::MessageRate => format!("{} msg/s", fmt_count(v)),
+        Metric::RttP50 | Metric::RttP99 | Metric::RttP999 => fmt_ns(v),
+        Metric::CpuTx | Metric::CpuRx | Metric::WakeBytes | Metric::Parks => fmt_num(v),
+    }
+}
+
 fn fmt_ratio(r: Option<f64>) -> String {
     match r {
         Some(r) if r >= 10.0 => format!("{r:.0}"),
@@ -869,6 +950,8 @@ mod tests {
             vs_baseline,
             vs_limit: None,
             limit: None,
+            reps: vec![median; 3],
+            collapsed: false,
         }
     }
 
@@ -990,6 +1073,7 @@ mod tests {
                 p999: p50 * 3.0,
             }),
             wake_bytes: None,
+            parks: None,
         }
     }
 
@@ -1061,6 +1145,119 @@ mod tests {
         assert_eq!(records[1].limit, Some(Limit::Memcpy));
         assert_eq!(records[2].limit, Some(Limit::Pingpong));
         assert_eq!(records[3].limit, Some(Limit::Probe));
+    }
+
+    #[test]
+    fn a_median_below_half_the_best_repetition_is_flagged_with_every_repetition() {
+        let tp = |n_msgs| sample(Transport::SpShmAdaptive, Mode::Throughput, n_msgs, 0.0);
+        let lat = |p50| sample(Transport::SpShmAdaptive, Mode::Latency, 1, p50);
+        let base = |mode| sample(BASELINE, mode, 100, 1000.0);
+        let cells = vec![
+            Cell {
+                transport: Transport::SpShmAdaptive,
+                size: 64,
+                mode: Mode::Throughput,
+                // 2,350 and 2,400 msg/s against a best of 36,500: collapsed.
+                pairs: vec![
+                    (base(Mode::Throughput), tp(2_350)),
+                    (base(Mode::Throughput), tp(36_500)),
+                    (base(Mode::Throughput), tp(2_400)),
+                ],
+                errors: vec![],
+                probe_ns: None,
+            },
+            Cell {
+                transport: Transport::SpShmAdaptive,
+                size: 64,
+                mode: Mode::Latency,
+                // A median exactly twice the best is not (yet) a collapse.
+                pairs: vec![
+                    (base(Mode::Latency), lat(100.0)),
+                    (base(Mode::Latency), lat(200.0)),
+                    (base(Mode::Latency), lat(300.0)),
+                ],
+                errors: vec![],
+                probe_ns: None,
+            },
+        ];
+        let r = Results::build(
+            &Config::quick(),
+            "now".into(),
+            Machine::detect(),
+            Probe::new(vec![50.0]),
+            &cells,
+        );
+        let tp = r.find("sp-shm-adaptive", 64, Metric::MessageRate).unwrap();
+        assert!(tp.collapsed);
+        assert_eq!(tp.reps, [2_350.0, 36_500.0, 2_400.0]);
+        assert!(
+            r.find("sp-shm-adaptive", 64, Metric::Throughput)
+                .unwrap()
+                .collapsed
+        );
+        assert!(
+            !r.find("sp-shm-adaptive", 64, Metric::RttP50)
+                .unwrap()
+                .collapsed
+        );
+        // Tail percentiles are not checked: p99 = 2 × p50 here, median 400 against best 200.
+        assert!(
+            !r.find("sp-shm-adaptive", 64, Metric::RttP99)
+                .unwrap()
+                .collapsed
+        );
+        assert!(
+            !r.find(BASELINE.name(), 64, Metric::Throughput)
+                .unwrap()
+                .collapsed
+        );
+
+        let notes = r.collapse_notes();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes.contains(
+                &"sp-shm-adaptive 64 B message_rate: median 2.4 k msg/s, best 36.5 k msg/s; \
+                  repetitions 2.4 k msg/s, 36.5 k msg/s, 2.4 k msg/s"
+                    .to_owned()
+            ),
+            "{notes:?}"
+        );
+        let table = r.table().to_string();
+        assert!(
+            table.contains("!150.4 kB/s") || table.contains("!0.2 MB/s"),
+            "{table}"
+        );
+        assert!(table.contains("!2.4 k"), "{table}");
+
+        let json = serde_json::to_value(&r).unwrap();
+        let flagged: Vec<&serde_json::Value> = json["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|rec| rec["collapsed"] == true)
+            .collect();
+        assert_eq!(flagged.len(), 2);
+        assert_eq!(flagged[0]["reps"].as_array().unwrap().len(), 3);
+        // Records that did not collapse leave the field out; older files load without either.
+        let rtt = json["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rec| rec["metric"] == "rtt_p50" && rec["transport"] == "sp-shm-adaptive")
+            .unwrap();
+        assert!(rtt.get("collapsed").is_none());
+        let mut old = json.clone();
+        for rec in old["records"].as_array_mut().unwrap() {
+            let rec = rec.as_object_mut().unwrap();
+            rec.remove("reps");
+            rec.remove("collapsed");
+        }
+        let old: Results = serde_json::from_value(old).unwrap();
+        assert!(
+            old.records
+                .iter()
+                .all(|rec| !rec.collapsed && rec.reps.is_empty())
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use sp_core::{Channel, End, Signal, SocketKind, SpawnOptions};
 use crate::cpu::{self, CpuClock};
 use crate::error::{Error, Result};
 use crate::payload::{Generator, MIN_SIZE, Verifier};
-use crate::transport::{self, Link, Offer, Placement, Transport};
+use crate::transport::{self, IdleCounts, Link, Offer, Placement, Transport};
 use crate::watchdog::{Victim, Watchdog};
 
 /// The first argument that makes the sp-bench binary play the child side of a measurement.
@@ -94,6 +94,9 @@ pub struct Sample {
     pub latency: Option<Percentiles>,
     /// Bytes both sides wrote to wake each other, for transports that count them.
     pub wake_bytes: Option<u64>,
+    /// Times both sides parked waiting for each other, for transports that count them.
+    #[serde(default)]
+    pub parks: Option<u64>,
 }
 
 /// What the peer reports after a round.
@@ -103,7 +106,7 @@ pub(crate) struct SideReport {
     pub(crate) checksum_in: u64,
     pub(crate) checksum_out: u64,
     pub(crate) cpu_ns: u64,
-    pub(crate) wake_bytes: Option<u64>,
+    pub(crate) idle: Option<IdleCounts>,
 }
 
 /// The control messages, as JSON over the sp-core control channel.
@@ -123,7 +126,7 @@ pub(crate) struct Round {
     pub(crate) cpu_ns: u64,
     pub(crate) hist: Option<Histogram<u64>>,
     pub(crate) peer: SideReport,
-    pub(crate) wake_bytes: Option<u64>,
+    pub(crate) idle: Option<IdleCounts>,
 }
 
 impl RunSpec {
@@ -180,6 +183,12 @@ impl Sample {
     pub fn wake_bytes_per_1k(&self) -> Option<f64> {
         let wake = self.wake_bytes? as f64;
         Some(wake * 1000.0 / self.n_msgs.max(1) as f64)
+    }
+
+    /// Parks (both sides) per 1,000 messages.
+    pub fn parks_per_1k(&self) -> Option<f64> {
+        let parks = self.parks? as f64;
+        Some(parks * 1000.0 / self.n_msgs.max(1) as f64)
     }
 
     fn elapsed_s(&self) -> f64 {
@@ -351,9 +360,9 @@ pub(crate) fn sample_from(spec: &RunSpec, round: Round) -> Sample {
         p99: hist.value_at_quantile(0.99) as f64,
         p999: hist.value_at_quantile(0.999) as f64,
     });
-    let wake_bytes = match (round.wake_bytes, round.peer.wake_bytes) {
+    let idle = match (round.idle, round.peer.idle) {
         (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        (a, b) => Some(a.unwrap_or_default().plus(b.unwrap_or_default())),
     };
     Sample {
         spec: spec.clone(),
@@ -362,7 +371,8 @@ pub(crate) fn sample_from(spec: &RunSpec, round: Round) -> Sample {
         cpu_driver_ns: round.cpu_ns,
         cpu_peer_ns: round.peer.cpu_ns,
         latency,
-        wake_bytes,
+        wake_bytes: idle.map(|c| c.wake_bytes),
+        parks: idle.map(|c| c.parks),
     }
 }
 
@@ -401,7 +411,7 @@ pub(crate) fn drive_round(
     // not a `%`: a division per message is measurable at 64 B).
     let clock_mask: u64 = if spec.size >= 4096 { 0 } else { 15 };
     let batch = link.batch_len();
-    let wake0 = link.wake_bytes();
+    let idle0 = link.idle_counts();
     let cpu0 = clock.now_ns();
     let t0 = Instant::now();
     let deadline = t0 + duration;
@@ -455,17 +465,13 @@ pub(crate) fn drive_round(
             generator.n_msgs, peer.checksum_out, verifier.n_msgs, verifier.checksum
         )));
     }
-    let wake_bytes = match (wake0, link.wake_bytes()) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
     Ok(Round {
         n_msgs: generator.n_msgs,
         elapsed_ns,
         cpu_ns,
         hist,
         peer,
-        wake_bytes,
+        idle: idle_since(link, idle0),
     })
 }
 
@@ -479,7 +485,7 @@ pub(crate) fn serve_round(
     let mut verifier = Verifier::new(spec.size);
     let mut generator = Generator::default();
     let batch = link.batch_len();
-    let wake0 = link.wake_bytes();
+    let idle0 = link.idle_counts();
     let cpu0 = clock.now_ns();
     loop {
         if batch > 1 && spec.mode == Mode::Throughput {
@@ -497,17 +503,18 @@ pub(crate) fn serve_round(
         }
     }
     let cpu_ns = clock.now_ns().saturating_sub(cpu0);
-    let wake_bytes = match (wake0, link.wake_bytes()) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
     Ok(SideReport {
         n_msgs: verifier.n_msgs,
         checksum_in: verifier.checksum,
         checksum_out: generator.checksum,
         cpu_ns,
-        wake_bytes,
+        idle: idle_since(link, idle0),
     })
+}
+
+/// The link's idle counts since `earlier`, if it counts them.
+fn idle_since(link: &dyn Link, earlier: Option<IdleCounts>) -> Option<IdleCounts> {
+    Some(link.idle_counts()?.since(earlier?))
 }
 
 fn serve(

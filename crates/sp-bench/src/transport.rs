@@ -33,8 +33,9 @@ pub(crate) trait Link {
     /// Receives one message and hands its bytes to `check`, blocking (or spinning, for the spin
     /// strategies) until one arrives.
     fn recv(&mut self, check: &mut Check<'_>) -> Result<()>;
-    /// Bytes this side has written to wake its peer, for transports that count them.
-    fn wake_bytes(&self) -> Option<u64> {
+    /// What this side's idle strategy has done so far (wake-up bytes written, parks), for
+    /// transports that count it.
+    fn idle_counts(&self) -> Option<IdleCounts> {
         None
     }
     /// Messages per call in throughput mode: above 1, the throughput loops use
@@ -55,6 +56,33 @@ pub(crate) trait Link {
         debug_assert!(max >= 1);
         self.recv(check)?;
         Ok(1)
+    }
+}
+
+/// Counts of one side's waiting, cumulative since the link was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IdleCounts {
+    /// Bytes written to wake the peer.
+    pub(crate) wake_bytes: u64,
+    /// Times this side parked (slept in `poll`) waiting for the peer.
+    pub(crate) parks: u64,
+}
+
+impl IdleCounts {
+    /// What happened between `earlier` and `self`.
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            wake_bytes: self.wake_bytes.saturating_sub(earlier.wake_bytes),
+            parks: self.parks.saturating_sub(earlier.parks),
+        }
+    }
+
+    /// Both sides' counts together.
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self {
+            wake_bytes: self.wake_bytes + other.wake_bytes,
+            parks: self.parks + other.parks,
+        }
     }
 }
 

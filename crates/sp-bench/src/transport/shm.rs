@@ -29,7 +29,7 @@ use sp_core::{Channel, End, SocketKind};
 use sp_shm::{Blob, Config, Consumer, Duplex, IdleStrategy, Producer};
 
 use crate::error::{Error, Result};
-use crate::transport::{Check, Fill, Link, Offer, take_fds};
+use crate::transport::{Check, Fill, IdleCounts, Link, Offer, take_fds};
 
 /// How long a ring or blob wait may last before the side reports its peer as stuck.
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
@@ -193,9 +193,13 @@ impl Link for RingLink {
         check(bytes)
     }
 
-    fn wake_bytes(&self) -> Option<u64> {
-        // One byte per wake-up, in either direction.
-        Some(self.producer.stats().wakes_sent + self.consumer.stats().wakes_sent)
+    fn idle_counts(&self) -> Option<IdleCounts> {
+        let (producer, consumer) = (self.producer.stats(), self.consumer.stats());
+        Some(IdleCounts {
+            // One byte per wake-up, in either direction.
+            wake_bytes: producer.wakes_sent + consumer.wakes_sent,
+            parks: producer.parks + consumer.parks,
+        })
     }
 
     fn batch_len(&self) -> usize {
