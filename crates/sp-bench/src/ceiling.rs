@@ -16,7 +16,8 @@ use hdrhistogram::Histogram;
 
 use crate::cpu::{self, CpuClock};
 use crate::error::{Error, Result};
-use crate::run::{Mode, Round, RunSpec, Sample, SideReport, drive_round, sample_from, serve_round};
+use crate::round::{Round, SideReport, drive_round, sample_from, serve_round};
+use crate::spec::{Mode, Percentiles, RunSpec, Sample};
 use crate::transport::{Check, Fill, Link, Transport};
 use crate::watchdog::{Victim, Watchdog};
 
@@ -229,7 +230,7 @@ fn pingpong_sample(spec: &RunSpec) -> Result<Sample> {
         elapsed_ns: elapsed.as_nanos() as u64,
         cpu_driver_ns: 0,
         cpu_peer_ns: 0,
-        latency: Some(crate::run::Percentiles {
+        latency: Some(Percentiles {
             p50: hist.value_at_quantile(0.50) as f64,
             p99: hist.value_at_quantile(0.99) as f64,
             p999: hist.value_at_quantile(0.999) as f64,
