@@ -138,7 +138,8 @@ fn measure_processes(spec: &RunSpec, exe: &Path) -> Result<Sample> {
 
 fn drive_child(spec: &RunSpec, ctl_end: End) -> Result<Sample> {
     let mut ctl = Channel::new(ctl_end)?.with_max_message_len(MAX_CONTROL_LEN);
-    let Offer { extra, fds, finish } = transport::offer(spec.transport, spec.size)?;
+    let Offer { extra, fds, finish } =
+        transport::offer(spec.transport, spec.size, spec.mode == Mode::Latency)?;
     let setup = serde_json::to_vec(&Control::Setup {
         spec: spec.clone(),
         extra,
@@ -206,7 +207,13 @@ fn serve(
     extra: &str,
     fds: Vec<std::os::fd::OwnedFd>,
 ) -> Result<()> {
-    let mut link = transport::accept(spec.transport, spec.size, extra, fds)?;
+    let mut link = transport::accept(
+        spec.transport,
+        spec.size,
+        spec.mode == Mode::Latency,
+        extra,
+        fds,
+    )?;
     send_control(ctl, &Control::Ready)?;
     for _ in 0..2 {
         let report = serve_round(&mut *link, spec, CpuClock::Process)?;

@@ -300,11 +300,13 @@ impl Transport {
     }
 }
 
-/// Driver side: creates the transport for messages of `size` bytes.
+/// Driver side: creates the transport for messages of `size` bytes, for round trips if `latency`
+/// (a peer crate may be configured differently for each, as its own benchmarks are).
 ///
 /// # Errors
 /// Whatever creating the resources reports; [`Error::Unsupported`] for an in-process ceiling.
-pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
+#[cfg_attr(not(feature = "peers"), allow(unused_variables))] // `latency` is for the peers.
+pub(crate) fn offer(transport: Transport, size: usize, latency: bool) -> Result<Offer> {
     match transport {
         Transport::Pipe => fd::offer_pipe(size),
         Transport::SocketpairStream => fd::offer_stream(size),
@@ -322,7 +324,7 @@ pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
         #[cfg(feature = "peers")]
         Transport::IpcChannelShm => peers::ipc_channel::offer(size, true),
         #[cfg(feature = "peers")]
-        Transport::Iceoryx2 => peers::iceoryx2::offer(size),
+        Transport::Iceoryx2 => peers::iceoryx2::offer(size, latency),
         #[cfg(feature = "peers")]
         Transport::Ipmpsc => peers::ipmpsc::offer(size),
         other => Err(Error::Unsupported(format!(
@@ -336,10 +338,11 @@ pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
 ///
 /// # Errors
 /// Whatever opening the resources reports.
-#[cfg_attr(not(feature = "peers"), allow(unused_variables))] // `extra` is for the peers.
+#[cfg_attr(not(feature = "peers"), allow(unused_variables))] // `latency`, `extra`: the peers'.
 pub(crate) fn accept(
     transport: Transport,
     size: usize,
+    latency: bool,
     extra: &str,
     fds: Vec<OwnedFd>,
 ) -> Result<Box<dyn Link>> {
@@ -358,7 +361,7 @@ pub(crate) fn accept(
         #[cfg(feature = "peers")]
         Transport::IpcChannelShm => peers::ipc_channel::accept(size, extra, true),
         #[cfg(feature = "peers")]
-        Transport::Iceoryx2 => peers::iceoryx2::accept(size, extra),
+        Transport::Iceoryx2 => peers::iceoryx2::accept(size, latency, extra),
         #[cfg(feature = "peers")]
         Transport::Ipmpsc => peers::ipmpsc::accept(size, extra),
         other => Err(Error::Unsupported(format!(
