@@ -3,6 +3,11 @@
 //! polls `receive()` with a spin loop and reads the sample in place. Nodes use their own file prefix
 //! and root directory, so what a killed measurement leaves behind can be removed.
 //!
+//! The driver creates both services and its own ports before the child is told their names. When
+//! the two processes created their ports of one service at the same time, iceoryx2 0.10.0
+//! sometimes delivered the samples after the 16th into a connection the subscriber did not read
+//! (samples lost despite `RetryUntilDelivered`; docs/benchmarks.md, "Known issues").
+//!
 //! Each mode gets the configuration iceoryx2 uses for it:
 //!
 //! - round trips: its own publish-subscribe latency benchmark's (`benchmarks/publish-subscribe`
@@ -37,18 +42,20 @@ struct Iceoryx2Link {
 }
 
 /// Driver side: the driver's pid and the service names go to the child as `pid\ndown\nup`.
+///
+/// The driver creates both services and its ports before the child is told their names, so the
+/// two processes never create ports of the same service at the same time (see the module docs).
 pub(in crate::transport) fn offer(size: usize, latency: bool) -> Result<Offer> {
     let pid = std::process::id();
     let base = unique_name("iox2");
     let down = format!("{base}/down");
     let up = format!("{base}/up");
+    let link = Iceoryx2Link::open(size, latency, pid, &down, &up)?;
     let extra = format!("{pid}\n{down}\n{up}");
     Ok(Offer {
         extra,
         fds: Vec::new(),
-        finish: Box::new(move || {
-            Ok(Box::new(Iceoryx2Link::open(size, latency, pid, &down, &up)?) as _)
-        }),
+        finish: Box::new(move || Ok(Box::new(link) as _)),
     })
 }
 
