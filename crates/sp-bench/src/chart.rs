@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::report::Results;
+use crate::report::{Metric, Results};
 
 /// Line colours: dark and far apart, so every line reads on white (plotters' `Palette99` has
 /// pale yellows and pinks that vanish).
@@ -36,7 +36,11 @@ const LINE_COLORS: [(u8, u8, u8); 16] = [
 /// When there is nothing to draw or the file cannot be written.
 pub fn write_svg(results: &Results, path: &Path) -> Result<()> {
     let mut lines: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in results.records.iter().filter(|r| r.metric == "throughput") {
+    for r in results
+        .records
+        .iter()
+        .filter(|r| r.metric == Metric::Throughput)
+    {
         if r.median > 0.0 {
             lines
                 .entry(r.transport.as_str())

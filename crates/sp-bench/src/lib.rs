@@ -9,6 +9,7 @@
 //! - [`measure`]: one measurement, in a child process started from the same executable (or in two
 //!   threads for the ceilings), bounded by a watchdog;
 //! - [`report`]: the results file, the table, the comparison with a saved baseline;
+//! - [`size`]: message sizes as the command line and the table write them;
 //! - [`chart`]: the SVG chart.
 //!
 //! Every message is written in full by the sender and read in full by the receiver, which checks
@@ -21,7 +22,10 @@ mod error;
 mod payload;
 pub mod plan;
 pub mod report;
+mod round;
 mod run;
+pub mod size;
+mod spec;
 pub mod stats;
 mod transport;
 mod watchdog;
@@ -29,9 +33,9 @@ mod watchdog;
 pub use ceiling::probe;
 pub use cpu::{available_cpus, can_pin};
 pub use error::{Error, Result};
-pub use run::{
-    Mode, PEER_ARG, Percentiles, RunSpec, Sample, measure, peer_main, timer_overhead_ns,
-};
+pub use round::timer_overhead_ns;
+pub use run::{PEER_ARG, measure, peer_main};
+pub use spec::{Mode, Percentiles, RunSpec, Sample};
 pub use transport::{BASELINE, Placement, Transport};
 
 /// Pins the calling thread to the driver's core (CPU 0) when [`can_pin`]; call it once at the

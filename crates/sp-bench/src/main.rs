@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sp_bench::plan::Config;
-use sp_bench::report::{Machine, Probe, Results, change_table, compare, parse_size};
+use sp_bench::report::{Machine, Probe, Results, change_table, compare};
+use sp_bench::size::{fmt_size, parse_size};
 use sp_bench::{PEER_ARG, Transport};
 
 /// Cross-process benchmarks of sp against the kernel's transports, other IPC crates and the
@@ -97,7 +98,7 @@ fn main() -> Result<()> {
         bar.set_message(format!(
             "{} {} {:?}",
             cell.transport.name(),
-            sp_bench::report::fmt_size(cell.size as u64),
+            fmt_size(cell.size as u64),
             cell.mode
         ));
         cell.run(&config, &exe, &mut || bar.inc(1));
@@ -195,6 +196,17 @@ fn print_results(results: &Results) {
     println!("{}", results.header());
     println!();
     println!("{}", results.table());
+    let collapses = results.collapse_notes();
+    if !collapses.is_empty() {
+        println!();
+        println!(
+            "Collapsed (! above): the median is below half the best repetition (above twice the \
+             best for rtt p50):"
+        );
+        for note in &collapses {
+            println!("- {note}");
+        }
+    }
     if !results.notes.is_empty() {
         println!();
         println!("Not measured or failed:");

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::run::{self, Mode, RunSpec, Sample};
+use crate::run;
+use crate::spec::{Mode, RunSpec, Sample};
 use crate::transport::{BASELINE, Transport};
 
 /// The knobs of one benchmark run.

@@ -13,98 +13,30 @@
 //! - **Latency**: the driver sends one message and waits for the peer's reply of the same size,
 //!   recording each round trip in an HDR histogram.
 //!
-//! A [`Watchdog`](crate::watchdog::Watchdog) bounds every measurement.
+//! A [`Watchdog`](crate::watchdog::Watchdog) bounds every measurement. The round loops are in
+//! `round.rs`, shared with the in-process ceilings (`ceiling.rs`).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use sp_core::{Channel, End, Signal, SocketKind, SpawnOptions};
 
 use crate::cpu::{self, CpuClock};
 use crate::error::{Error, Result};
-use crate::payload::{Generator, MIN_SIZE, Verifier};
-use crate::transport::{self, Link, Offer, Placement, Transport};
+use crate::payload::MIN_SIZE;
+use crate::round::{SideReport, drive_round, sample_from, serve_round};
+use crate::spec::{Mode, RunSpec, SLACK, Sample};
+use crate::transport::{self, Offer, Placement};
 use crate::watchdog::{Victim, Watchdog};
 
 /// The first argument that makes the sp-bench binary play the child side of a measurement.
 pub const PEER_ARG: &str = "__sp-bench-peer";
 
-/// Time allowed beyond warm-up and measurement for setting up and tearing down.
-const SLACK: Duration = Duration::from_secs(20);
-
 /// Largest control message (a spec or a report as JSON).
 const MAX_CONTROL_LEN: usize = 64 << 10;
-
-/// What is measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// One direction, as fast as the transport goes: bytes/s, messages/s, CPU per GB.
-    Throughput,
-    /// Ping-pong of one message each way: round-trip percentiles.
-    Latency,
-}
-
-/// One measurement to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunSpec {
-    /// The transport.
-    pub transport: Transport,
-    /// Bytes per message.
-    pub size: usize,
-    /// Throughput or latency.
-    pub mode: Mode,
-    /// Length of the warm-up round, which is not reported.
-    pub warmup: Duration,
-    /// Length of the measured round.
-    pub duration: Duration,
-    /// Whether each side pins itself to its own core.
-    pub pin: bool,
-}
-
-/// Round-trip percentiles of one measurement, in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
-}
-
-/// The outcome of one measurement (its measured round).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    /// What was run.
-    pub spec: RunSpec,
-    /// Messages sent by the driver (and checked by the peer).
-    pub n_msgs: u64,
-    /// Wall time of the measured round, in nanoseconds.
-    pub elapsed_ns: u64,
-    /// CPU time of the driver (the sender, for throughput), in nanoseconds.
-    pub cpu_driver_ns: u64,
-    /// CPU time of the peer (the receiver, for throughput), in nanoseconds.
-    pub cpu_peer_ns: u64,
-    /// Round-trip percentiles (latency mode).
-    pub latency: Option<Percentiles>,
-    /// Bytes both sides wrote to wake each other, for transports that count them.
-    pub wake_bytes: Option<u64>,
-}
-
-/// What the peer reports after a round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SideReport {
-    pub(crate) n_msgs: u64,
-    pub(crate) checksum_in: u64,
-    pub(crate) checksum_out: u64,
-    pub(crate) cpu_ns: u64,
-    pub(crate) wake_bytes: Option<u64>,
-}
 
 /// The control messages, as JSON over the sp-core control channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,82 +45,6 @@ enum Control {
     Ready,
     Report(SideReport),
     Failed(String),
-}
-
-/// The driver's view of one finished round.
-#[derive(Debug)]
-pub(crate) struct Round {
-    pub(crate) n_msgs: u64,
-    pub(crate) elapsed_ns: u64,
-    pub(crate) cpu_ns: u64,
-    pub(crate) hist: Option<Histogram<u64>>,
-    pub(crate) peer: SideReport,
-    pub(crate) wake_bytes: Option<u64>,
-}
-
-impl RunSpec {
-    /// A spec with the given warm-up and measured durations, pinned when the machine allows.
-    pub fn new(
-        transport: Transport,
-        size: usize,
-        mode: Mode,
-        warmup: Duration,
-        duration: Duration,
-    ) -> Self {
-        Self {
-            transport,
-            size,
-            mode,
-            warmup,
-            duration,
-            pin: cpu::can_pin(),
-        }
-    }
-
-    /// The most this measurement may take before its watchdog fires.
-    pub fn limit(&self) -> Duration {
-        self.warmup + self.duration + SLACK
-    }
-
-    fn describe(&self) -> String {
-        format!("{} {} B {:?}", self.transport.name(), self.size, self.mode)
-    }
-}
-
-impl Sample {
-    /// Bytes per second, one direction.
-    pub fn bytes_per_s(&self) -> f64 {
-        self.n_msgs as f64 * self.spec.size as f64 / self.elapsed_s()
-    }
-
-    /// Messages per second (round trips per second in latency mode).
-    pub fn msgs_per_s(&self) -> f64 {
-        self.n_msgs as f64 / self.elapsed_s()
-    }
-
-    /// Sender CPU seconds per GB (10^9 bytes) moved.
-    pub fn cpu_tx_s_per_gb(&self) -> f64 {
-        self.cpu_driver_ns as f64 / self.gigabytes() / 1e9
-    }
-
-    /// Receiver CPU seconds per GB moved.
-    pub fn cpu_rx_s_per_gb(&self) -> f64 {
-        self.cpu_peer_ns as f64 / self.gigabytes() / 1e9
-    }
-
-    /// Wake-up bytes per 1,000 messages.
-    pub fn wake_bytes_per_1k(&self) -> Option<f64> {
-        let wake = self.wake_bytes? as f64;
-        Some(wake * 1000.0 / self.n_msgs.max(1) as f64)
-    }
-
-    fn elapsed_s(&self) -> f64 {
-        (self.elapsed_ns.max(1)) as f64 / 1e9
-    }
-
-    fn gigabytes(&self) -> f64 {
-        (self.n_msgs as f64 * self.spec.size as f64 / 1e9).max(1e-12)
-    }
 }
 
 /// Runs one measurement. `exe` is the sp-bench binary, started as the child for cross-process
@@ -282,7 +138,8 @@ fn measure_processes(spec: &RunSpec, exe: &Path) -> Result<Sample> {
 
 fn drive_child(spec: &RunSpec, ctl_end: End) -> Result<Sample> {
     let mut ctl = Channel::new(ctl_end)?.with_max_message_len(MAX_CONTROL_LEN);
-    let Offer { extra, fds, finish } = transport::offer(spec.transport, spec.size)?;
+    let Offer { extra, fds, finish } =
+        transport::offer(spec.transport, spec.size, spec.mode == Mode::Latency)?;
     let setup = serde_json::to_vec(&Control::Setup {
         spec: spec.clone(),
         extra,
@@ -346,160 +203,19 @@ fn send_control(ctl: &Channel, msg: &Control) -> Result<()> {
     Ok(ctl.send(&serde_json::to_vec(msg)?, &[])?)
 }
 
-/// Builds the reported sample from the measured round.
-pub(crate) fn sample_from(spec: &RunSpec, round: Round) -> Sample {
-    let latency = round.hist.as_ref().map(|hist| Percentiles {
-        p50: hist.value_at_quantile(0.50) as f64,
-        p99: hist.value_at_quantile(0.99) as f64,
-        p999: hist.value_at_quantile(0.999) as f64,
-    });
-    let wake_bytes = match (round.wake_bytes, round.peer.wake_bytes) {
-        (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-    };
-    Sample {
-        spec: spec.clone(),
-        n_msgs: round.n_msgs,
-        elapsed_ns: round.elapsed_ns,
-        cpu_driver_ns: round.cpu_ns,
-        cpu_peer_ns: round.peer.cpu_ns,
-        latency,
-        wake_bytes,
-    }
-}
-
-/// The median of `n` empty intervals timed as a round-trip sample is (`Instant::now()`, then
-/// `elapsed()`), in nanoseconds: the clock's share of every rtt sample.
-pub fn timer_overhead_ns(n: usize) -> f64 {
-    let mut ns: Vec<u64> = (0..n.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            start.elapsed().as_nanos() as u64
-        })
-        .collect();
-    ns.sort_unstable();
-    ns[ns.len() / 2] as f64
-}
-
-/// Runs one round on the driver's side: sends (and in latency mode receives) until `duration` has
-/// passed, then waits for the peer's report and checks it against what was sent.
-pub(crate) fn drive_round(
-    link: &mut dyn Link,
-    spec: &RunSpec,
-    duration: Duration,
-    clock: CpuClock,
-    wait_report: &mut dyn FnMut() -> Result<SideReport>,
-) -> Result<Round> {
-    let mut generator = Generator::default();
-    let mut verifier = Verifier::new(spec.size);
-    let mut hist = match spec.mode {
-        Mode::Throughput => None,
-        Mode::Latency => Some(
-            Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3)
-                .map_err(|err| Error::Corrupt(format!("histogram: {err}")))?,
-        ),
-    };
-    // Reading the clock costs ~20 ns: for small messages, look at it every few messages (a mask,
-    // not a `%`: a division per message is measurable at 64 B).
-    let clock_mask: u64 = if spec.size >= 4096 { 0 } else { 15 };
-    let wake0 = link.wake_bytes();
-    let cpu0 = clock.now_ns();
-    let t0 = Instant::now();
-    let deadline = t0 + duration;
-    loop {
-        match &mut hist {
-            None => {
-                let last = generator.n_msgs & clock_mask == 0 && Instant::now() >= deadline;
-                link.send(&mut |buf| generator.fill(buf, last))?;
-                if last {
-                    break;
-                }
-            }
-            Some(hist) => {
-                let start = Instant::now();
-                let last = start >= deadline;
-                link.send(&mut |buf| generator.fill(buf, last))?;
-                link.recv(&mut |buf| verifier.check(buf))?;
-                hist.saturating_record(start.elapsed().as_nanos() as u64);
-                if last {
-                    break;
-                }
-            }
-        }
-    }
-    let peer = wait_report()?;
-    let elapsed_ns = t0.elapsed().as_nanos() as u64;
-    let cpu_ns = clock.now_ns().saturating_sub(cpu0);
-    if peer.n_msgs != generator.n_msgs || peer.checksum_in != generator.checksum {
-        return Err(Error::Corrupt(format!(
-            "sent {} messages (checksum {:#x}), the peer read {} (checksum {:#x})",
-            generator.n_msgs, generator.checksum, peer.n_msgs, peer.checksum_in
-        )));
-    }
-    if hist.is_some()
-        && (verifier.n_msgs != generator.n_msgs || verifier.checksum != peer.checksum_out)
-    {
-        return Err(Error::Corrupt(format!(
-            "the peer replied {} times (checksum {:#x}), {} replies read (checksum {:#x})",
-            generator.n_msgs, peer.checksum_out, verifier.n_msgs, verifier.checksum
-        )));
-    }
-    let wake_bytes = match (wake0, link.wake_bytes()) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    Ok(Round {
-        n_msgs: generator.n_msgs,
-        elapsed_ns,
-        cpu_ns,
-        hist,
-        peer,
-        wake_bytes,
-    })
-}
-
-/// Runs one round on the peer's side: receives (and in latency mode answers) until the message
-/// flagged last.
-pub(crate) fn serve_round(
-    link: &mut dyn Link,
-    spec: &RunSpec,
-    clock: CpuClock,
-) -> Result<SideReport> {
-    let mut verifier = Verifier::new(spec.size);
-    let mut generator = Generator::default();
-    let wake0 = link.wake_bytes();
-    let cpu0 = clock.now_ns();
-    loop {
-        link.recv(&mut |buf| verifier.check(buf))?;
-        let last = verifier.saw_last;
-        if spec.mode == Mode::Latency {
-            link.send(&mut |buf| generator.fill(buf, last))?;
-        }
-        if last {
-            break;
-        }
-    }
-    let cpu_ns = clock.now_ns().saturating_sub(cpu0);
-    let wake_bytes = match (wake0, link.wake_bytes()) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    Ok(SideReport {
-        n_msgs: verifier.n_msgs,
-        checksum_in: verifier.checksum,
-        checksum_out: generator.checksum,
-        cpu_ns,
-        wake_bytes,
-    })
-}
-
 fn serve(
     ctl: &mut Channel,
     spec: &RunSpec,
     extra: &str,
     fds: Vec<std::os::fd::OwnedFd>,
 ) -> Result<()> {
-    let mut link = transport::accept(spec.transport, spec.size, extra, fds)?;
+    let mut link = transport::accept(
+        spec.transport,
+        spec.size,
+        spec.mode == Mode::Latency,
+        extra,
+        fds,
+    )?;
     send_control(ctl, &Control::Ready)?;
     for _ in 0..2 {
         let report = serve_round(&mut *link, spec, CpuClock::Process)?;

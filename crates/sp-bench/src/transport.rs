@@ -18,6 +18,7 @@ mod fd;
 mod msg;
 #[cfg(feature = "peers")]
 mod peers;
+mod ref_ring;
 mod shm;
 
 /// Fills a message in place.
@@ -32,9 +33,56 @@ pub(crate) trait Link {
     /// Receives one message and hands its bytes to `check`, blocking (or spinning, for the spin
     /// strategies) until one arrives.
     fn recv(&mut self, check: &mut Check<'_>) -> Result<()>;
-    /// Bytes this side has written to wake its peer, for transports that count them.
-    fn wake_bytes(&self) -> Option<u64> {
+    /// What this side's idle strategy has done so far (wake-up bytes written, parks), for
+    /// transports that count it.
+    fn idle_counts(&self) -> Option<IdleCounts> {
         None
+    }
+    /// Messages per call in throughput mode: above 1, the throughput loops use
+    /// [`send_batch`](Self::send_batch) and [`recv_batch`](Self::recv_batch).
+    fn batch_len(&self) -> usize {
+        1
+    }
+    /// Sends `n` messages (`n <= batch_len()`), calling `fill` exactly once for each, in order.
+    fn send_batch(&mut self, n: usize, fill: &mut Fill<'_>) -> Result<()> {
+        for _ in 0..n {
+            self.send(fill)?;
+        }
+        Ok(())
+    }
+    /// Receives at least one message and at most `max`, handing each to `check` in order, as
+    /// [`recv`](Self::recv) waits; returns how many.
+    fn recv_batch(&mut self, max: usize, check: &mut Check<'_>) -> Result<usize> {
+        debug_assert!(max >= 1);
+        self.recv(check)?;
+        Ok(1)
+    }
+}
+
+/// Counts of one side's waiting, cumulative since the link was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IdleCounts {
+    /// Bytes written to wake the peer.
+    pub(crate) wake_bytes: u64,
+    /// Times this side parked (slept in `poll`) waiting for the peer.
+    pub(crate) parks: u64,
+}
+
+impl IdleCounts {
+    /// What happened between `earlier` and `self`.
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            wake_bytes: self.wake_bytes.saturating_sub(earlier.wake_bytes),
+            parks: self.parks.saturating_sub(earlier.parks),
+        }
+    }
+
+    /// Both sides' counts together.
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self {
+            wake_bytes: self.wake_bytes + other.wake_bytes,
+            parks: self.parks + other.parks,
+        }
     }
 }
 
@@ -78,6 +126,9 @@ pub enum Transport {
     SpShmAdaptive,
     /// The sp-shm ring, parking at once (the parked-wake path).
     SpShmPark,
+    /// The sp-shm ring (adaptive) driven in batches: `send_batch` and `for_each_available` of up
+    /// to 64 messages per call (throughput only).
+    SpShmBatch,
     /// sp-shm blobs: one sealed memfd per message, sent over a seqpacket channel.
     SpShmBlob,
     /// ipc-channel's bytes channel (peer).
@@ -88,6 +139,9 @@ pub enum Transport {
     Iceoryx2,
     /// ipmpsc's shared ring, the receiver reading in place (peer).
     Ipmpsc,
+    /// Ceiling: a plain fixed-slot ring between the two processes, spinning; the limit the sp-shm
+    /// ring rows are compared with.
+    RefRing,
     /// Ceiling: a crossbeam channel between two threads of one process (buffers passed by pointer).
     Crossbeam,
     /// Ceiling: `memcpy` of one message on one thread (throughput only).
@@ -112,7 +166,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 18] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -121,11 +175,13 @@ impl Transport {
         Self::SpShmSpin,
         Self::SpShmAdaptive,
         Self::SpShmPark,
+        Self::SpShmBatch,
         Self::SpShmBlob,
         Self::IpcChannel,
         Self::IpcChannelShm,
         Self::Iceoryx2,
         Self::Ipmpsc,
+        Self::RefRing,
         Self::Crossbeam,
         Self::Memcpy,
         Self::Pingpong,
@@ -142,11 +198,13 @@ impl Transport {
             Self::SpShmSpin => "sp-shm-spin",
             Self::SpShmAdaptive => "sp-shm-adaptive",
             Self::SpShmPark => "sp-shm-park",
+            Self::SpShmBatch => "sp-shm-batch",
             Self::SpShmBlob => "sp-shm-blob",
             Self::IpcChannel => "ipc-channel",
             Self::IpcChannelShm => "ipc-channel-shm",
             Self::Iceoryx2 => "iceoryx2",
             Self::Ipmpsc => "ipmpsc",
+            Self::RefRing => "ref-ring",
             Self::Crossbeam => "crossbeam",
             Self::Memcpy => "memcpy",
             Self::Pingpong => "pingpong",
@@ -169,7 +227,19 @@ impl Transport {
 
     /// Whether this is a ceiling (a machine limit) rather than an IPC transport.
     pub fn is_ceiling(self) -> bool {
-        matches!(self, Self::Crossbeam | Self::Memcpy | Self::Pingpong)
+        matches!(
+            self,
+            Self::RefRing | Self::Crossbeam | Self::Memcpy | Self::Pingpong
+        )
+    }
+
+    /// Whether this is the sp-shm ring under one of its idle strategies: the rows whose
+    /// throughput limit is [`RefRing`](Self::RefRing) rather than memcpy.
+    pub fn is_ring(self) -> bool {
+        matches!(
+            self,
+            Self::SpShmSpin | Self::SpShmAdaptive | Self::SpShmPark | Self::SpShmBatch
+        )
     }
 
     /// Whether this is one of the other IPC crates sp is compared with.
@@ -189,10 +259,12 @@ impl Transport {
             Self::SpShmSpin
                 | Self::SpShmAdaptive
                 | Self::SpShmPark
+                | Self::SpShmBatch
                 | Self::SpShmBlob
                 | Self::IpcChannelShm
                 | Self::Iceoryx2
                 | Self::Ipmpsc
+                | Self::RefRing
                 | Self::Crossbeam
                 | Self::Memcpy
         )
@@ -200,7 +272,10 @@ impl Transport {
 
     /// Whether the transport keeps a core busy while it waits (so it needs a core per side).
     pub fn spins(self) -> bool {
-        matches!(self, Self::SpShmSpin | Self::Iceoryx2 | Self::Pingpong)
+        matches!(
+            self,
+            Self::SpShmSpin | Self::Iceoryx2 | Self::RefRing | Self::Pingpong
+        )
     }
 
     /// Why this transport cannot be measured in this build or on this machine, if it cannot.
@@ -217,18 +292,21 @@ impl Transport {
     /// Whether the transport measures throughput (`true`) and round trips (`latency`).
     pub fn measures(self, latency: bool) -> bool {
         match self {
-            Self::Memcpy => !latency,
+            // A batch's round trip is one message each way: the adaptive ring's.
+            Self::Memcpy | Self::SpShmBatch => !latency,
             Self::Pingpong => latency,
             _ => true,
         }
     }
 }
 
-/// Driver side: creates the transport for messages of `size` bytes.
+/// Driver side: creates the transport for messages of `size` bytes, for round trips if `latency`
+/// (a peer crate may be configured differently for each, as its own benchmarks are).
 ///
 /// # Errors
 /// Whatever creating the resources reports; [`Error::Unsupported`] for an in-process ceiling.
-pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
+#[cfg_attr(not(feature = "peers"), allow(unused_variables))] // `latency` is for the peers.
+pub(crate) fn offer(transport: Transport, size: usize, latency: bool) -> Result<Offer> {
     match transport {
         Transport::Pipe => fd::offer_pipe(size),
         Transport::SocketpairStream => fd::offer_stream(size),
@@ -238,13 +316,15 @@ pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
         Transport::SpShmSpin => shm::offer_ring(size, IdleStrategy::spin()),
         Transport::SpShmAdaptive => shm::offer_ring(size, IdleStrategy::adaptive()),
         Transport::SpShmPark => shm::offer_ring(size, IdleStrategy::park()),
+        Transport::SpShmBatch => shm::offer_ring_batched(size),
         Transport::SpShmBlob => shm::offer_blob(size),
+        Transport::RefRing => ref_ring::offer(size),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => peers::ipc_channel::offer(size, false),
         #[cfg(feature = "peers")]
         Transport::IpcChannelShm => peers::ipc_channel::offer(size, true),
         #[cfg(feature = "peers")]
-        Transport::Iceoryx2 => peers::iceoryx2::offer(size),
+        Transport::Iceoryx2 => peers::iceoryx2::offer(size, latency),
         #[cfg(feature = "peers")]
         Transport::Ipmpsc => peers::ipmpsc::offer(size),
         other => Err(Error::Unsupported(format!(
@@ -258,10 +338,11 @@ pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
 ///
 /// # Errors
 /// Whatever opening the resources reports.
-#[cfg_attr(not(feature = "peers"), allow(unused_variables))] // `extra` is for the peers.
+#[cfg_attr(not(feature = "peers"), allow(unused_variables))] // `latency`, `extra`: the peers'.
 pub(crate) fn accept(
     transport: Transport,
     size: usize,
+    latency: bool,
     extra: &str,
     fds: Vec<OwnedFd>,
 ) -> Result<Box<dyn Link>> {
@@ -272,13 +353,15 @@ pub(crate) fn accept(
         Transport::SpShmSpin => shm::accept_ring(size, IdleStrategy::spin(), fds),
         Transport::SpShmAdaptive => shm::accept_ring(size, IdleStrategy::adaptive(), fds),
         Transport::SpShmPark => shm::accept_ring(size, IdleStrategy::park(), fds),
+        Transport::SpShmBatch => shm::accept_ring_batched(size, fds),
         Transport::SpShmBlob => shm::accept_blob(size, fds),
+        Transport::RefRing => ref_ring::accept(size, fds),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => peers::ipc_channel::accept(size, extra, false),
         #[cfg(feature = "peers")]
         Transport::IpcChannelShm => peers::ipc_channel::accept(size, extra, true),
         #[cfg(feature = "peers")]
-        Transport::Iceoryx2 => peers::iceoryx2::accept(size, extra),
+        Transport::Iceoryx2 => peers::iceoryx2::accept(size, latency, extra),
         #[cfg(feature = "peers")]
         Transport::Ipmpsc => peers::ipmpsc::accept(size, extra),
         other => Err(Error::Unsupported(format!(

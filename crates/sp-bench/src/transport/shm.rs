@@ -9,6 +9,13 @@
 //! only space the consumer has released, which is the trust that function asks for. An
 //! application that cannot trust its peer copies out instead (`copy_to_slice`).
 //!
+//! Batched ring (`sp-shm-batch`): the adaptive ring, with the throughput loops sending up to
+//! [`BATCH`] messages per call: the sender fills that many private buffers and hands them to
+//! [`Producer::send_batch`] (one copy into the ring, one publication); the receiver waits for the
+//! first with [`Consumer::read`] and reads it in place, then takes up to `BATCH - 1` more with
+//! [`Consumer::for_each_available`] (copied out into a private buffer, one publication of the
+//! head). Batches are smaller for large messages, so that one is at most half the ring.
+//!
 //! Blob: the sender builds a sealed memfd of the message size per message, writes the message into
 //! it, and sends it over the control channel; the receiver checks the seals and reads the
 //! read-only mapping in place (a plain `&[u8]` is sound: the bytes are sealed against writes).
@@ -21,8 +28,8 @@ use std::time::Duration;
 use sp_core::{Channel, End, SocketKind};
 use sp_shm::{Blob, Config, Consumer, Duplex, IdleStrategy, Producer};
 
-use crate::error::Result;
-use crate::transport::{Check, Fill, Link, Offer, take_fds};
+use crate::error::{Error, Result};
+use crate::transport::{Check, Fill, IdleCounts, Link, Offer, take_fds};
 
 /// How long a ring or blob wait may last before the side reports its peer as stuck.
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
@@ -30,11 +37,21 @@ const WAIT_LIMIT: Duration = Duration::from_secs(10);
 /// Record header bytes in the ring (sp-shm's `{len, kind}`).
 const RECORD_HEADER: usize = 8;
 
+/// Most messages per call of the batched ring.
+pub(super) const BATCH: usize = 64;
+
 #[derive(Debug)]
 struct RingLink {
     producer: Producer,
     consumer: Consumer,
     size: usize,
+    /// Messages per throughput call: 1, or [`batch_len`] for the batched ring.
+    batch: usize,
+    /// The batched ring's private messages, filled then sent with `send_batch` (empty if
+    /// `batch == 1`).
+    outgoing: Vec<Vec<u8>>,
+    /// The batched ring's private copy of a record taken by `for_each_available`.
+    incoming: Vec<u8>,
     // Kept open: the rings' set-up channel, idle once the handshake is done.
     _control: Channel,
 }
@@ -45,28 +62,34 @@ struct BlobLink {
     size: usize,
 }
 
-/// The ring geometry for messages of `size` bytes: room for at least four records, 1 MiB or more.
+/// The ring's data-area bytes for messages of `size` bytes: room for at least four records,
+/// 1 MiB or more, a power of two. The `ref-ring` yardstick sizes its slots from it.
+pub(super) fn ring_capacity(size: usize) -> usize {
+    (4 * (size.next_multiple_of(8) + RECORD_HEADER))
+        .max(1 << 20)
+        .next_power_of_two()
+}
+
+/// The ring geometry for messages of `size` bytes (see [`ring_capacity`]).
 pub(super) fn ring_config(size: usize, idle: IdleStrategy) -> Config {
     let max_payload = size.next_multiple_of(8);
-    let capacity = (4 * (max_payload + RECORD_HEADER))
-        .max(1 << 20)
-        .next_power_of_two();
     Config::new()
-        .capacity(capacity)
+        .capacity(ring_capacity(size))
         .max_payload(max_payload)
         .idle(idle)
         .handshake_timeout(WAIT_LIMIT)
 }
 
+/// Messages per call of the batched ring: [`BATCH`], fewer when that many would fill more than
+/// half the ring (at least 1).
+pub(super) fn batch_len(size: usize) -> usize {
+    (ring_capacity(size) / 2 / (size.next_multiple_of(8) + RECORD_HEADER)).clamp(1, BATCH)
+}
+
 /// Driver side of a ring pair: the child gets one end of a fresh seqpacket pair and both sides
 /// run the handshake.
 pub(super) fn offer_ring(size: usize, idle: IdleStrategy) -> Result<Offer> {
-    let (mine, theirs) = sp_core::pair(SocketKind::SeqPacket)?;
-    Ok(Offer {
-        extra: String::new(),
-        fds: vec![theirs.into()],
-        finish: Box::new(move || Ok(Box::new(RingLink::connect(mine, size, idle)?) as _)),
-    })
+    offer_ring_with(size, idle, 1)
 }
 
 /// Child side of a ring pair.
@@ -76,7 +99,33 @@ pub(super) fn accept_ring(
     fds: Vec<OwnedFd>,
 ) -> Result<Box<dyn Link>> {
     let [fd] = take_fds(fds)?;
-    Ok(Box::new(RingLink::connect(End::from(fd), size, idle)?))
+    Ok(Box::new(RingLink::connect(End::from(fd), size, idle, 1)?))
+}
+
+/// Driver side of the batched ring (adaptive idle strategy).
+pub(super) fn offer_ring_batched(size: usize) -> Result<Offer> {
+    offer_ring_with(size, IdleStrategy::adaptive(), batch_len(size))
+}
+
+/// Child side of the batched ring.
+pub(super) fn accept_ring_batched(size: usize, fds: Vec<OwnedFd>) -> Result<Box<dyn Link>> {
+    let [fd] = take_fds(fds)?;
+    let batch = batch_len(size);
+    Ok(Box::new(RingLink::connect(
+        End::from(fd),
+        size,
+        IdleStrategy::adaptive(),
+        batch,
+    )?))
+}
+
+fn offer_ring_with(size: usize, idle: IdleStrategy, batch: usize) -> Result<Offer> {
+    let (mine, theirs) = sp_core::pair(SocketKind::SeqPacket)?;
+    Ok(Offer {
+        extra: String::new(),
+        fds: vec![theirs.into()],
+        finish: Box::new(move || Ok(Box::new(RingLink::connect(mine, size, idle, batch)?) as _)),
+    })
 }
 
 /// Driver side of the blob transport: a seqpacket channel for the BLOB messages.
@@ -104,13 +153,21 @@ pub(super) fn accept_blob(size: usize, fds: Vec<OwnedFd>) -> Result<Box<dyn Link
 }
 
 impl RingLink {
-    fn connect(end: End, size: usize, idle: IdleStrategy) -> Result<Self> {
+    fn connect(end: End, size: usize, idle: IdleStrategy, batch: usize) -> Result<Self> {
         let duplex = Duplex::connect(Channel::new(end)?, &ring_config(size, idle))?;
         let (producer, consumer, control) = duplex.into_parts();
+        let batched = batch > 1;
         Ok(Self {
             producer,
             consumer,
             size,
+            batch,
+            outgoing: if batched {
+                vec![vec![0; size]; batch]
+            } else {
+                Vec::new()
+            },
+            incoming: if batched { vec![0; size] } else { Vec::new() },
             _control: control,
         })
     }
@@ -136,9 +193,52 @@ impl Link for RingLink {
         check(bytes)
     }
 
-    fn wake_bytes(&self) -> Option<u64> {
-        // One byte per wake-up, in either direction.
-        Some(self.producer.stats().wakes_sent + self.consumer.stats().wakes_sent)
+    fn idle_counts(&self) -> Option<IdleCounts> {
+        let (producer, consumer) = (self.producer.stats(), self.consumer.stats());
+        Some(IdleCounts {
+            // One byte per wake-up, in either direction.
+            wake_bytes: producer.wakes_sent + consumer.wakes_sent,
+            parks: producer.parks + consumer.parks,
+        })
+    }
+
+    fn batch_len(&self) -> usize {
+        self.batch
+    }
+
+    fn send_batch(&mut self, n: usize, fill: &mut Fill<'_>) -> Result<()> {
+        debug_assert!(n <= self.outgoing.len());
+        let batch = &mut self.outgoing[..n];
+        for buf in batch.iter_mut() {
+            fill(buf);
+        }
+        self.producer.send_batch(batch)?;
+        Ok(())
+    }
+
+    fn recv_batch(&mut self, max: usize, check: &mut Check<'_>) -> Result<usize> {
+        self.recv(check)?;
+        let size = self.size;
+        let incoming = &mut self.incoming;
+        let mut res = Ok(());
+        let n_more = self
+            .consumer
+            .for_each_available(max.saturating_sub(1), |rec| {
+                if res.is_err() {
+                    return;
+                }
+                res = if rec.len() == size {
+                    rec.copy_to_slice(incoming);
+                    check(incoming)
+                } else {
+                    Err(Error::Corrupt(format!(
+                        "a record of {} bytes, expected {size}",
+                        rec.len()
+                    )))
+                };
+            })?;
+        res?;
+        Ok(1 + n_more)
     }
 }
 
@@ -152,5 +252,25 @@ impl Link for BlobLink {
     fn recv(&mut self, check: &mut Check<'_>) -> Result<()> {
         let blob = Blob::recv_timeout(&mut self.channel, WAIT_LIMIT)?;
         check(&blob)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_64_or_half_a_ring() {
+        assert_eq!(batch_len(64), BATCH);
+        assert_eq!(batch_len(1 << 10), BATCH);
+        // 1 MiB ring, records of 64 KiB + 8: 7 in half of it.
+        assert_eq!(batch_len(64 << 10), 7);
+        assert_eq!(batch_len(1 << 20), 3);
+        assert_eq!(batch_len(16 << 20), 3);
+        for size in [8, 100, 4096, 1 << 18, 1 << 22] {
+            let n = batch_len(size);
+            assert!((1..=BATCH).contains(&n));
+            assert!(n * (size.next_multiple_of(8) + RECORD_HEADER) <= ring_capacity(size) / 2);
+        }
     }
 }

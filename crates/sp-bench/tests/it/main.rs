@@ -2,6 +2,7 @@
 //! processes (or two threads for the ceilings), with every message checked.
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use sp_bench::{Error, Mode, RunSpec, Transport};
@@ -21,9 +22,14 @@ fn spec(transport: Transport, size: usize, mode: Mode) -> RunSpec {
     )
 }
 
+/// Held by every test that runs a transport that spins, so that they never run beside each other
+/// (two spinning pairs on two cores would starve each other).
+static SPINNERS: Mutex<()> = Mutex::new(());
+
 /// One test, so that the transports that spin never run beside each other.
 #[test]
 fn every_transport_moves_checked_messages_across_processes() {
+    let _spinners = SPINNERS.lock().unwrap_or_else(PoisonError::into_inner);
     // This test's thread is the driver: on its own core, as in the benchmark, so that the
     // transports that spin never share a core with their peer.
     sp_bench::pin_driver();
@@ -55,6 +61,34 @@ fn every_transport_moves_checked_messages_across_processes() {
         }
     }
     sp_bench::cleanup_peer_files();
+}
+
+/// The ref-ring yardstick moves checked messages both ways at sizes that fill a slot exactly, that
+/// leave a slot's tail unused (1001 B: slots round up to 8), and that give it only a few slots.
+#[test]
+fn the_ref_ring_moves_checked_messages_across_processes() {
+    if Transport::RefRing.unavailable().is_some() {
+        // It spins: a one-core machine cannot run it (the first test checks that it says so).
+        return;
+    }
+    let _spinners = SPINNERS.lock().unwrap_or_else(PoisonError::into_inner);
+    sp_bench::pin_driver();
+    for size in [8, 64, 1001, 4096, 1 << 20] {
+        for mode in [Mode::Throughput, Mode::Latency] {
+            let mut spec = spec(Transport::RefRing, size, mode);
+            if size == 4096 {
+                spec.duration = Duration::from_millis(100);
+            }
+            let sample =
+                sp_bench::measure(&spec, exe()).unwrap_or_else(|err| panic!("{spec:?}: {err}"));
+            assert!(sample.n_msgs > 0, "{spec:?}");
+            // 4 KiB messages get 256 slots: more messages than that and the ring has wrapped,
+            // every message still checked.
+            if mode == Mode::Throughput && size == 4096 {
+                assert!(sample.n_msgs > 256, "{spec:?}: {} messages", sample.n_msgs);
+            }
+        }
+    }
 }
 
 #[test]
