@@ -196,6 +196,12 @@ impl<T: Value> Sender<T> {
         self.threshold
     }
 
+    /// Changes the blob threshold (see [`Config::blob_threshold`]); at most the ring's largest
+    /// payload.
+    pub fn set_blob_threshold(&mut self, n_bytes: usize) {
+        self.threshold = n_bytes.min(self.producer.max_payload());
+    }
+
     /// The ring's counters (records, bytes, wake-ups, parks).
     pub fn stats(&self) -> sp_shm::Stats {
         self.producer.stats()
