@@ -30,6 +30,7 @@ impl Limit {
 
     /// What is left of the limit, for the sp-shm and sp-core `*_timeout` calls; `None` for
     /// `Forever`, zero for `Now`.
+    #[inline]
     pub(crate) fn remaining(self) -> Option<Duration> {
         match self {
             Self::Now => Some(Duration::ZERO),

@@ -85,6 +85,7 @@ struct Scratch {
 }
 
 impl Scratch {
+    #[inline]
     fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
         let n_words = len.div_ceil(8);
         if self.words.len() < n_words {
@@ -93,6 +94,7 @@ impl Scratch {
         &mut self.words.as_mut_bytes()[..len]
     }
 
+    #[inline]
     fn bytes(&self, start: usize, len: usize) -> &[u8] {
         &self.words.as_bytes()[start..start + len]
     }
@@ -209,7 +211,7 @@ impl<T: Value> Receiver<T> {
     }
 
     /// Takes the next value within `limit` and hands its encoding and descriptors to `f`.
-    #[inline]
+    #[inline(always)]
     fn take<R>(
         &mut self,
         limit: Limit,
@@ -228,7 +230,7 @@ impl<T: Value> Receiver<T> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn take_from_ring<R>(
         &mut self,
         limit: Limit,
@@ -418,8 +420,11 @@ fn decode_with_fds<T: Value>(
     Ok((T::decode(bytes)?, fds))
 }
 
-/// Takes the next record within `limit`.
-#[inline]
+/// Takes the next record within `limit`. Inlined into the receive calls, so that the grant stays
+/// in registers (returned through memory from an out-of-line call it is reloaded with a load
+/// wider than the stores that wrote it, which waits for them to drain; see sp-shm's
+/// `Producer::wait_claim`).
+#[inline(always)]
 fn read(consumer: &mut Consumer, limit: Limit) -> Result<ReadGrant<'_>, Fail> {
     let res = match limit.remaining() {
         None => consumer.read(),

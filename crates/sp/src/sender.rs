@@ -365,8 +365,9 @@ fn fill_in_place<T: PlainData + FromZeros>(bytes: &mut [u8], fill: impl FnOnce(&
     }
 }
 
-/// Reserves `n_bytes` in the ring within `limit`.
-#[inline]
+/// Reserves `n_bytes` in the ring within `limit`. Inlined, like sp-shm's own `reserve`, so that
+/// the grant stays in registers (see `read` in receiver.rs).
+#[inline(always)]
 fn reserve(producer: &mut Producer, n_bytes: usize, limit: Limit) -> Result<WriteGrant<'_>, Fail> {
     let res = match limit.remaining() {
         None => producer.reserve(n_bytes),
@@ -378,7 +379,7 @@ fn reserve(producer: &mut Producer, n_bytes: usize, limit: Limit) -> Result<Writ
 
 /// Commits an inline record of `used` bytes (the prefix included): kind [`wire::KIND_VALUE`], or
 /// with descriptors, the prefix, the ATTACH and kind [`wire::KIND_VALUE_FDS`].
-#[inline]
+#[inline(always)]
 fn commit(
     mut grant: WriteGrant<'_>,
     used: usize,
