@@ -1,5 +1,5 @@
-//! Making a typed channel: [`spawn`] a child and [`adopt`] in it (the sp-shm handshake, then one
-//! HELLO each way), or [`channel`] within one process.
+//! Making a typed channel: [`spawn`] a child and [`adopt`] in it, or [`connect`] over any sp-core
+//! channel (the sp-shm handshake, then one HELLO each way), or [`channel`] within one process.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
@@ -45,7 +45,7 @@ pub fn spawn<Out: Value, In: Value>(
     config: &Config,
 ) -> Result<(Child, Sender<Out>, Receiver<In>)> {
     let (mut child, duplex) = sp_shm::spawn(cmd, config.spawn, &config.ring)?;
-    match connect(duplex, config) {
+    match from_duplex(duplex, config) {
         Ok((tx, rx)) => Ok((child, tx, rx)),
         Err(err) => {
             let _ = child.kill();
@@ -62,7 +62,20 @@ pub fn spawn<Out: Value, In: Value>(
 /// As [`sp_core::adopt`] (wrapped in [`Error::Core`]) and [`spawn`].
 pub fn adopt<Out: Value, In: Value>(config: &Config) -> Result<(Sender<Out>, Receiver<In>)> {
     let duplex = sp_shm::adopt(&config.ring)?;
-    connect(duplex, config)
+    from_duplex(duplex, config)
+}
+
+/// Connects over `channel`, a connected sp-core seqpacket channel whose other end calls
+/// `connect::<In, Out>` too (for a child that was handed its end some other way than [`spawn`]).
+///
+/// # Errors
+/// As [`spawn`], without the child.
+pub fn connect<Out: Value, In: Value>(
+    channel: Channel,
+    config: &Config,
+) -> Result<(Sender<Out>, Receiver<In>)> {
+    let duplex = Duplex::connect(channel, &config.ring)?;
+    from_duplex(duplex, config)
 }
 
 /// A typed channel within one process (between threads, or for tests): the same ring, control
@@ -92,7 +105,7 @@ pub fn channel<T: Value>(config: &Config) -> Result<(Sender<T>, Receiver<T>)> {
 }
 
 /// After the sp-shm handshake: the HELLO exchange, then the halves.
-fn connect<Out: Value, In: Value>(
+fn from_duplex<Out: Value, In: Value>(
     duplex: Duplex,
     config: &Config,
 ) -> Result<(Sender<Out>, Receiver<In>)> {

@@ -49,7 +49,7 @@ mod value;
 pub mod wire;
 
 pub use config::Config;
-pub use connect::{adopt, channel, spawn};
+pub use connect::{adopt, channel, connect, spawn};
 pub use error::{
     DecodeError, EncodeError, Error, HelloMismatch, RecvTimeoutError, Result, SendTimeoutError,
     TryRecvError, TrySendError, Violation,
