@@ -19,6 +19,7 @@ mod msg;
 #[cfg(feature = "peers")]
 mod peers;
 mod shm;
+pub(crate) mod typed;
 
 /// Fills a message in place.
 pub(crate) type Fill<'a> = dyn FnMut(&mut [u8]) + 'a;
@@ -80,12 +81,20 @@ pub enum Transport {
     SpShmPark,
     /// sp-shm blobs: one sealed memfd per message, sent over a seqpacket channel.
     SpShmBlob,
+    /// sp typed channel of a 64-byte plain struct, written in place and read from a validated copy.
+    SpTypedPod,
+    /// sp typed channel of a serde struct (postcard; blobs above the ring's largest record).
+    SpTypedSerde,
     /// ipc-channel's bytes channel (peer).
     IpcChannel,
     /// ipc-channel's `IpcSharedMemory`, one region per message (peer).
     IpcChannelShm,
+    /// ipc-channel's `IpcSender<T>` of the serde struct of `sp-typed-serde` (peer).
+    IpcChannelTyped,
     /// iceoryx2 publish-subscribe, the receiver reading samples in place (peer).
     Iceoryx2,
+    /// iceoryx2 publish-subscribe of the plain struct of `sp-typed-pod` as a typed sample (peer).
+    Iceoryx2Typed,
     /// ipmpsc's shared ring, the receiver reading in place (peer).
     Ipmpsc,
     /// Ceiling: a crossbeam channel between two threads of one process (buffers passed by pointer).
@@ -112,7 +121,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 20] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -122,9 +131,13 @@ impl Transport {
         Self::SpShmAdaptive,
         Self::SpShmPark,
         Self::SpShmBlob,
+        Self::SpTypedPod,
+        Self::SpTypedSerde,
         Self::IpcChannel,
         Self::IpcChannelShm,
+        Self::IpcChannelTyped,
         Self::Iceoryx2,
+        Self::Iceoryx2Typed,
         Self::Ipmpsc,
         Self::Crossbeam,
         Self::Memcpy,
@@ -143,9 +156,13 @@ impl Transport {
             Self::SpShmAdaptive => "sp-shm-adaptive",
             Self::SpShmPark => "sp-shm-park",
             Self::SpShmBlob => "sp-shm-blob",
+            Self::SpTypedPod => "sp-typed-pod",
+            Self::SpTypedSerde => "sp-typed-serde",
             Self::IpcChannel => "ipc-channel",
             Self::IpcChannelShm => "ipc-channel-shm",
+            Self::IpcChannelTyped => "ipc-channel-typed",
             Self::Iceoryx2 => "iceoryx2",
+            Self::Iceoryx2Typed => "iceoryx2-typed",
             Self::Ipmpsc => "ipmpsc",
             Self::Crossbeam => "crossbeam",
             Self::Memcpy => "memcpy",
@@ -176,7 +193,12 @@ impl Transport {
     pub fn is_peer(self) -> bool {
         matches!(
             self,
-            Self::IpcChannel | Self::IpcChannelShm | Self::Iceoryx2 | Self::Ipmpsc
+            Self::IpcChannel
+                | Self::IpcChannelShm
+                | Self::IpcChannelTyped
+                | Self::Iceoryx2
+                | Self::Iceoryx2Typed
+                | Self::Ipmpsc
         )
     }
 
@@ -190,6 +212,8 @@ impl Transport {
                 | Self::SpShmAdaptive
                 | Self::SpShmPark
                 | Self::SpShmBlob
+                | Self::SpTypedSerde
+                | Self::IpcChannelTyped
                 | Self::IpcChannelShm
                 | Self::Iceoryx2
                 | Self::Ipmpsc
@@ -200,7 +224,10 @@ impl Transport {
 
     /// Whether the transport keeps a core busy while it waits (so it needs a core per side).
     pub fn spins(self) -> bool {
-        matches!(self, Self::SpShmSpin | Self::Iceoryx2 | Self::Pingpong)
+        matches!(
+            self,
+            Self::SpShmSpin | Self::Iceoryx2 | Self::Iceoryx2Typed | Self::Pingpong
+        )
     }
 
     /// Why this transport cannot be measured in this build or on this machine, if it cannot.
@@ -212,6 +239,16 @@ impl Transport {
             return Some("spins while waiting and needs two cores".to_owned());
         }
         None
+    }
+
+    /// Whether the transport carries messages of `size` bytes (the typed transports carry their
+    /// types' sizes only).
+    pub fn carries(self, size: usize) -> bool {
+        match self {
+            Self::SpTypedPod | Self::Iceoryx2Typed => typed::carries(true, size),
+            Self::SpTypedSerde | Self::IpcChannelTyped => typed::carries(false, size),
+            _ => true,
+        }
     }
 
     /// Whether the transport measures throughput (`true`) and round trips (`latency`).
@@ -239,6 +276,12 @@ pub(crate) fn offer(transport: Transport, size: usize) -> Result<Offer> {
         Transport::SpShmAdaptive => shm::offer_ring(size, IdleStrategy::adaptive()),
         Transport::SpShmPark => shm::offer_ring(size, IdleStrategy::park()),
         Transport::SpShmBlob => shm::offer_blob(size),
+        Transport::SpTypedPod => typed::offer(size, true),
+        Transport::SpTypedSerde => typed::offer(size, false),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannelTyped => peers::typed::offer_ipc(size),
+        #[cfg(feature = "peers")]
+        Transport::Iceoryx2Typed => peers::typed::offer_iceoryx2(size),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => peers::ipc_channel::offer(size, false),
         #[cfg(feature = "peers")]
@@ -273,6 +316,12 @@ pub(crate) fn accept(
         Transport::SpShmAdaptive => shm::accept_ring(size, IdleStrategy::adaptive(), fds),
         Transport::SpShmPark => shm::accept_ring(size, IdleStrategy::park(), fds),
         Transport::SpShmBlob => shm::accept_blob(size, fds),
+        Transport::SpTypedPod => typed::accept(size, true, fds),
+        Transport::SpTypedSerde => typed::accept(size, false, fds),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannelTyped => peers::typed::accept_ipc(size, extra),
+        #[cfg(feature = "peers")]
+        Transport::Iceoryx2Typed => peers::typed::accept_iceoryx2(size, extra),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => peers::ipc_channel::accept(size, extra, false),
         #[cfg(feature = "peers")]

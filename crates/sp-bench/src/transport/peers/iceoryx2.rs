@@ -55,7 +55,7 @@ pub(in crate::transport) fn accept(size: usize, extra: &str) -> Result<Box<dyn L
 }
 
 /// iceoryx2's configuration with this harness's file prefix and root directory for `pid`.
-fn config(pid: u32) -> Result<Config> {
+pub(super) fn config(pid: u32) -> Result<Config> {
     let mut config = Config::default();
     let prefix = format!("{FILE_PREFIX}{pid}_");
     config.global.prefix = FileName::new(prefix.as_bytes()).map_err(peer_error)?;
@@ -72,7 +72,7 @@ fn config(pid: u32) -> Result<Config> {
 /// message, a stale sample from the first round; the sequence check catches it and the
 /// repetition is dropped (see docs/benchmarks.md). With 63 to 65 samples it happened in most runs,
 /// with 16 only in some.
-fn buffer_len(size: usize) -> usize {
+pub(super) fn buffer_len(size: usize) -> usize {
     ((8 << 20) / size.max(1)).clamp(2, 16)
 }
 
