@@ -60,7 +60,7 @@ pub use error::{Error, RefuseReason, Result};
 #[cfg(not(sp_loom))]
 pub use handshake::{Duplex, OFFER_LEN, OFFER_MAGIC, READY_LEN, READY_MAGIC, adopt, spawn};
 pub use idle::IdleStrategy;
-pub use ring::{Consumer, Producer, ReadGrant, ReadGrantRef, Stats, WriteGrant};
+pub use ring::{Consumer, Producer, ReadGrant, ReadGrantRef, Stats, WaitPrep, WriteGrant};
 #[cfg(not(sp_loom))]
 pub use setup::channel;
 pub use sync::NO_MEMBARRIER_ENV;

@@ -12,7 +12,7 @@
 use loom::thread;
 
 use crate::error::Error;
-use crate::ring::model_pair;
+use crate::ring::{WaitPrep, model_pair};
 
 /// Small geometry: 8-byte payloads take 16-byte slots and each record also needs the 8 bytes
 /// after it free (the zeroed next slot), so a 32-byte ring holds one such record with room to
@@ -120,5 +120,41 @@ fn loom_hang_up_after_commit_delivers_then_peer_gone() {
         assert_eq!(rx.read().unwrap().to_vec(), [7; 8]);
         assert!(matches!(rx.read(), Err(Error::PeerGone)));
         producer.join().unwrap();
+    });
+}
+
+/// The park protocol for a caller that sleeps outside sp-shm (`prepare_wait`, sleep on the wake
+/// socket, `finish_wait`): a consumer that only ever sleeps that way still gets every record. A
+/// lost wake-up leaves it asleep with the producer done, which loom reports as a deadlock.
+#[test]
+fn loom_external_wait_no_lost_wakeup() {
+    loom::model(|| {
+        let (mut tx, mut rx) = model_pair(CAPACITY, MAX_PAYLOAD);
+        let producer = thread::spawn(move || {
+            for i in 1..=2u8 {
+                tx.send(&[i; 8]).unwrap();
+            }
+            // Keep the producer alive until the consumer is done: a hang-up would wake it too
+            // and hide a lost wake-up.
+            tx
+        });
+        let mut next = 1u8;
+        while next <= 2 {
+            let res = rx.try_read().map(|rec| rec.to_vec());
+            match res {
+                Ok(bytes) => {
+                    assert_eq!(bytes, [next; 8]);
+                    next += 1;
+                }
+                Err(Error::Empty) => {
+                    if let WaitPrep::Armed { .. } = rx.prepare_wait().unwrap() {
+                        rx.sleep_on_wake().unwrap();
+                        rx.finish_wait().unwrap();
+                    }
+                }
+                Err(err) => panic!("unexpected {err}"),
+            }
+        }
+        drop(producer.join().unwrap());
     });
 }

@@ -20,8 +20,8 @@ use crate::config::Config;
 use crate::error::{Error, RefuseReason, Result};
 use crate::layout::{self, CTRL_SIZE, ControlBlock};
 use crate::region::{self, BASE_SEALS};
-use crate::ring::{Consumer, Producer, Shared};
-use crate::sync::{DataPtr, Ordering};
+use crate::ring::{Consumer, DataArea, Producer, ReadOnly, ReadWrite, Shared};
+use crate::sync::Ordering;
 use crate::wake::WakeSocket;
 
 /// Everything a consumer needs to attach to a ring: what the handshake sends.
@@ -62,8 +62,9 @@ pub(crate) fn create_producer(config: &Config) -> Result<(Producer, RingOffer)> 
 
     let (ours, theirs) = sp_core::pair(SocketKind::SeqPacket)?;
     let wake = WakeSocket::new(ours)?;
-    let data = data_ptr(&data_map, capacity);
-    // SAFETY: both pointers come from the mappings moved into `Shared` here.
+    // SAFETY: `create_data` maps the data memfd read-write; `data_map` moves into `Shared`.
+    let data = unsafe { data_area::<ReadWrite>(&data_map, capacity)? };
+    // SAFETY: `ctrl` points at the start of the control mapping moved into `Shared` here.
     let shared = unsafe { Shared::new(ctrl, data, (ctrl_map, data_map)) };
     let producer = Producer::from_parts(shared, capacity as u64, max_payload, wake, config.idle);
     let offer = RingOffer {
@@ -148,8 +149,9 @@ pub(crate) fn accept_consumer(offer: RingOffer, config: &Config) -> Result<Consu
         }
     }
     let data_map = region::map_ro(&data_fd, capacity as usize, config.populate)?;
-    let data = data_ptr(&data_map, capacity as usize);
-    // SAFETY: both pointers come from the mappings moved into `Shared` here.
+    // SAFETY: a read-only view of a read-only mapping; `data_map` moves into `Shared`.
+    let data = unsafe { data_area::<ReadOnly>(&data_map, capacity as usize)? };
+    // SAFETY: `ctrl` points at the start of the control mapping moved into `Shared` here.
     let shared = unsafe { Shared::new(ctrl, data, (ctrl_map, data_map)) };
     Ok(Consumer::from_parts(
         shared,
@@ -194,9 +196,17 @@ fn ctrl_ptr(map: &MmapRaw) -> Result<NonNull<ControlBlock>> {
         .ok_or_else(|| Error::Os(std::io::Error::other("mmap returned null")))
 }
 
-fn data_ptr(map: &MmapRaw, len: usize) -> DataPtr {
-    debug_assert!(map.len() >= len);
-    // SAFETY: the mapping is page-aligned and `len` bytes long; the caller moves `map` into the
-    // `Shared` that owns this pointer.
-    unsafe { DataPtr::new(map.as_mut_ptr(), len) }
+/// The data area over `map`.
+///
+/// # Safety
+/// `map` is writable if `A` is `ReadWrite`, and the caller moves it into the `Shared` that owns
+/// the returned area.
+unsafe fn data_area<A>(map: &MmapRaw, capacity: usize) -> Result<DataArea<A>> {
+    debug_assert!(map.len() >= capacity);
+    let base = NonNull::new(map.as_mut_ptr())
+        .ok_or_else(|| Error::Os(std::io::Error::other("mmap returned null")))?;
+    // SAFETY: the mapping is page-aligned and `capacity` bytes long (a power of two of at least
+    // 4096, `check_geometry`) and readable; writability and lifetime are this function's
+    // contract.
+    Ok(unsafe { DataArea::new(base, capacity) })
 }

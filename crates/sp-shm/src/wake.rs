@@ -56,6 +56,11 @@ mod socket {
             Ok(Self { end })
         }
 
+        /// The socket, for `poll` and `epoll` outside sp-shm.
+        pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            std::os::fd::AsFd::as_fd(&self.end)
+        }
+
         /// `send(2)` of one token byte with `MSG_DONTWAIT | MSG_NOSIGNAL`.
         ///
         /// `EAGAIN` (the buffer is full of tokens already) counts as success.

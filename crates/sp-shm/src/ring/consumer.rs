@@ -1,0 +1,513 @@
+//! The reading side: finding and validating the record at the head, releasing it, publishing
+//! the head and waking a parked producer.
+
+use std::time::{Duration, Instant};
+
+use super::area::{DataArea, Payload, ReadOnly, Shared};
+use super::wait::{Limit, RecordWait, wait_for, wake_if_waiting};
+use super::{Stats, corrupt};
+use crate::error::{Error, Result};
+use crate::idle::IdleStrategy;
+use crate::layout::{self, HEADER_LEN, PADDING, Slot};
+use crate::sync::Ordering;
+use crate::wake::{WakeSocket, deadline_after};
+
+/// The reading side of a ring.
+///
+/// `Send`, not `Sync`. After the producer's process dies the consumer still delivers every
+/// record the producer committed, then reports [`Error::PeerGone`].
+#[derive(Debug)]
+pub struct Consumer {
+    pub(super) shared: Shared<ReadOnly>,
+    pub(super) capacity: u64,
+    pub(super) max_payload: usize,
+    /// Authoritative head: bytes released, published or not.
+    pub(super) head: u64,
+    head_published: u64,
+    publish_every: u64,
+    pub(super) wake: WakeSocket,
+    pub(super) idle: IdleStrategy,
+    pub(super) stats: Stats,
+    /// A wait saw the producer's process hang up: deliver what is left, then `PeerGone`.
+    pub(super) peer_gone: bool,
+}
+
+/// One committed record, borrowed from the ring until dropped (which releases it).
+///
+/// The bytes live in the producer's memory. A well-behaved producer never touches them while
+/// this grant exists, but a hostile one can: copy-out methods ([`copy_to_slice`](Self::copy_to_slice),
+/// [`to_vec`](Self::to_vec)) are always defined behaviour and stay inside the record, though the
+/// copy may then be torn. A `&[u8]` view is available only through the `unsafe`
+/// [`as_slice_trusted`](Self::as_slice_trusted), whose contract is that the peer is trusted.
+/// See `docs/protocol.md`, "Trust model".
+#[derive(Debug)]
+pub struct ReadGrant<'a> {
+    consumer: &'a mut Consumer,
+    pub(super) rec: Record,
+}
+
+/// A record seen by [`Consumer::for_each_available`]: copy-out access only.
+#[derive(Debug)]
+pub struct ReadGrantRef<'a> {
+    data: &'a DataArea<ReadOnly>,
+    rec: Record,
+}
+
+/// A validated record: its payload (inside the data area), kind, and slot size.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Record {
+    pub(super) payload: Payload,
+    kind: u32,
+    size: u64,
+}
+
+impl Consumer {
+    pub(crate) fn from_parts(
+        shared: Shared<ReadOnly>,
+        capacity: u64,
+        max_payload: usize,
+        wake: WakeSocket,
+        idle: IdleStrategy,
+        publish_every: usize,
+    ) -> Self {
+        crate::sync::register_asymmetric_fences();
+        Self {
+            shared,
+            capacity,
+            max_payload,
+            head: 0,
+            head_published: 0,
+            publish_every: publish_every as u64,
+            wake,
+            idle,
+            stats: Stats::default(),
+            peer_gone: false,
+        }
+    }
+
+    /// Waits for the next record and borrows it in place.
+    ///
+    /// # Errors
+    /// [`Error::PeerGone`] once the producer's process is gone and every record it committed has
+    /// been delivered; [`Error::Corrupt`] for a bad record header.
+    #[inline]
+    pub fn read(&mut self) -> Result<ReadGrant<'_>> {
+        let rec = self.wait_record(Limit::Forever)?;
+        Ok(ReadGrant {
+            consumer: self,
+            rec,
+        })
+    }
+
+    /// Borrows the next record if one is committed.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] when none is (or [`Error::PeerGone`] if a wait has already seen the
+    /// producer go); otherwise as [`read`](Self::read).
+    #[inline]
+    pub fn try_read(&mut self) -> Result<ReadGrant<'_>> {
+        match self.poll_record()? {
+            Some(rec) => Ok(ReadGrant {
+                consumer: self,
+                rec,
+            }),
+            None => Err(self.empty()),
+        }
+    }
+
+    /// Waits at most `timeout` for the next record.
+    ///
+    /// # Errors
+    /// [`Error::TimedOut`]; otherwise as [`read`](Self::read).
+    #[inline]
+    pub fn read_timeout(&mut self, timeout: Duration) -> Result<ReadGrant<'_>> {
+        let rec = self.wait_record(Limit::After(timeout))?;
+        Ok(ReadGrant {
+            consumer: self,
+            rec,
+        })
+    }
+
+    /// Waits for the next record and copies its payload into `buf` (replacing its contents);
+    /// returns the record's kind.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<u32> {
+        let grant = self.read()?;
+        Ok(grant.copy_into_vec(buf))
+    }
+
+    /// Copies the next record into `buf` if one is committed; returns its kind.
+    ///
+    /// # Errors
+    /// As [`try_read`](Self::try_read).
+    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<u32> {
+        let grant = self.try_read()?;
+        Ok(grant.copy_into_vec(buf))
+    }
+
+    /// Copies the next record into `buf`, waiting at most `timeout`; returns its kind.
+    ///
+    /// # Errors
+    /// As [`read_timeout`](Self::read_timeout).
+    pub fn recv_into_timeout(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<u32> {
+        let grant = self.read_timeout(timeout)?;
+        Ok(grant.copy_into_vec(buf))
+    }
+
+    /// Copies up to `max` committed records into `out` (appending), publishing the head once;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] if there was none; otherwise as [`read`](Self::read).
+    pub fn try_recv_batch(&mut self, out: &mut Vec<Vec<u8>>, max: usize) -> Result<usize> {
+        let n = self.drain_into(out, max)?;
+        if n == 0 && max > 0 {
+            return Err(self.empty());
+        }
+        Ok(n)
+    }
+
+    /// Waits for at least one record, then copies up to `max` into `out` (appending),
+    /// publishing the head once; returns how many.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub fn recv_batch(&mut self, out: &mut Vec<Vec<u8>>, max: usize) -> Result<usize> {
+        self.recv_batch_until(out, max, None)
+    }
+
+    /// As [`recv_batch`](Self::recv_batch), waiting at most `timeout` for the first record.
+    ///
+    /// # Errors
+    /// [`Error::TimedOut`]; otherwise as [`read`](Self::read).
+    pub fn recv_batch_timeout(
+        &mut self,
+        out: &mut Vec<Vec<u8>>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize> {
+        self.recv_batch_until(out, max, deadline_after(timeout))
+    }
+
+    fn recv_batch_until(
+        &mut self,
+        out: &mut Vec<Vec<u8>>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let first = self.wait_record(Limit::Until(deadline))?;
+        out.push(self.copy_record(first));
+        self.advance(first);
+        let n = 1 + self.drain_into(out, max - 1)?;
+        self.publish()?;
+        Ok(n)
+    }
+
+    /// Calls `f` on up to `max` committed records in place, publishing the head once; returns
+    /// how many. Does not wait.
+    ///
+    /// # Errors
+    /// As [`try_read`](Self::try_read), except that finding none returns `Ok(0)`.
+    pub fn for_each_available(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&ReadGrantRef<'_>),
+    ) -> Result<usize> {
+        let mut n = 0;
+        while n < max {
+            let Some(rec) = self.poll_record()? else {
+                break;
+            };
+            f(&ReadGrantRef {
+                data: &self.shared.data,
+                rec,
+            });
+            self.advance(rec);
+            n += 1;
+        }
+        self.publish()?;
+        Ok(n)
+    }
+
+    /// Publishes the head now (records released but not yet published under
+    /// [`Config::publish_every`](crate::Config::publish_every)).
+    ///
+    /// # Errors
+    /// [`Error::PeerGone`] if a wake-up could not be delivered because the peer is gone.
+    pub fn flush(&mut self) -> Result<()> {
+        self.publish()
+    }
+
+    /// `poll(2)` with a zero timeout: whether the producer's process has gone (records it
+    /// committed may still be waiting to be read).
+    ///
+    /// # Errors
+    /// Only if `poll` fails.
+    pub fn peer_gone(&self) -> Result<bool> {
+        Ok(self.peer_gone || self.wake.hung_up()?)
+    }
+
+    /// The data area's size in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// The largest payload one record can carry.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// This side's counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// What a non-blocking call reports when no record is committed, after publishing the head
+    /// (a side that may go on to wait must not hold back space): `Empty`, or `PeerGone` once a
+    /// wait has seen the producer's process hang up.
+    fn empty(&mut self) -> Error {
+        if let Err(err) = self.publish() {
+            return err;
+        }
+        if self.peer_gone {
+            Error::PeerGone
+        } else {
+            Error::Empty
+        }
+    }
+
+    fn drain_into(&mut self, out: &mut Vec<Vec<u8>>, max: usize) -> Result<usize> {
+        let mut n = 0;
+        while n < max {
+            let Some(rec) = self.poll_record()? else {
+                break;
+            };
+            out.push(self.copy_record(rec));
+            self.advance(rec);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn copy_record(&self, rec: Record) -> Vec<u8> {
+        let mut bytes = vec![0; rec.payload.len()];
+        self.shared.data.copy_out(rec.payload, &mut bytes);
+        bytes
+    }
+
+    /// The next committed record, validated; skips padding.
+    #[inline]
+    pub(super) fn poll_record(&mut self) -> Result<Option<Record>> {
+        loop {
+            let header = self.shared.data.word_at(self.head);
+            let to_end = self.capacity - header.offset() as u64;
+            // SYNC: (B) Acquire pairs with the producer's Release store of this header in
+            // `Producer::finish`: the payload and the zeroed slot after it are visible below.
+            let word = self.shared.data.load_header(header);
+            let (len, kind) = match layout::decode_header(word) {
+                Slot::Empty => return Ok(None),
+                Slot::Invalid => return Err(corrupt("not a record header", word)),
+                Slot::Header(len, kind) => (len, kind),
+            };
+            // A producer writes only space it knows is free: its cached head is at most the head
+            // we published, so nothing it commits ends past `head_published + capacity - 8`. This
+            // bounds how far a peer can lead us: without it, a data area full of valid headers
+            // would be an endless supply of records (and, with publication stopped once the peer
+            // is gone, see `publish`, a dead peer's leftovers are at most one ring).
+            let limit = self.head_published + self.capacity - HEADER_LEN as u64;
+            if kind == PADDING {
+                // Padding at offset 0 is never needed (every record fits a whole ring), so a
+                // padding record is followed by a real one and this loop runs at most twice.
+                if header.offset() == 0 || u64::from(len) != to_end - HEADER_LEN as u64 {
+                    return Err(corrupt("bad padding record", word));
+                }
+                if self.head + to_end > limit {
+                    return Err(corrupt(
+                        "padding beyond what the producer could write",
+                        word,
+                    ));
+                }
+                self.head += to_end;
+                continue;
+            }
+            let len = len as usize;
+            if len > self.max_payload {
+                return Err(corrupt("record longer than the largest payload", word));
+            }
+            let Some(payload) = self.shared.data.payload(header, len) else {
+                return Err(corrupt("record past the end of the data area", word));
+            };
+            let size = layout::record_size(len) as u64;
+            if self.head + size > limit {
+                return Err(corrupt("record beyond what the producer could write", word));
+            }
+            if header.offset() == 0 && !self.peer_gone && self.wake.hung_up()? {
+                // Once a lap, look for a hang-up even if records keep coming: a dead peer's ring
+                // may hold a cycle of valid headers that would otherwise never run out.
+                self.peer_gone = true;
+            }
+            return Ok(Some(Record {
+                payload,
+                kind,
+                size,
+            }));
+        }
+    }
+
+    /// Releases a record privately.
+    #[inline]
+    fn advance(&mut self, rec: Record) {
+        self.head += rec.size;
+        self.stats.records += 1;
+        self.stats.bytes += rec.payload.len() as u64;
+    }
+
+    /// Releases a record; publishes once `publish_every` bytes are pending.
+    #[inline]
+    fn release(&mut self, rec: Record) {
+        self.advance(rec);
+        if self.head - self.head_published > self.publish_every {
+            // A failure here means the producer is gone; the next wait reports it.
+            let _ = self.publish();
+        }
+    }
+
+    /// Publishes the head and wakes the producer if it is parked. Once the producer is gone
+    /// nothing is published: nobody reads the head, and the frozen `head_published` caps what
+    /// is left to drain at one ring (see `poll_record`).
+    #[inline]
+    pub(super) fn publish(&mut self) -> Result<()> {
+        if self.head == self.head_published || self.peer_gone {
+            return Ok(());
+        }
+        let ctrl = self.shared.ctrl();
+        // SYNC: (C) Release pairs with the producer's Acquire load of the head in
+        // `Producer::reload_head`: our reads of the released records happen before its writes.
+        ctrl.head.word.store(self.head, Ordering::Release);
+        self.head_published = self.head;
+        self.stats.publications += 1;
+        wake_if_waiting(&ctrl.producer_waiting.word, &self.wake, &mut self.stats)
+    }
+
+    /// A record now, or wait for one; the first attempt is inlined (see `Producer::wait_claim`).
+    #[inline]
+    fn wait_record(&mut self, limit: Limit) -> Result<Record> {
+        match self.poll_record()? {
+            Some(rec) => Ok(rec),
+            None => self.wait_record_slow(limit),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait_record_slow(&mut self, limit: Limit) -> Result<Record> {
+        wait_for(&mut RecordWait { consumer: self }, limit)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.publish();
+    }
+}
+
+impl ReadGrant<'_> {
+    /// The payload length.
+    pub fn len(&self) -> usize {
+        self.rec.payload.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The record's kind.
+    pub fn kind(&self) -> u32 {
+        self.rec.kind
+    }
+
+    /// Copies the payload into `dst[..len]`; returns how many bytes were copied
+    /// (`min(len, dst.len())`).
+    #[inline]
+    pub fn copy_to_slice(&self, dst: &mut [u8]) -> usize {
+        self.consumer.shared.data.copy_out(self.rec.payload, dst)
+    }
+
+    /// The payload, copied.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.consumer.copy_record(self.rec)
+    }
+
+    /// A raw pointer to the first payload byte; `len()` bytes are readable, never writable.
+    /// Read them with `read_volatile` or atomics: the producer's process can write them.
+    #[cfg(not(sp_loom))]
+    #[inline]
+    pub fn as_ptr(&self) -> *const u8 {
+        self.consumer.shared.data.payload_ptr(self.rec.payload)
+    }
+
+    /// The payload as a plain slice, in place.
+    ///
+    /// # Safety
+    /// The caller trusts the producer's process not to write these bytes while the slice lives
+    /// (a well-behaved sp-shm producer never does: it writes only space the consumer has
+    /// released). A hostile producer that does would make this a data race. Bounds are always
+    /// guaranteed: the slice lies inside the record and the mapping whatever the peer does.
+    #[cfg(not(sp_loom))]
+    #[allow(unsafe_code)] // The trusted-peer view; its contract is the caller's.
+    #[inline]
+    pub unsafe fn as_slice_trusted(&self) -> &[u8] {
+        // SAFETY: the range is inside the read-only data mapping (`Payload` lies in the area) and
+        // kept mapped by the borrowed consumer; the caller promises no concurrent writes.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
+    }
+
+    fn copy_into_vec(self, buf: &mut Vec<u8>) -> u32 {
+        buf.clear();
+        buf.resize(self.len(), 0);
+        self.consumer.shared.data.copy_out(self.rec.payload, buf);
+        self.rec.kind
+    }
+}
+
+impl Drop for ReadGrant<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.consumer.release(self.rec);
+    }
+}
+
+impl ReadGrantRef<'_> {
+    /// The payload length.
+    pub fn len(&self) -> usize {
+        self.rec.payload.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The record's kind.
+    pub fn kind(&self) -> u32 {
+        self.rec.kind
+    }
+
+    /// Copies the payload into `dst`; returns `min(len, dst.len())`.
+    pub fn copy_to_slice(&self, dst: &mut [u8]) -> usize {
+        self.data.copy_out(self.rec.payload, dst)
+    }
+
+    /// The payload, copied.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut bytes = vec![0; self.len()];
+        self.data.copy_out(self.rec.payload, &mut bytes);
+        bytes
+    }
+}
