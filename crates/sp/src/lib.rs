@@ -16,6 +16,8 @@
 //!   ([`sp_shm::Blob`]) by itself; the receiver gets the same `T` ([`Config::blob_threshold`]).
 //! - **Descriptors travel with values**: [`Sender::send_with_fds`] and
 //!   [`Receiver::recv_with_fds`]; the receiver gets them with that value and no other.
+//! - **Waiting on many peers**: [`Select`] spins over any number of receivers and sp-core
+//!   channels, then sleeps on all of them at once with `epoll`.
 //! - **Errors split** "would wait" from "broken" per operation ([`TrySendError`],
 //!   [`RecvTimeoutError`], ...); the peer's misbehaviour is [`Error::Decode`] or
 //!   [`Error::Protocol`] with the cause as an enum.
@@ -44,6 +46,7 @@ mod connect;
 mod error;
 mod limit;
 mod receiver;
+mod select;
 mod sender;
 mod value;
 pub mod wire;
@@ -55,6 +58,7 @@ pub use error::{
     TryRecvError, TrySendError, Violation,
 };
 pub use receiver::Receiver;
+pub use select::Select;
 pub use sender::Sender;
 pub use value::{Encoding, Plain, PlainData, Value};
 pub use wire::MAX_FDS;

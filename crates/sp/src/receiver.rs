@@ -253,6 +253,51 @@ impl<T: Value> Receiver<T> {
         Ok(self.apply(fetched, f))
     }
 
+    /// Takes the next value, if any, into `pending` (for [`Select`](crate::Select)); whether
+    /// something (a value or an error) is now waiting to be taken.
+    pub(crate) fn fill_pending(&mut self) -> bool {
+        if self.pending.is_some() || self.broken.is_some() {
+            return true;
+        }
+        let res = self.fetch_now();
+        match res.map_err(|fail| self.note(fail)) {
+            Ok(fetched) => self.pending = Some(Ok(fetched)),
+            Err(Fail::Wait) => return false,
+            Err(Fail::Broken(err)) => self.pending = Some(Err(err)),
+        }
+        true
+    }
+
+    /// The next record, if there is one now, copied and completed (never in place).
+    fn fetch_now(&mut self) -> Result<Fetched, Fail> {
+        let grant = read(&mut self.consumer, Limit::Now)?;
+        let (kind, len) = (grant.kind(), grant.len());
+        grant.copy_to_slice(self.scratch.bytes_mut(len));
+        drop(grant);
+        Ok(self.complete(kind, len)?)
+    }
+
+    /// Stashes an error met while [`Select`](crate::Select) waited on this receiver; the next
+    /// receive reports it.
+    pub(crate) fn stash_error(&mut self, err: Error) {
+        let err = match self.note(err.into()) {
+            Fail::Broken(err) => err,
+            Fail::Wait => return,
+        };
+        if self.pending.is_none() {
+            self.pending = Some(Err(err));
+        }
+    }
+
+    /// The ring this receiver reads (for [`Select`](crate::Select)).
+    pub(crate) fn consumer(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+
+    pub(crate) fn consumer_ref(&self) -> &Consumer {
+        &self.consumer
+    }
+
     fn apply<R>(&self, fetched: Fetched, f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R) -> R {
         match &fetched.body {
             Body::Scratch { start, len } => f(self.scratch.bytes(*start, *len), fetched.fds),

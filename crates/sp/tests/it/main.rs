@@ -9,6 +9,7 @@
 mod cross;
 mod hostile;
 mod local;
+mod select;
 mod types;
 
 use std::collections::BTreeSet;
@@ -34,6 +35,14 @@ fn main() {
             "echo-bytes" => cross::echo_bytes(),
             "fds" => cross::fds_child(),
             "hostile" => hostile::child(&arg),
+            "stream" => arg
+                .parse()
+                .map_err(|_| "count".to_string())
+                .and_then(select::stream_child),
+            "pong" => arg
+                .parse()
+                .map_err(|_| "index".to_string())
+                .and_then(select::pong_child),
             other => Err(format!("unknown role {other}")),
         };
         if let Err(err) = &res {
@@ -47,6 +56,7 @@ fn main() {
     trials.extend(local::trials());
     trials.extend(cross::trials());
     trials.extend(hostile::trials());
+    trials.extend(select::trials());
     libtest_mimic::run(&args, trials).exit();
 }
 
