@@ -25,6 +25,8 @@ enum Want {
     Value(u64),
     Decode(DecodeError),
     Protocol(Violation),
+    /// `Error::TooLarge` (a blob over this side's limit: refused, and the stream goes on).
+    TooLarge,
 }
 
 pub(crate) fn trials() -> Vec<Trial> {
@@ -71,6 +73,7 @@ pub(crate) fn trials() -> Vec<Trial> {
             "unknown-kind",
             vec![Value(0), Protocol(Violation::UnknownKind(0))],
         ),
+        ("huge-blob", vec![TooLarge, Value(1)]),
     ];
     let mut trials: Vec<Trial> = serde_cases
         .into_iter()
@@ -120,6 +123,7 @@ fn against<T: Value + std::fmt::Debug>(
             (Want::Protocol(want), Err(err)) => {
                 matches!(broken(err), Some(Error::Protocol(got)) if got == want)
             }
+            (Want::TooLarge, Err(err)) => matches!(broken(err), Some(Error::TooLarge { .. })),
             _ => false,
         };
         if !ok {
@@ -256,6 +260,15 @@ pub(crate) fn child(scenario: &str) -> TestResult {
         "bad-seq" => {
             attach(3, 1, None, &[std::io::stdin().as_fd()])?;
             record(KIND_VALUE_FDS, &with_prefix(3, 1, &encode(&Rec::new(0))))?;
+        }
+        "huge-blob" => {
+            // A blob of 2^40 bytes is announced (its memfd is 4 KiB): over the parent's limit, so
+            // refused before any check of the memfd; the next value arrives.
+            let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL;
+            let fd = memfd(4096, seals)?;
+            attach(0, 0, Some(1 << 40), &[fd.as_fd()])?;
+            record(KIND_BLOB, &blob_record(0, 0, 1 << 40))?;
+            record(KIND_VALUE, &encode(&Rec::new(1)))?;
         }
         "unknown-kind" => {
             record(KIND_VALUE, &encode(&Rec::new(0)))?;

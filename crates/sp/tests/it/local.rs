@@ -23,6 +23,10 @@ pub(crate) fn trials() -> Vec<Trial> {
             "local_too_many_fds_sends_nothing",
             too_many_fds_sends_nothing,
         ),
+        trial(
+            "local_blob_over_the_limit_sends_nothing",
+            blob_over_the_limit_sends_nothing,
+        ),
         trial("local_peer_gone_after_drain", peer_gone_after_drain),
     ]
 }
@@ -239,6 +243,24 @@ fn too_many_fds_sends_nothing() -> TestResult {
         return Err(format!("got {value} with {} descriptors", got.len()));
     }
     Ok(())
+}
+
+/// A value whose blob would exceed `max_blob_len` is refused before anything is sent.
+fn blob_over_the_limit_sends_nothing() -> TestResult {
+    let config = small_ring().blob_threshold(100).max_blob_len(1000);
+    let (mut tx, mut rx) = sp::channel::<Vec<u8>>(&config).map_err(|e| e.to_string())?;
+    match tx.send(&vec![7; 2000]) {
+        Err(Error::TooLarge {
+            len: 2002,
+            max: 1000,
+        }) => {}
+        other => return Err(format!("over the limit: {other:?}")),
+    }
+    tx.send(&vec![7; 900]).map_err(|e| e.to_string())?;
+    match (rx.try_recv().map(|v| v.len()), rx.try_recv()) {
+        (Ok(900), Err(TryRecvError::Empty)) => Ok(()),
+        other => Err(format!("after the refusal: {other:?}")),
+    }
 }
 
 /// Values sent before the sender went are delivered; then `PeerGone`, on every form.
