@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sp_fuzz::{Input, MAX_PAYLOAD, PADDING};
-use sp_shm::Error;
+use sp_shm::{Error, TryRecvError, TrySendError};
 
 fuzz_target!(|bytes: &[u8]| {
     let (peer, mut duplex) = sp_fuzz::connect();
@@ -37,7 +37,10 @@ fuzz_target!(|bytes: &[u8]| {
                     assert!(rec.len() as u64 <= MAX_PAYLOAD);
                     assert_eq!(rec.copy_to_slice(&mut buf), rec.len());
                 }
-                Err(Error::Empty | Error::Corrupt { .. } | Error::PeerGone) => {}
+                Err(
+                    TryRecvError::Empty
+                    | TryRecvError::Broken(Error::Corrupt { .. } | Error::PeerGone),
+                ) => {}
                 Err(err) => panic!("consumer: {err}"),
             },
             5 => {
@@ -49,7 +52,10 @@ fuzz_target!(|bytes: &[u8]| {
                     Ok(n) => {
                         assert!(n == out.len() && out.iter().all(|r| r.len() as u64 <= MAX_PAYLOAD))
                     }
-                    Err(Error::Empty | Error::Corrupt { .. } | Error::PeerGone) => {}
+                    Err(
+                        TryRecvError::Empty
+                        | TryRecvError::Broken(Error::Corrupt { .. } | Error::PeerGone),
+                    ) => {}
                     Err(err) => panic!("batch: {err}"),
                 }
             }
@@ -58,10 +64,10 @@ fuzz_target!(|bytes: &[u8]| {
                 match duplex.producer().try_send(&buf[..n.min(buf.len())]) {
                     Ok(())
                     | Err(
-                        Error::Full
-                        | Error::TooLarge { .. }
-                        | Error::Corrupt { .. }
-                        | Error::PeerGone,
+                        TrySendError::Full
+                        | TrySendError::Broken(
+                            Error::TooLarge { .. } | Error::Corrupt { .. } | Error::PeerGone,
+                        ),
                     ) => {}
                     Err(err) => panic!("producer: {err}"),
                 }

@@ -23,6 +23,8 @@ pub enum Error {
     Peer(String),
     /// An sp-shm error on the ring or a blob under test.
     Shm(sp_shm::Error),
+    /// An sp error on the typed channel under test.
+    Sp(sp::Error),
     /// A control message or a results file is not valid JSON of the expected shape.
     Json(serde_json::Error),
 }
@@ -36,6 +38,7 @@ impl fmt::Display for Error {
             Self::Io(err) => write!(f, "{err}"),
             Self::Core(err) => write!(f, "sp-core: {err}"),
             Self::Shm(err) => write!(f, "sp-shm: {err}"),
+            Self::Sp(err) => write!(f, "sp: {err}"),
             Self::Corrupt(what) => write!(f, "corrupt data: {what}"),
             Self::TimedOut(what) => write!(f, "timed out: {what}"),
             Self::Child(what) => write!(f, "child process: {what}"),
@@ -52,6 +55,7 @@ impl std::error::Error for Error {
             Self::Io(err) => Some(err),
             Self::Core(err) => Some(err),
             Self::Shm(err) => Some(err),
+            Self::Sp(err) => Some(err),
             Self::Json(err) => Some(err),
             _ => None,
         }
@@ -76,11 +80,11 @@ impl From<sp_core::Error> for Error {
     }
 }
 
-impl From<sp_core::RecvTimeoutError> for Error {
-    fn from(err: sp_core::RecvTimeoutError) -> Self {
+impl<E: Into<Error>> From<sp_core::RecvTimeoutError<E>> for Error {
+    fn from(err: sp_core::RecvTimeoutError<E>) -> Self {
         match err {
-            sp_core::RecvTimeoutError::Timeout => Self::TimedOut("an sp-core receive"),
-            sp_core::RecvTimeoutError::Broken(err) => Self::Core(err),
+            sp_core::RecvTimeoutError::Timeout => Self::TimedOut("a receive"),
+            sp_core::RecvTimeoutError::Broken(err) => err.into(),
         }
     }
 }
@@ -88,6 +92,12 @@ impl From<sp_core::RecvTimeoutError> for Error {
 impl From<sp_shm::Error> for Error {
     fn from(err: sp_shm::Error) -> Self {
         Self::Shm(err)
+    }
+}
+
+impl From<sp::Error> for Error {
+    fn from(err: sp::Error) -> Self {
+        Self::Sp(err)
     }
 }
 

@@ -93,7 +93,7 @@ impl Config {
                 if transport == Transport::Pingpong && size != smallest {
                     continue;
                 }
-                if size > LARGE && !transport.runs_large() {
+                if (size > LARGE && !transport.runs_large()) || !transport.carries(size) {
                     continue;
                 }
                 for mode in [Mode::Throughput, Mode::Latency] {

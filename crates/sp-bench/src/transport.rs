@@ -20,6 +20,7 @@ mod msg;
 mod peers;
 mod ref_ring;
 mod shm;
+pub(crate) mod typed;
 
 /// Fills a message in place.
 pub(crate) type Fill<'a> = dyn FnMut(&mut [u8]) + 'a;
@@ -131,12 +132,20 @@ pub enum Transport {
     SpShmBatch,
     /// sp-shm blobs: one sealed memfd per message, sent over a seqpacket channel.
     SpShmBlob,
+    /// sp typed channel of a 64-byte plain struct, written in place and read from a validated copy.
+    SpTypedPod,
+    /// sp typed channel of a serde struct (postcard; blobs above the ring's largest record).
+    SpTypedSerde,
     /// ipc-channel's bytes channel (peer).
     IpcChannel,
     /// ipc-channel's `IpcSharedMemory`, one region per message (peer).
     IpcChannelShm,
+    /// ipc-channel's `IpcSender<T>` of the serde struct of `sp-typed-serde` (peer).
+    IpcChannelTyped,
     /// iceoryx2 publish-subscribe, the receiver reading samples in place (peer).
     Iceoryx2,
+    /// iceoryx2 publish-subscribe of the plain struct of `sp-typed-pod` as a typed sample (peer).
+    Iceoryx2Typed,
     /// ipmpsc's shared ring, the receiver reading in place (peer).
     Ipmpsc,
     /// Ceiling: a plain fixed-slot ring between the two processes, spinning; the limit the sp-shm
@@ -166,7 +175,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 22] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -177,9 +186,13 @@ impl Transport {
         Self::SpShmPark,
         Self::SpShmBatch,
         Self::SpShmBlob,
+        Self::SpTypedPod,
+        Self::SpTypedSerde,
         Self::IpcChannel,
         Self::IpcChannelShm,
+        Self::IpcChannelTyped,
         Self::Iceoryx2,
+        Self::Iceoryx2Typed,
         Self::Ipmpsc,
         Self::RefRing,
         Self::Crossbeam,
@@ -200,9 +213,13 @@ impl Transport {
             Self::SpShmPark => "sp-shm-park",
             Self::SpShmBatch => "sp-shm-batch",
             Self::SpShmBlob => "sp-shm-blob",
+            Self::SpTypedPod => "sp-typed-pod",
+            Self::SpTypedSerde => "sp-typed-serde",
             Self::IpcChannel => "ipc-channel",
             Self::IpcChannelShm => "ipc-channel-shm",
+            Self::IpcChannelTyped => "ipc-channel-typed",
             Self::Iceoryx2 => "iceoryx2",
+            Self::Iceoryx2Typed => "iceoryx2-typed",
             Self::Ipmpsc => "ipmpsc",
             Self::RefRing => "ref-ring",
             Self::Crossbeam => "crossbeam",
@@ -246,7 +263,12 @@ impl Transport {
     pub fn is_peer(self) -> bool {
         matches!(
             self,
-            Self::IpcChannel | Self::IpcChannelShm | Self::Iceoryx2 | Self::Ipmpsc
+            Self::IpcChannel
+                | Self::IpcChannelShm
+                | Self::IpcChannelTyped
+                | Self::Iceoryx2
+                | Self::Iceoryx2Typed
+                | Self::Ipmpsc
         )
     }
 
@@ -261,6 +283,8 @@ impl Transport {
                 | Self::SpShmPark
                 | Self::SpShmBatch
                 | Self::SpShmBlob
+                | Self::SpTypedSerde
+                | Self::IpcChannelTyped
                 | Self::IpcChannelShm
                 | Self::Iceoryx2
                 | Self::Ipmpsc
@@ -274,7 +298,7 @@ impl Transport {
     pub fn spins(self) -> bool {
         matches!(
             self,
-            Self::SpShmSpin | Self::Iceoryx2 | Self::RefRing | Self::Pingpong
+            Self::SpShmSpin | Self::Iceoryx2 | Self::Iceoryx2Typed | Self::RefRing | Self::Pingpong
         )
     }
 
@@ -287,6 +311,16 @@ impl Transport {
             return Some("spins while waiting and needs two cores".to_owned());
         }
         None
+    }
+
+    /// Whether the transport carries messages of `size` bytes (the typed transports carry their
+    /// types' sizes only).
+    pub fn carries(self, size: usize) -> bool {
+        match self {
+            Self::SpTypedPod | Self::Iceoryx2Typed => typed::carries(true, size),
+            Self::SpTypedSerde | Self::IpcChannelTyped => typed::carries(false, size),
+            _ => true,
+        }
     }
 
     /// Whether the transport measures throughput (`true`) and round trips (`latency`).
@@ -319,6 +353,12 @@ pub(crate) fn offer(transport: Transport, size: usize, latency: bool) -> Result<
         Transport::SpShmBatch => shm::offer_ring_batched(size),
         Transport::SpShmBlob => shm::offer_blob(size),
         Transport::RefRing => ref_ring::offer(size),
+        Transport::SpTypedPod => typed::offer(size, true),
+        Transport::SpTypedSerde => typed::offer(size, false),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannelTyped => peers::typed::offer_ipc(size),
+        #[cfg(feature = "peers")]
+        Transport::Iceoryx2Typed => peers::typed::offer_iceoryx2(size),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => peers::ipc_channel::offer(size, false),
         #[cfg(feature = "peers")]
@@ -356,6 +396,12 @@ pub(crate) fn accept(
         Transport::SpShmBatch => shm::accept_ring_batched(size, fds),
         Transport::SpShmBlob => shm::accept_blob(size, fds),
         Transport::RefRing => ref_ring::accept(size, fds),
+        Transport::SpTypedPod => typed::accept(size, true, fds),
+        Transport::SpTypedSerde => typed::accept(size, false, fds),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannelTyped => peers::typed::accept_ipc(size, extra),
+        #[cfg(feature = "peers")]
+        Transport::Iceoryx2Typed => peers::typed::accept_iceoryx2(size, extra),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => peers::ipc_channel::accept(size, extra, false),
         #[cfg(feature = "peers")]

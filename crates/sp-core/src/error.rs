@@ -236,7 +236,23 @@ impl From<Error> for io::Error {
     }
 }
 
-/// Defines a would-wait error type: the waiting outcome `$wait`, or `Broken` with an [`Error`].
+/// An error that can say whether it means "the peer is gone": the `Broken` half of the
+/// would-wait types below. sp-core's, sp-shm's and sp's `Error` implement it, so the three crates
+/// share one set of would-wait types (`sp_shm::TryRecvError` is `TryRecvError<sp_shm::Error>`).
+pub trait BrokenError: std::error::Error + 'static {
+    /// Whether this is the crate's `PeerGone`: everything the peer sent has been delivered and
+    /// nothing more will come.
+    fn is_peer_gone(&self) -> bool;
+}
+
+impl BrokenError for Error {
+    fn is_peer_gone(&self) -> bool {
+        matches!(self, Self::PeerGone)
+    }
+}
+
+/// Defines a would-wait error type: the waiting outcome `$wait`, or `Broken` with an error `E`
+/// (sp-core's [`Error`] by default).
 macro_rules! would_wait_error {
     (
         $(#[$doc:meta])*
@@ -250,43 +266,54 @@ macro_rules! would_wait_error {
     ) => {
         $(#[$doc])*
         #[derive(Debug)]
-        pub enum $name {
+        pub enum $name<E = Error> {
             $(#[$wait_doc])*
             $wait,
-            /// The operation failed; nothing more will come of waiting for it (see [`Error`]).
-            Broken(Error),
+            /// The operation failed; nothing more will come of waiting for it.
+            Broken(E),
         }
 
-        impl $name {
+        impl<E> $name<E> {
             #[doc = concat!("Whether this is [`", stringify!($wait), "`](Self::", stringify!($wait), "): waiting longer may succeed.")]
             pub fn $is_wait(&self) -> bool {
                 matches!(self, Self::$wait)
             }
 
-            /// Whether the peer is gone ([`Error::PeerGone`]): everything it sent has been
-            /// delivered and nothing more will come.
-            pub fn is_disconnected(&self) -> bool {
-                matches!(self, Self::Broken(Error::PeerGone))
-            }
-
-            /// The [`Error`] if the operation broke, `None` if it only would have waited.
-            pub fn into_broken(self) -> Option<Error> {
+            /// The error if the operation broke, `None` if it only would have waited.
+            pub fn into_broken(self) -> Option<E> {
                 match self {
                     Self::Broken(err) => Some(err),
                     Self::$wait => None,
                 }
             }
+
+            /// The same outcome with the broken error mapped, for a layer above that wraps this
+            /// crate's errors in its own.
+            pub fn map_broken<F>(self, f: impl FnOnce(E) -> F) -> $name<F> {
+                match self {
+                    Self::Broken(err) => $name::Broken(f(err)),
+                    Self::$wait => $name::$wait,
+                }
+            }
         }
 
-        impl From<Error> for $name {
-            fn from(err: Error) -> Self {
+        impl<E: BrokenError> $name<E> {
+            /// Whether the peer is gone: everything it sent has been delivered and nothing more
+            /// will come.
+            pub fn is_disconnected(&self) -> bool {
+                matches!(self, Self::Broken(err) if err.is_peer_gone())
+            }
+        }
+
+        impl<E> From<E> for $name<E> {
+            fn from(err: E) -> Self {
                 Self::Broken(err)
             }
         }
 
-        /// `Broken` shows its [`Error`], and its `source()` is that error's: the wrapper adds
-        /// no context of its own (so a chain of causes does not repeat the message).
-        impl fmt::Display for $name {
+        /// `Broken` shows its error, and its `source()` is that error's: the wrapper adds no
+        /// context of its own (so a chain of causes does not repeat the message).
+        impl<E: fmt::Display> fmt::Display for $name<E> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 match self {
                     Self::$wait => f.write_str($wait_msg),
@@ -295,19 +322,21 @@ macro_rules! would_wait_error {
             }
         }
 
-        impl std::error::Error for $name {
+        impl<E: std::error::Error + 'static> std::error::Error for $name<E> {
             fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
                 match self {
-                    Self::Broken(err) => std::error::Error::source(err),
+                    Self::Broken(err) => err.source(),
                     Self::$wait => None,
                 }
             }
         }
 
-        impl From<$name> for io::Error {
-            fn from(err: $name) -> Self {
+        impl<E: fmt::Debug + fmt::Display + Send + Sync + 'static + Into<io::Error>> From<$name<E>>
+            for io::Error
+        {
+            fn from(err: $name<E>) -> Self {
                 match err {
-                    $name::$wait => io::Error::new(io::ErrorKind::$io_kind, err),
+                    $name::$wait => io::Error::new(io::ErrorKind::$io_kind, $wait_msg),
                     $name::Broken(err) => err.into(),
                 }
             }
@@ -316,7 +345,8 @@ macro_rules! would_wait_error {
 }
 
 would_wait_error! {
-    /// The error of a non-blocking receive (`try_recv`, `try_recv_into`).
+    /// The error of a non-blocking receive (`try_recv`, `try_recv_into`, and the `try_` reads
+    /// of sp-shm and sp).
     TryRecvError {
         /// No complete message is waiting.
         Empty,
@@ -327,7 +357,8 @@ would_wait_error! {
 }
 
 would_wait_error! {
-    /// The error of a receive with a time limit (`recv_timeout`, `recv_into_timeout`).
+    /// The error of a receive with a time limit (`recv_timeout`, `recv_into_timeout`, and the
+    /// timed reads of sp-shm and sp).
     RecvTimeoutError {
         /// No complete message arrived within the time limit.
         Timeout,
@@ -338,7 +369,7 @@ would_wait_error! {
 }
 
 would_wait_error! {
-    /// The error of a non-blocking send (`try_send`).
+    /// The error of a non-blocking send (`try_send`, and the `try_` writes of sp-shm and sp).
     TrySendError {
         /// The socket's send buffer has no room for the frame now; nothing was sent.
         Full,
@@ -349,7 +380,8 @@ would_wait_error! {
 }
 
 would_wait_error! {
-    /// The error of a send with a time limit (`send_timeout`).
+    /// The error of a send with a time limit (`send_timeout`, and the timed writes of sp-shm and
+    /// sp).
     SendTimeoutError {
         /// The socket's send buffer had no room for the frame within the time limit; nothing was
         /// sent.

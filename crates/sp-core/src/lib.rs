@@ -38,7 +38,8 @@ pub use channel::{Channel, DEFAULT_MAX_MESSAGE_LEN};
 pub use child::{Child, FD_ENV, SpawnOptions, adopt, spawn, spawn_with};
 pub use end::{Credentials, End, PairOptions, Readiness, SocketKind, pair};
 pub use error::{
-    Error, Malformed, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,
+    BrokenError, Error, Malformed, RecvTimeoutError, Result, SendTimeoutError, TryRecvError,
+    TrySendError,
 };
 pub use frame::{FRAME_MAGIC, FRAME_VERSION, HEADER_LEN, MAX_FDS};
 pub use receiver::{Message, Receiver};

@@ -129,9 +129,16 @@ impl Blob {
     /// As [`recv`](Self::recv), waiting at most `timeout`.
     ///
     /// # Errors
-    /// As [`recv`](Self::recv), plus [`Error::TimedOut`].
-    pub fn recv_timeout(channel: &mut Channel, timeout: Duration) -> Result<Self> {
-        Self::from_message(channel.recv_timeout(timeout)?)
+    /// [`RecvTimeoutError::Timeout`](sp_core::RecvTimeoutError::Timeout); otherwise `Broken` as
+    /// [`recv`](Self::recv).
+    pub fn recv_timeout(
+        channel: &mut Channel,
+        timeout: Duration,
+    ) -> Result<Self, crate::RecvTimeoutError> {
+        let msg = channel
+            .recv_timeout(timeout)
+            .map_err(|err| err.map_broken(Error::from))?;
+        Ok(Self::from_message(msg)?)
     }
 
     /// Parses a BLOB message received by other means.

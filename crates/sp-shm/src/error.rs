@@ -1,38 +1,38 @@
-//! The one error type of sp-shm: each variant names a cause a caller can act on.
+//! The error types of sp-shm: [`Error`] for what is broken, each variant naming a cause a
+//! caller can act on, and the would-wait types of sp-core's convention over it.
+//!
+//! As in crossbeam-channel, "would wait" and "broken" never share an enum: a blocking call
+//! returns [`Result`]`<T, Error>`, a `try_*` call a [`TrySendError`] or [`TryRecvError`] whose
+//! `Full`/`Empty` means "nothing yet", and a `*_timeout` call a [`SendTimeoutError`] or
+//! [`RecvTimeoutError`] whose `Timeout` means "not within the time". They are sp-core's generic
+//! types over this crate's [`Error`], so sp-core, sp-shm and sp match the same way.
 
 use std::fmt;
 use std::io;
 
-/// What went wrong in an sp-shm call.
+/// What went wrong in an sp-shm call; never "would wait" (see the module docs).
 ///
 /// Nothing the peer writes into shared memory or sends over the socket makes sp-shm panic or read
 /// outside a mapping: a bad value becomes [`Error::Corrupt`], a bad hand-over [`Error::Refused`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// A non-blocking reserve or send found too little free space in the ring.
-    Full,
-    /// A non-blocking read found no committed record.
-    Empty,
-    /// A wait with a time limit expired.
-    TimedOut,
     /// The peer process closed its end or died. A consumer reports this only after it has
     /// delivered every record the peer committed.
     PeerGone,
     /// A record is larger than the ring's largest payload (fixed at the handshake).
     TooLarge {
         /// The requested payload length.
-        n_bytes: usize,
+        len: usize,
         /// The largest payload this ring carries.
         max: usize,
     },
     /// The record kind `u32::MAX` is reserved for padding records.
     ReservedKind,
-    /// A value read from shared memory breaks the protocol (an index out of range or moving
-    /// backwards, a record length past the end, a bad padding record). The ring is unusable.
+    /// A value read from shared memory breaks the protocol. The ring is unusable.
     Corrupt {
-        /// Which value was wrong.
-        what: &'static str,
+        /// Which rule the value broke.
+        cause: Corruption,
         /// The value that was read.
         value: u64,
     },
@@ -41,12 +41,67 @@ pub enum Error {
     Refused(RefuseReason),
     /// The peer refused what this side handed over at the handshake.
     Rejected(RefuseReason),
-    /// An invalid configuration (capacity not a power of two, and so on).
-    InvalidConfig(&'static str),
+    /// A step of the handshake (the peer's OFFER or READY) did not arrive within
+    /// [`Config::handshake_timeout`](crate::Config::handshake_timeout).
+    HandshakeTimedOut,
+    /// An invalid configuration.
+    InvalidConfig(InvalidConfig),
     /// An error of the underlying socket channel.
     Channel(sp_core::Error),
     /// Any other operating-system error.
     Os(io::Error),
+}
+
+/// Which rule of `docs/protocol.md` ("Validation") a value read from shared memory broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// A header word that is neither zero nor carries the commit bit.
+    NotAHeader,
+    /// A padding record at offset 0, or one that does not reach exactly to the end of the area.
+    BadPadding,
+    /// A record longer than the ring's largest payload.
+    TooLong,
+    /// A record whose slot passes the end of the data area.
+    PastTheEnd,
+    /// A record (or padding) ending past `published head + capacity - 8`, where no honest
+    /// producer can have written.
+    BeyondTheProducer,
+    /// A committed header changed while the consumer read it.
+    HeaderChanged,
+    /// The consumer's published head moved backwards.
+    HeadBackwards,
+    /// The consumer's published head passed the producer's committed tail.
+    HeadPastTail,
+    /// The consumer's published head is not a multiple of 8.
+    HeadUnaligned,
+}
+
+/// What is wrong with a [`Config`](crate::Config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InvalidConfig {
+    /// The capacity is not a power of two from 4 KiB to 4 GiB.
+    Capacity,
+    /// The largest payload is not a multiple of 8 from 8 to a quarter of the capacity.
+    MaxPayload,
+}
+
+/// The error of a non-blocking write: [`Full`](sp_core::TrySendError::Full) or broken.
+pub type TrySendError = sp_core::TrySendError<Error>;
+/// The error of a non-blocking read: [`Empty`](sp_core::TryRecvError::Empty) or broken.
+pub type TryRecvError = sp_core::TryRecvError<Error>;
+/// The error of a write with a time limit: [`Timeout`](sp_core::SendTimeoutError::Timeout) or
+/// broken.
+pub type SendTimeoutError = sp_core::SendTimeoutError<Error>;
+/// The error of a read with a time limit: [`Timeout`](sp_core::RecvTimeoutError::Timeout) or
+/// broken.
+pub type RecvTimeoutError = sp_core::RecvTimeoutError<Error>;
+
+impl sp_core::BrokenError for Error {
+    fn is_peer_gone(&self) -> bool {
+        matches!(self, Self::PeerGone)
+    }
 }
 
 /// Why a ring offer or a blob was refused. The numeric codes travel in the handshake's READY
@@ -142,25 +197,48 @@ impl fmt::Display for RefuseReason {
     }
 }
 
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotAHeader => "not a record header",
+            Self::BadPadding => "bad padding record",
+            Self::TooLong => "record longer than the largest payload",
+            Self::PastTheEnd => "record past the end of the data area",
+            Self::BeyondTheProducer => "record beyond what the producer could write",
+            Self::HeaderChanged => "a committed header changed while it was read",
+            Self::HeadBackwards => "head moved backwards",
+            Self::HeadPastTail => "head beyond the committed tail",
+            Self::HeadUnaligned => "head not a multiple of 8",
+        })
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Capacity => "capacity must be a power of two from 4 KiB to 4 GiB",
+            Self::MaxPayload => "largest payload must be a multiple of 8 from 8 to capacity / 4",
+        })
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Full => f.write_str("ring is full"),
-            Self::Empty => f.write_str("ring is empty"),
-            Self::TimedOut => f.write_str("timed out"),
             Self::PeerGone => f.write_str("the peer closed its end or exited"),
-            Self::TooLarge { n_bytes, max } => {
+            Self::TooLarge { len, max } => {
                 write!(
                     f,
-                    "record of {n_bytes} bytes exceeds the ring's limit of {max} bytes"
+                    "record of {len} bytes exceeds the ring's limit of {max} bytes"
                 )
             }
             Self::ReservedKind => f.write_str("record kind u32::MAX is reserved for padding"),
-            Self::Corrupt { what, value } => {
-                write!(f, "shared memory corrupt: {what} (value {value:#x})")
+            Self::Corrupt { cause, value } => {
+                write!(f, "shared memory corrupt: {cause} (value {value:#x})")
             }
             Self::Refused(why) => write!(f, "refused the peer's hand-over: {why}"),
             Self::Rejected(why) => write!(f, "the peer refused our hand-over: {why}"),
+            Self::HandshakeTimedOut => f.write_str("the peer did not answer the handshake in time"),
             Self::InvalidConfig(why) => write!(f, "invalid configuration: {why}"),
             Self::Channel(err) => write!(f, "control channel: {err}"),
             Self::Os(err) => write!(f, "{err}"),
@@ -182,7 +260,6 @@ impl From<io::Error> for Error {
     fn from(err: io::Error) -> Self {
         match err.kind() {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Self::PeerGone,
-            io::ErrorKind::TimedOut => Self::TimedOut,
             _ => Self::Os(err),
         }
     }
@@ -207,22 +284,15 @@ impl From<sp_core::Error> for Error {
     }
 }
 
-impl From<sp_core::RecvTimeoutError> for Error {
-    fn from(err: sp_core::RecvTimeoutError) -> Self {
-        match err {
-            sp_core::RecvTimeoutError::Timeout => Self::TimedOut,
-            sp_core::RecvTimeoutError::Broken(err) => err.into(),
-        }
-    }
-}
-
 impl From<Error> for io::Error {
     fn from(err: Error) -> Self {
         match err {
             Error::Os(err) => err,
             Error::PeerGone => io::Error::new(io::ErrorKind::BrokenPipe, err),
-            Error::TimedOut => io::Error::new(io::ErrorKind::TimedOut, err),
-            Error::Full | Error::Empty => io::Error::new(io::ErrorKind::WouldBlock, err),
+            Error::HandshakeTimedOut => io::Error::new(io::ErrorKind::TimedOut, err),
+            Error::Corrupt { .. } | Error::Refused(_) | Error::Rejected(_) => {
+                io::Error::new(io::ErrorKind::InvalidData, err)
+            }
             other => io::Error::other(other),
         }
     }

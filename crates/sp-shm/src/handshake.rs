@@ -65,7 +65,7 @@ impl Duplex {
     ///
     /// # Errors
     /// [`Error::Refused`] if the peer's offer fails a check (the peer is told why);
-    /// [`Error::Rejected`] if the peer refused ours; [`Error::TimedOut`] if a step takes longer
+    /// [`Error::Rejected`] if the peer refused ours; [`Error::HandshakeTimedOut`] if a step takes longer
     /// than [`Config::handshake_timeout`]; [`Error::PeerGone`] if the peer closed the socket.
     pub fn connect(mut channel: Channel, config: &Config) -> Result<Self> {
         let (producer, offer) = create_producer(config)?;
@@ -95,7 +95,7 @@ impl Duplex {
                     // Best effort: the peer may be gone already.
                     let _ = channel.send(&encode_ready(status), &[]);
                 }
-                return Err(err.into());
+                return Err(handshake_error(err));
             }
         };
         let consumer = match decode_offer(msg).and_then(|offer| accept_consumer(offer, config)) {
@@ -113,7 +113,9 @@ impl Duplex {
         // If the peer refused our offer it has sent its READY and closed, so our READY may find
         // the socket gone: read the peer's READY anyway, it says why.
         let sent = channel.send(&encode_ready(0), &[]);
-        let reply = channel.recv_timeout(config.handshake_timeout)?;
+        let reply = channel
+            .recv_timeout(config.handshake_timeout)
+            .map_err(handshake_error)?;
         match decode_ready(&reply)? {
             0 if sent.is_err() => Err(Error::PeerGone),
             0 => Ok(Self {
@@ -238,6 +240,14 @@ fn decode_offer(msg: Message) -> Result<RingOffer> {
     })
 }
 
+/// A handshake step that did not arrive in time is [`Error::HandshakeTimedOut`].
+fn handshake_error(err: RecvTimeoutError) -> Error {
+    match err {
+        RecvTimeoutError::Timeout => Error::HandshakeTimedOut,
+        RecvTimeoutError::Broken(err) => err.into(),
+    }
+}
+
 fn encode_ready(status: u32) -> [u8; READY_LEN] {
     let mut out = [0u8; READY_LEN];
     out[0..8].copy_from_slice(&READY_MAGIC);
@@ -315,7 +325,10 @@ mod tests {
     fn handshake_times_out_on_a_silent_peer() {
         let (a, _b) = Channel::pair(SocketKind::SeqPacket).unwrap();
         let config = Config::new().handshake_timeout(std::time::Duration::from_millis(20));
-        assert!(matches!(Duplex::connect(a, &config), Err(Error::TimedOut)));
+        assert!(matches!(
+            Duplex::connect(a, &config),
+            Err(Error::HandshakeTimedOut)
+        ));
     }
 
     proptest::proptest! {

@@ -9,6 +9,7 @@
 //! record's publication: it is stored last, with Release, and carries a commit bit, so a header
 //! word of zero means "nothing here yet". `docs/protocol.md` is the normative description.
 
+use crate::error::InvalidConfig;
 use crate::sync::AtomicU64;
 
 /// `"SPSHMCTL"` as a little-endian u64: the first word of every control block.
@@ -143,15 +144,15 @@ pub(crate) fn decode_header(word: u64) -> Slot {
 
 /// Checks a capacity / largest-payload pair: capacity a power of two in
 /// [`MIN_CAPACITY`]..=[`MAX_CAPACITY`], payload a multiple of 8 in `8..=capacity / 4`.
-pub(crate) fn check_geometry(capacity: u64, max_payload: u64) -> Result<(), &'static str> {
+pub(crate) fn check_geometry(capacity: u64, max_payload: u64) -> Result<(), InvalidConfig> {
     if !capacity.is_power_of_two()
         || capacity < MIN_CAPACITY as u64
         || capacity > MAX_CAPACITY as u64
     {
-        return Err("capacity must be a power of two from 4 KiB to 4 GiB");
+        return Err(InvalidConfig::Capacity);
     }
     if max_payload < 8 || max_payload > capacity / 4 || !max_payload.is_multiple_of(8) {
-        return Err("largest payload must be a multiple of 8 from 8 to capacity / 4");
+        return Err(InvalidConfig::MaxPayload);
     }
     Ok(())
 }

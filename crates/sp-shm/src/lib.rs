@@ -56,7 +56,10 @@ mod wake;
 #[cfg(not(sp_loom))]
 pub use blob::{BLOB_MAGIC, BLOB_MSG_LEN, Blob};
 pub use config::Config;
-pub use error::{Error, RefuseReason, Result};
+pub use error::{
+    Corruption, Error, InvalidConfig, RecvTimeoutError, RefuseReason, Result, SendTimeoutError,
+    TryRecvError, TrySendError,
+};
 #[cfg(not(sp_loom))]
 pub use handshake::{Duplex, OFFER_LEN, OFFER_MAGIC, READY_LEN, READY_MAGIC, adopt, spawn};
 pub use idle::IdleStrategy;

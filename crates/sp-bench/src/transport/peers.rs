@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 pub(super) mod iceoryx2;
 pub(super) mod ipc_channel;
 pub(super) mod ipmpsc;
+pub(super) mod typed;
 
 /// Prefix of every file name this harness gives a peer crate (in /dev/shm and /tmp).
 const FILE_PREFIX: &str = "sp-bench-";

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use super::area::{DataArea, Payload, ReadOnly, Shared};
-use super::wait::{Limit, RecordWait, wait_for, wake_if_waiting};
+use super::wait::{Limit, RecordWait, WaitError, wait_for, wake_if_waiting};
 use super::{Stats, corrupt};
-use crate::error::{Error, Result};
+use crate::error::{Corruption, Error, RecvTimeoutError, Result, TryRecvError};
 use crate::idle::IdleStrategy;
 use crate::layout::{self, HEADER_LEN, PADDING, Slot};
 use crate::sync::Ordering;
@@ -23,6 +23,8 @@ pub struct Consumer {
     pub(super) max_payload: usize,
     /// Authoritative head: bytes released, published or not.
     pub(super) head: u64,
+    /// The record `poll_record` found last, which a grant borrows and releasing advances past.
+    pub(super) current: Record,
     head_published: u64,
     /// Where a record taken on the fast path may end at the latest: the end of the head's lap
     /// (no padding to skip, no hang-up check due) and the read-ahead limit
@@ -46,8 +48,9 @@ pub struct Consumer {
 /// See `docs/protocol.md`, "Trust model".
 #[derive(Debug)]
 pub struct ReadGrant<'a> {
-    consumer: &'a mut Consumer,
-    pub(super) rec: Record,
+    /// The record is the consumer's `current` one: kept there rather than in the grant so that
+    /// the hot path stores and loads it with matching widths.
+    pub(super) consumer: &'a mut Consumer,
 }
 
 /// A record seen by [`Consumer::for_each_available`]: copy-out access only.
@@ -59,7 +62,7 @@ pub struct ReadGrantRef<'a> {
 
 /// A validated record: its payload (inside the data area) and kind.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Record {
+pub(crate) struct Record {
     pub(super) payload: Payload,
     kind: u32,
 }
@@ -90,6 +93,10 @@ impl Consumer {
             capacity,
             max_payload,
             head: 0,
+            current: Record {
+                payload: Payload::EMPTY,
+                kind: 0,
+            },
             head_published: 0,
             fast_end: 0,
             publish_every: publish_every as u64,
@@ -107,40 +114,36 @@ impl Consumer {
     /// been delivered; [`Error::Corrupt`] for a bad record header.
     #[inline]
     pub fn read(&mut self) -> Result<ReadGrant<'_>> {
-        let rec = self.wait_record(Limit::Forever)?;
-        Ok(ReadGrant {
-            consumer: self,
-            rec,
-        })
+        self.wait_record(Limit::Forever)
+            .map_err(WaitError::forever)?;
+        Ok(ReadGrant { consumer: self })
     }
 
     /// Borrows the next record if one is committed.
     ///
     /// # Errors
-    /// [`Error::Empty`] when none is (or [`Error::PeerGone`] if a wait has already seen the
-    /// producer go); otherwise as [`read`](Self::read).
+    /// [`TryRecvError::Empty`](sp_core::TryRecvError::Empty) when none is (or `Broken` with
+    /// [`Error::PeerGone`] once a wait has seen the producer go and everything was delivered);
+    /// otherwise `Broken` as [`read`](Self::read).
     #[inline]
-    pub fn try_read(&mut self) -> Result<ReadGrant<'_>> {
-        match self.poll_record()? {
-            Some(rec) => Ok(ReadGrant {
-                consumer: self,
-                rec,
-            }),
-            None => Err(self.empty()),
+    pub fn try_read(&mut self) -> Result<ReadGrant<'_>, TryRecvError> {
+        if self.poll_record()? {
+            Ok(ReadGrant { consumer: self })
+        } else {
+            Err(self.empty())
         }
     }
 
     /// Waits at most `timeout` for the next record.
     ///
     /// # Errors
-    /// [`Error::TimedOut`]; otherwise as [`read`](Self::read).
+    /// [`RecvTimeoutError::Timeout`](sp_core::RecvTimeoutError::Timeout); otherwise `Broken` as
+    /// [`read`](Self::read).
     #[inline]
-    pub fn read_timeout(&mut self, timeout: Duration) -> Result<ReadGrant<'_>> {
-        let rec = self.wait_record(Limit::After(timeout))?;
-        Ok(ReadGrant {
-            consumer: self,
-            rec,
-        })
+    pub fn read_timeout(&mut self, timeout: Duration) -> Result<ReadGrant<'_>, RecvTimeoutError> {
+        self.wait_record(Limit::After(timeout))
+            .map_err(WaitError::into_recv)?;
+        Ok(ReadGrant { consumer: self })
     }
 
     /// Waits for the next record and copies its payload into `buf` (replacing its contents);
@@ -157,7 +160,7 @@ impl Consumer {
     ///
     /// # Errors
     /// As [`try_read`](Self::try_read).
-    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<u32> {
+    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<u32, TryRecvError> {
         let grant = self.try_read()?;
         Ok(grant.copy_into_vec(buf))
     }
@@ -166,7 +169,11 @@ impl Consumer {
     ///
     /// # Errors
     /// As [`read_timeout`](Self::read_timeout).
-    pub fn recv_into_timeout(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<u32> {
+    pub fn recv_into_timeout(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<u32, RecvTimeoutError> {
         let grant = self.read_timeout(timeout)?;
         Ok(grant.copy_into_vec(buf))
     }
@@ -175,8 +182,13 @@ impl Consumer {
     /// returns how many.
     ///
     /// # Errors
-    /// [`Error::Empty`] if there was none; otherwise as [`read`](Self::read).
-    pub fn try_recv_batch(&mut self, out: &mut Vec<Vec<u8>>, max: usize) -> Result<usize> {
+    /// [`TryRecvError::Empty`](sp_core::TryRecvError::Empty) if there was none; otherwise as
+    /// [`try_read`](Self::try_read).
+    pub fn try_recv_batch(
+        &mut self,
+        out: &mut Vec<Vec<u8>>,
+        max: usize,
+    ) -> Result<usize, TryRecvError> {
         let n = self.drain_into(out, max)?;
         if n == 0 && max > 0 {
             return Err(self.empty());
@@ -191,19 +203,21 @@ impl Consumer {
     /// As [`read`](Self::read).
     pub fn recv_batch(&mut self, out: &mut Vec<Vec<u8>>, max: usize) -> Result<usize> {
         self.recv_batch_until(out, max, None)
+            .map_err(WaitError::forever)
     }
 
     /// As [`recv_batch`](Self::recv_batch), waiting at most `timeout` for the first record.
     ///
     /// # Errors
-    /// [`Error::TimedOut`]; otherwise as [`read`](Self::read).
+    /// As [`read_timeout`](Self::read_timeout).
     pub fn recv_batch_timeout(
         &mut self,
         out: &mut Vec<Vec<u8>>,
         max: usize,
         timeout: Duration,
-    ) -> Result<usize> {
+    ) -> Result<usize, RecvTimeoutError> {
         self.recv_batch_until(out, max, deadline_after(timeout))
+            .map_err(WaitError::into_recv)
     }
 
     fn recv_batch_until(
@@ -211,13 +225,13 @@ impl Consumer {
         out: &mut Vec<Vec<u8>>,
         max: usize,
         deadline: Option<Instant>,
-    ) -> Result<usize> {
+    ) -> Result<usize, WaitError> {
         if max == 0 {
             return Ok(0);
         }
-        let first = self.wait_record(Limit::Until(deadline))?;
-        out.push(self.copy_record(first));
-        self.advance(first);
+        self.wait_record(Limit::Until(deadline))?;
+        out.push(self.copy_current());
+        self.advance();
         let n = 1 + self.drain_into(out, max - 1)?;
         self.publish()?;
         Ok(n)
@@ -227,22 +241,19 @@ impl Consumer {
     /// how many. Does not wait.
     ///
     /// # Errors
-    /// As [`try_read`](Self::try_read), except that finding none returns `Ok(0)`.
+    /// As [`read`](Self::read): finding none returns `Ok(0)`.
     pub fn for_each_available(
         &mut self,
         max: usize,
         mut f: impl FnMut(&ReadGrantRef<'_>),
     ) -> Result<usize> {
         let mut n = 0;
-        while n < max {
-            let Some(rec) = self.poll_record()? else {
-                break;
-            };
+        while n < max && self.poll_record()? {
             f(&ReadGrantRef {
                 data: &self.shared.data,
-                rec,
+                rec: self.current,
             });
-            self.advance(rec);
+            self.advance();
             n += 1;
         }
         self.publish()?;
@@ -285,44 +296,43 @@ impl Consumer {
     /// What a non-blocking call reports when no record is committed, after publishing the head
     /// (a side that may go on to wait must not hold back space): `Empty`, or `PeerGone` once a
     /// wait has seen the producer's process hang up.
-    fn empty(&mut self) -> Error {
+    fn empty(&mut self) -> TryRecvError {
         if let Err(err) = self.publish() {
-            return err;
+            return err.into();
         }
         if self.peer_gone {
-            Error::PeerGone
+            TryRecvError::Broken(Error::PeerGone)
         } else {
-            Error::Empty
+            TryRecvError::Empty
         }
     }
 
     fn drain_into(&mut self, out: &mut Vec<Vec<u8>>, max: usize) -> Result<usize> {
         let mut n = 0;
-        while n < max {
-            let Some(rec) = self.poll_record()? else {
-                break;
-            };
-            out.push(self.copy_record(rec));
-            self.advance(rec);
+        while n < max && self.poll_record()? {
+            out.push(self.copy_current());
+            self.advance();
             n += 1;
         }
         Ok(n)
     }
 
-    fn copy_record(&self, rec: Record) -> Vec<u8> {
-        let mut bytes = vec![0; rec.payload.len()];
-        self.shared.data.copy_out(rec.payload, &mut bytes);
+    /// The payload of the current record, copied.
+    fn copy_current(&self) -> Vec<u8> {
+        let mut bytes = vec![0; self.current.payload.len()];
+        self.shared.data.copy_out(self.current.payload, &mut bytes);
         bytes
     }
 
-    /// The next committed record, validated; skips padding.
+    /// Makes the next committed record, validated, the `current` one, if there is one; skips
+    /// padding.
     ///
     /// The record is made here, inline, from a header word that passed the fast path's checks;
     /// the out-of-line slow path never returns one (through memory it would be reloaded with
     /// loads wider than the stores that wrote it, which stalls). It validates the word in full,
     /// skips padding and moves `fast_end`, and the loop loads the header again.
     #[inline]
-    pub(super) fn poll_record(&mut self) -> Result<Option<Record>> {
+    pub(super) fn poll_record(&mut self) -> Result<bool> {
         let mut validated = false;
         loop {
             let header = self.shared.data.word_at(self.head);
@@ -339,10 +349,11 @@ impl Consumer {
                 && self.head + layout::record_size(len) as u64 <= self.fast_end
                 && let Some(payload) = self.shared.data.payload(header, len)
             {
-                return Ok(Some(Record { payload, kind }));
+                self.current = Record { payload, kind };
+                return Ok(true);
             }
             match self.check_slow(word, validated)? {
-                SlowPath::Empty => return Ok(None),
+                SlowPath::Empty => return Ok(false),
                 SlowPath::Validated => validated = true,
                 SlowPath::SkippedPadding => {}
             }
@@ -360,7 +371,7 @@ impl Consumer {
         let to_end = self.capacity - header.offset() as u64;
         let (len, kind) = match layout::decode_header(word) {
             Slot::Empty => return Ok(SlowPath::Empty),
-            Slot::Invalid => return Err(corrupt("not a record header", word)),
+            Slot::Invalid => return Err(corrupt(Corruption::NotAHeader, word)),
             Slot::Header(len, kind) => (len, kind),
         };
         // A producer writes only space it knows is free: its cached head is at most the head
@@ -373,32 +384,26 @@ impl Consumer {
             // Padding at offset 0 is never needed (every record fits a whole ring), so padding
             // is followed by a real record: `poll_record` comes here at most twice per record.
             if header.offset() == 0 || u64::from(len) != to_end - HEADER_LEN as u64 {
-                return Err(corrupt("bad padding record", word));
+                return Err(corrupt(Corruption::BadPadding, word));
             }
             if self.head + to_end > limit {
-                return Err(corrupt(
-                    "padding beyond what the producer could write",
-                    word,
-                ));
+                return Err(corrupt(Corruption::BeyondTheProducer, word));
             }
             self.head += to_end;
             return Ok(SlowPath::SkippedPadding);
         }
         let len = len as usize;
         if len > self.max_payload {
-            return Err(corrupt("record longer than the largest payload", word));
+            return Err(corrupt(Corruption::TooLong, word));
         }
         if self.shared.data.payload(header, len).is_none() {
-            return Err(corrupt("record past the end of the data area", word));
+            return Err(corrupt(Corruption::PastTheEnd, word));
         }
         if self.head + layout::record_size(len) as u64 > limit {
-            return Err(corrupt("record beyond what the producer could write", word));
+            return Err(corrupt(Corruption::BeyondTheProducer, word));
         }
         if validated {
-            return Err(corrupt(
-                "a committed header changed while it was read",
-                word,
-            ));
+            return Err(corrupt(Corruption::HeaderChanged, word));
         }
         if header.offset() == 0 && !self.peer_gone && self.wake.hung_up()? {
             // Once a lap, look for a hang-up even if records keep coming: a dead peer's ring
@@ -416,18 +421,19 @@ impl Consumer {
         self.fast_end = lap_end.min(self.head_published + self.capacity - HEADER_LEN as u64);
     }
 
-    /// Releases a record privately.
+    /// Releases the current record privately.
     #[inline]
-    fn advance(&mut self, rec: Record) {
-        self.head += layout::record_size(rec.payload.len()) as u64;
+    fn advance(&mut self) {
+        let len = self.current.payload.len();
+        self.head += layout::record_size(len) as u64;
         self.stats.records += 1;
-        self.stats.bytes += rec.payload.len() as u64;
+        self.stats.bytes += len as u64;
     }
 
-    /// Releases a record; publishes once `publish_every` bytes are pending.
+    /// Releases the current record; publishes once `publish_every` bytes are pending.
     #[inline]
-    fn release(&mut self, rec: Record) {
-        self.advance(rec);
+    fn release(&mut self) {
+        self.advance();
         if self.head - self.head_published > self.publish_every {
             // A failure here means the producer is gone; the next wait reports it.
             let _ = self.publish();
@@ -456,18 +462,20 @@ impl Consumer {
         wake_if_waiting(&ctrl.producer_waiting.word, &self.wake, &mut self.stats)
     }
 
-    /// A record now, or wait for one; the first attempt is inlined (see `Producer::wait_claim`).
+    /// A record now (as `current`), or wait for one; the first attempt is inlined (see
+    /// `Producer::wait_claim`).
     #[inline]
-    fn wait_record(&mut self, limit: Limit) -> Result<Record> {
-        match self.poll_record()? {
-            Some(rec) => Ok(rec),
-            None => self.wait_record_slow(limit),
+    fn wait_record(&mut self, limit: Limit) -> Result<(), WaitError> {
+        if self.poll_record()? {
+            Ok(())
+        } else {
+            self.wait_record_slow(limit)
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn wait_record_slow(&mut self, limit: Limit) -> Result<Record> {
+    fn wait_record_slow(&mut self, limit: Limit) -> Result<(), WaitError> {
         wait_for(&mut RecordWait { consumer: self }, limit)
     }
 }
@@ -481,7 +489,7 @@ impl Drop for Consumer {
 impl ReadGrant<'_> {
     /// The payload length.
     pub fn len(&self) -> usize {
-        self.rec.payload.len()
+        self.consumer.current.payload.len()
     }
 
     /// Whether the payload is empty.
@@ -491,19 +499,22 @@ impl ReadGrant<'_> {
 
     /// The record's kind.
     pub fn kind(&self) -> u32 {
-        self.rec.kind
+        self.consumer.current.kind
     }
 
     /// Copies the payload into `dst[..len]`; returns how many bytes were copied
     /// (`min(len, dst.len())`).
     #[inline]
     pub fn copy_to_slice(&self, dst: &mut [u8]) -> usize {
-        self.consumer.shared.data.copy_out(self.rec.payload, dst)
+        self.consumer
+            .shared
+            .data
+            .copy_out(self.consumer.current.payload, dst)
     }
 
     /// The payload, copied.
     pub fn to_vec(&self) -> Vec<u8> {
-        self.consumer.copy_record(self.rec)
+        self.consumer.copy_current()
     }
 
     /// A raw pointer to the first payload byte; `len()` bytes are readable, never writable.
@@ -511,7 +522,10 @@ impl ReadGrant<'_> {
     #[cfg(not(sp_loom))]
     #[inline]
     pub fn as_ptr(&self) -> *const u8 {
-        self.consumer.shared.data.payload_ptr(self.rec.payload)
+        self.consumer
+            .shared
+            .data
+            .payload_ptr(self.consumer.current.payload)
     }
 
     /// The payload as a plain slice, in place.
@@ -533,15 +547,18 @@ impl ReadGrant<'_> {
     fn copy_into_vec(self, buf: &mut Vec<u8>) -> u32 {
         buf.clear();
         buf.resize(self.len(), 0);
-        self.consumer.shared.data.copy_out(self.rec.payload, buf);
-        self.rec.kind
+        self.consumer
+            .shared
+            .data
+            .copy_out(self.consumer.current.payload, buf);
+        self.consumer.current.kind
     }
 }
 
 impl Drop for ReadGrant<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.consumer.release(self.rec);
+        self.consumer.release();
     }
 }
 

@@ -97,7 +97,7 @@ pub use consumer::{Consumer, ReadGrant, ReadGrantRef};
 pub use producer::{Producer, WriteGrant};
 pub use wait::WaitPrep;
 
-use crate::error::Error;
+use crate::error::{Corruption, Error};
 
 /// Counters of one side, for benchmarks and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,8 +119,8 @@ pub struct Stats {
     pub rechecked_parks: u64,
 }
 
-fn corrupt(what: &'static str, value: u64) -> Error {
-    Error::Corrupt { what, value }
+fn corrupt(cause: Corruption, value: u64) -> Error {
+    Error::Corrupt { cause, value }
 }
 
 /// A producer and consumer over a heap-allocated model of the shared memory (loom only).

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use super::area::{Payload, ReadWrite, Shared};
-use super::wait::{ClaimWait, Limit, wait_for, wake_if_waiting};
+use super::wait::{ClaimWait, Limit, WaitError, wait_for, wake_if_waiting};
 use super::{Stats, corrupt};
-use crate::error::{Error, Result};
+use crate::error::{Corruption, Error, Result, SendTimeoutError, TrySendError};
 use crate::idle::IdleStrategy;
 use crate::layout::{self, HEADER_LEN, PADDING};
 use crate::sync::Ordering;
@@ -86,16 +86,19 @@ impl Producer {
     /// consumer's process is gone while this waits; [`Error::Corrupt`] for a bad head.
     #[inline]
     pub fn reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>> {
-        self.wait_claim(n_bytes, Limit::Forever)?;
+        self.wait_claim(n_bytes, Limit::Forever)
+            .map_err(WaitError::forever)?;
         Ok(self.grant())
     }
 
     /// Reserves space if there is enough now.
     ///
     /// # Errors
-    /// [`Error::Full`] when there is not; otherwise as [`reserve`](Self::reserve).
+    /// [`TrySendError::Full`](sp_core::TrySendError::Full) when there is not (or `Broken` with
+    /// [`Error::PeerGone`] once a wait has seen the consumer go); otherwise `Broken` as
+    /// [`reserve`](Self::reserve).
     #[inline]
-    pub fn try_reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>> {
+    pub fn try_reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>, TrySendError> {
         if self.try_claim(n_bytes)? {
             Ok(self.grant())
         } else {
@@ -106,10 +109,16 @@ impl Producer {
     /// Reserves space, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`Error::TimedOut`]; otherwise as [`reserve`](Self::reserve).
+    /// [`SendTimeoutError::Timeout`](sp_core::SendTimeoutError::Timeout); otherwise `Broken` as
+    /// [`reserve`](Self::reserve).
     #[inline]
-    pub fn reserve_timeout(&mut self, n_bytes: usize, timeout: Duration) -> Result<WriteGrant<'_>> {
-        self.wait_claim(n_bytes, Limit::After(timeout))?;
+    pub fn reserve_timeout(
+        &mut self,
+        n_bytes: usize,
+        timeout: Duration,
+    ) -> Result<WriteGrant<'_>, SendTimeoutError> {
+        self.wait_claim(n_bytes, Limit::After(timeout))
+            .map_err(WaitError::into_send)?;
         Ok(self.grant())
     }
 
@@ -119,7 +128,8 @@ impl Producer {
     /// As [`reserve`](Self::reserve).
     #[inline]
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.wait_claim(bytes.len(), Limit::Forever)?;
+        self.wait_claim(bytes.len(), Limit::Forever)
+            .map_err(WaitError::forever)?;
         self.write_claimed(bytes);
         self.publish()
     }
@@ -127,12 +137,12 @@ impl Producer {
     /// Sends if there is space now.
     ///
     /// # Errors
-    /// [`Error::Full`]; otherwise as [`reserve`](Self::reserve).
+    /// As [`try_reserve`](Self::try_reserve).
     #[inline]
-    pub fn try_send(&mut self, bytes: &[u8]) -> Result<()> {
+    pub fn try_send(&mut self, bytes: &[u8]) -> Result<(), TrySendError> {
         if self.try_claim(bytes.len())? {
             self.write_claimed(bytes);
-            self.publish()
+            Ok(self.publish()?)
         } else {
             Err(self.full())
         }
@@ -141,20 +151,26 @@ impl Producer {
     /// Sends, waiting at most `timeout` for space.
     ///
     /// # Errors
-    /// [`Error::TimedOut`]; otherwise as [`reserve`](Self::reserve).
+    /// As [`reserve_timeout`](Self::reserve_timeout).
     #[inline]
-    pub fn send_timeout(&mut self, bytes: &[u8], timeout: Duration) -> Result<()> {
-        self.wait_claim(bytes.len(), Limit::After(timeout))?;
+    pub fn send_timeout(
+        &mut self,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
+        self.wait_claim(bytes.len(), Limit::After(timeout))
+            .map_err(WaitError::into_send)?;
         self.write_claimed(bytes);
-        self.publish()
+        Ok(self.publish()?)
     }
 
     /// Sends as many of `records` as fit now, checking for a parked consumer once; returns how
     /// many.
     ///
     /// # Errors
-    /// [`Error::Full`] if not even the first fits; otherwise as [`reserve`](Self::reserve).
-    pub fn try_send_batch<B: AsRef<[u8]>>(&mut self, records: &[B]) -> Result<usize> {
+    /// [`TrySendError::Full`](sp_core::TrySendError::Full) if not even the first fits; otherwise
+    /// as [`try_reserve`](Self::try_reserve).
+    pub fn try_send_batch<B: AsRef<[u8]>>(&mut self, records: &[B]) -> Result<usize, TrySendError> {
         let mut n_sent = 0;
         for record in records {
             let bytes = record.as_ref();
@@ -163,7 +179,7 @@ impl Producer {
                 Ok(false) => break,
                 Err(err) => {
                     self.publish()?;
-                    return Err(err);
+                    return Err(err.into());
                 }
             }
             n_sent += 1;
@@ -181,34 +197,38 @@ impl Producer {
     /// # Errors
     /// As [`reserve`](Self::reserve); records before the failing one were sent.
     pub fn send_batch<B: AsRef<[u8]>>(&mut self, records: &[B]) -> Result<()> {
-        self.send_batch_until(records, None).map(|_| ())
+        self.send_batch_until(records, None)
+            .map_err(WaitError::forever)
+            .map(|_| ())
     }
 
     /// As [`send_batch`](Self::send_batch), but gives up once `timeout` has passed; returns how
     /// many records were sent (all of them, or an error).
     ///
     /// # Errors
-    /// [`Error::TimedOut`] if space for the next record did not appear in time (the records
-    /// before it were sent and published); otherwise as [`reserve`](Self::reserve).
+    /// [`SendTimeoutError::Timeout`](sp_core::SendTimeoutError::Timeout) if space for the next
+    /// record did not appear in time (the records before it were sent and published); otherwise
+    /// as [`reserve`](Self::reserve).
     pub fn send_batch_timeout<B: AsRef<[u8]>>(
         &mut self,
         records: &[B],
         timeout: Duration,
-    ) -> Result<usize> {
+    ) -> Result<usize, SendTimeoutError> {
         self.send_batch_until(records, deadline_after(timeout))
+            .map_err(WaitError::into_send)
     }
 
     fn send_batch_until<B: AsRef<[u8]>>(
         &mut self,
         records: &[B],
         deadline: Option<Instant>,
-    ) -> Result<usize> {
+    ) -> Result<usize, WaitError> {
         for record in records {
             let bytes = record.as_ref();
             let claimed = match self.try_claim(bytes.len()) {
                 Ok(true) => Ok(()),
                 Ok(false) => self.wait_claim_slow(bytes.len(), Limit::Until(deadline)),
-                Err(err) => Err(err),
+                Err(err) => Err(err.into()),
             };
             if let Err(err) = claimed {
                 self.publish()?;
@@ -262,11 +282,11 @@ impl Producer {
 
     /// What a non-blocking call reports when the ring has no room: `Full`, or `PeerGone` once a
     /// wait has seen the consumer's process hang up (nobody will make room).
-    fn full(&self) -> Error {
+    fn full(&self) -> TrySendError {
         if self.peer_gone {
-            Error::PeerGone
+            TrySendError::Broken(Error::PeerGone)
         } else {
-            Error::Full
+            TrySendError::Full
         }
     }
 
@@ -280,7 +300,7 @@ impl Producer {
     pub(super) fn try_claim(&mut self, n_bytes: usize) -> Result<bool> {
         if n_bytes > self.max_payload {
             return Err(Error::TooLarge {
-                n_bytes,
+                len: n_bytes,
                 max: self.max_payload,
             });
         }
@@ -342,10 +362,13 @@ impl Producer {
         // `Consumer::publish`: its reads of the released bytes happen before we overwrite them.
         let head = self.shared.ctrl().head.word.load(Ordering::Acquire);
         if head < self.head_cache {
-            return Err(corrupt("head moved backwards", head));
+            return Err(corrupt(Corruption::HeadBackwards, head));
         }
-        if head > self.tail || !head.is_multiple_of(layout::ALIGN as u64) {
-            return Err(corrupt("head beyond the committed tail or unaligned", head));
+        if head > self.tail {
+            return Err(corrupt(Corruption::HeadPastTail, head));
+        }
+        if !head.is_multiple_of(layout::ALIGN as u64) {
+            return Err(corrupt(Corruption::HeadUnaligned, head));
         }
         self.head_cache = head;
         Ok(())
@@ -395,7 +418,7 @@ impl Producer {
     /// with a load wider than the stores that wrote it, and that load waited for every earlier
     /// store (the record bytes, still waiting for their cache lines) to drain.
     #[inline]
-    fn wait_claim(&mut self, n_bytes: usize, limit: Limit) -> Result<()> {
+    fn wait_claim(&mut self, n_bytes: usize, limit: Limit) -> Result<(), WaitError> {
         if self.try_claim(n_bytes)? {
             Ok(())
         } else {
@@ -405,7 +428,7 @@ impl Producer {
 
     #[cold]
     #[inline(never)]
-    fn wait_claim_slow(&mut self, n_bytes: usize, limit: Limit) -> Result<()> {
+    fn wait_claim_slow(&mut self, n_bytes: usize, limit: Limit) -> Result<(), WaitError> {
         wait_for(
             &mut ClaimWait {
                 producer: self,

@@ -15,9 +15,9 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use super::Stats;
-use super::consumer::{Consumer, Record};
+use super::consumer::Consumer;
 use super::producer::Producer;
-use crate::error::{Error, Result};
+use crate::error::{Error, RecvTimeoutError, Result, SendTimeoutError};
 use crate::idle::{Backoff, IdleStrategy, Step};
 use crate::sync::{AtomicU64, Ordering, heavy_fence, light_fence};
 use crate::wake::{WakeSocket, Woken, deadline_after};
@@ -45,6 +45,44 @@ pub enum WaitPrep {
         /// The longest to sleep without a wake-up byte, if there is a limit.
         recheck: Option<Duration>,
     },
+}
+
+/// How a wait ended without success: its deadline passed, or something broke.
+#[derive(Debug)]
+pub(super) enum WaitError {
+    TimedOut,
+    Broken(Error),
+}
+
+impl From<Error> for WaitError {
+    fn from(err: Error) -> Self {
+        Self::Broken(err)
+    }
+}
+
+impl WaitError {
+    /// The error of a wait with no deadline, which cannot time out (crossbeam-channel's blocking
+    /// `send` unwraps its `SendTimeoutError` the same way).
+    pub(super) fn forever(self) -> Error {
+        match self {
+            Self::Broken(err) => err,
+            Self::TimedOut => unreachable!("a wait without a deadline never times out"),
+        }
+    }
+
+    pub(super) fn into_send(self) -> SendTimeoutError {
+        match self {
+            Self::Broken(err) => SendTimeoutError::Broken(err),
+            Self::TimedOut => SendTimeoutError::Timeout,
+        }
+    }
+
+    pub(super) fn into_recv(self) -> RecvTimeoutError {
+        match self {
+            Self::Broken(err) => RecvTimeoutError::Broken(err),
+            Self::TimedOut => RecvTimeoutError::Timeout,
+        }
+    }
 }
 
 /// How long a wait may last.
@@ -153,12 +191,13 @@ impl Side for ClaimWait<'_> {
 }
 
 impl Side for RecordWait<'_> {
-    type Ready = Record;
+    /// The record itself is the consumer's `current` one.
+    type Ready = ();
     /// A consumer's reaction time is the round-trip latency: check after every pause.
     const SPIN_PAUSES: u32 = 1;
 
-    fn attempt(&mut self) -> Result<Option<Record>> {
-        self.consumer.poll_record()
+    fn attempt(&mut self) -> Result<Option<()>> {
+        Ok(self.consumer.poll_record()?.then_some(()))
     }
 
     fn publish_own(&mut self) -> Result<()> {
@@ -181,12 +220,13 @@ impl Side for RecordWait<'_> {
         &mut self.consumer.stats
     }
 
-    fn on_hang_up(&mut self) -> Result<Record> {
+    fn on_hang_up(&mut self) -> Result<()> {
         // The producer's last publication happened before its process ended; drain it first.
         self.consumer.peer_gone = true;
-        match self.consumer.poll_record()? {
-            Some(rec) => Ok(rec),
-            None => Err(Error::PeerGone),
+        if self.consumer.poll_record()? {
+            Ok(())
+        } else {
+            Err(Error::PeerGone)
         }
     }
 }
@@ -235,15 +275,15 @@ fn arm<S: Side>(side: &mut S) -> Result<Armed<S::Ready>> {
 
 /// Waits until `side.attempt()` succeeds: spin, yield, then park (see the module docs). The
 /// caller has just made an attempt that failed (the inlined fast path).
-pub(super) fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> {
+pub(super) fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready, WaitError> {
     // The clock is read only once the wait checks it (see `Limit::After`).
     let mut deadline = LazyDeadline::new(limit);
     if let Err(err) = side.publish_own() {
         // The peer is gone: nobody will free space or commit more; let `on_hang_up` decide.
         if matches!(err, Error::PeerGone) {
-            return side.on_hang_up();
+            return Ok(side.on_hang_up()?);
         }
-        return Err(err);
+        return Err(err.into());
     }
     let mut backoff = Backoff::new(side.idle());
     loop {
@@ -272,10 +312,10 @@ pub(super) fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> 
                     Woken::TimedOut => {
                         return match side.attempt()? {
                             Some(ready) => Ok(ready),
-                            None => Err(Error::TimedOut),
+                            None => Err(WaitError::TimedOut),
                         };
                     }
-                    Woken::HangUp => return side.on_hang_up(),
+                    Woken::HangUp => return Ok(side.on_hang_up()?),
                 }
             }
         }
@@ -287,10 +327,10 @@ pub(super) fn wait_for<S: Side>(side: &mut S, limit: Limit) -> Result<S::Ready> 
             // spinning threads than cores) still makes progress.
             yield_now();
             if side.wake().hung_up()? {
-                return side.on_hang_up();
+                return Ok(side.on_hang_up()?);
             }
             if deadline.get().is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::TimedOut);
+                return Err(WaitError::TimedOut);
             }
         }
     }

@@ -103,7 +103,11 @@ fn send_and_receive(bytes: &[u8], fds: &[&OwnedFd]) -> Result<sp_shm::Result<Blo
     let (a, mut b) = Channel::pair(SocketKind::SeqPacket).map_err(|e| e.to_string())?;
     let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
     a.send(bytes, &fds).map_err(|e| e.to_string())?;
-    Ok(Blob::recv_timeout(&mut b, STEP))
+    match Blob::recv_timeout(&mut b, STEP) {
+        Ok(blob) => Ok(Ok(blob)),
+        Err(sp_shm::RecvTimeoutError::Broken(err)) => Ok(Err(err)),
+        Err(sp_shm::RecvTimeoutError::Timeout) => Err("no BLOB message within a step".into()),
+    }
 }
 
 fn expect_refused(res: sp_shm::Result<Blob>, want: RefuseReason, what: &str) -> TestResult {
@@ -424,10 +428,10 @@ fn child_blob_emfile() -> TestResult {
     let first = Blob::recv_timeout(control, STEP);
     rustix::process::setrlimit(Resource::Nofile, old).map_err(|e| format!("restore: {e}"))?;
     let mut report = match first {
-        Err(Error::Channel(sp_core::Error::FdLimit {
+        Err(sp_shm::RecvTimeoutError::Broken(Error::Channel(sp_core::Error::FdLimit {
             declared: 1,
             received: 0,
-        })) => String::new(),
+        }))) => String::new(),
         other => format!(
             "first blob: expected FdLimit 1/0, got {:?}; ",
             other.map(|b| b.len())

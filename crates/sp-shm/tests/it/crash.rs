@@ -309,7 +309,7 @@ fn drain_then_peer_gone(
                 check_record(seq, &buf)?;
                 seq += 1;
             }
-            Err(Error::PeerGone) => break,
+            Err(err) if err.is_disconnected() => break,
             Err(err) => return Err(format!("after the kill, record {seq}: {err}")),
         }
         if killed.elapsed() > PROMPT {
@@ -332,7 +332,7 @@ fn send_until_peer_gone(producer: &mut sp_shm::Producer, killed: Instant) -> Tes
         let len = write_record(seq, &mut record);
         match producer.send_timeout(&record[..len], PROMPT) {
             Ok(()) => {}
-            Err(Error::PeerGone) => break,
+            Err(err) if err.is_disconnected() => break,
             Err(err) => return Err(format!("send after the kill: {err}")),
         }
         if killed.elapsed() > PROMPT {
@@ -462,7 +462,7 @@ fn holding_read(rng: &mut Rng, config: &Config, idle: &str, tally: &mut Tally) -
             let len = write_record(seq, &mut record);
             match producer.try_send(&record[..len]) {
                 Ok(()) => seq += 1,
-                Err(Error::Full) => break,
+                Err(err) if err.is_full() => break,
                 Err(err) => return Err(format!("filling: {err}")),
             }
         }
@@ -471,7 +471,7 @@ fn holding_read(rng: &mut Rng, config: &Config, idle: &str, tally: &mut Tally) -
         let res = producer.send_timeout(&record[..len], STEP);
         let killed = killer.join().map_err(|_| "killer panicked")??;
         match res {
-            Err(Error::PeerGone) => {}
+            Err(err) if err.is_disconnected() => {}
             other => return Err(format!("blocked send after the kill: {other:?}")),
         }
         killed
@@ -580,7 +580,7 @@ fn handshake(rng: &mut Rng, config: &Config, idle: &str, tally: &mut Tally) -> T
             let res = duplex.consumer().read_timeout(STEP).map(|rec| rec.len());
             let killed = killer.join().map_err(|_| "killer panicked")??;
             match res {
-                Err(Error::PeerGone) if killed.elapsed() < PROMPT => {}
+                Err(err) if err.is_disconnected() && killed.elapsed() < PROMPT => {}
                 other => return Err(format!("after a complete handshake: {other:?}")),
             }
             reaper.reap_killed()

@@ -225,7 +225,7 @@ fn blob_decoder() -> TestResult {
                 prop_assert!(matches!(kinds[..], [FdKind::SealedMemfd(size)] if size == declared));
                 prop_assert_eq!(blob.len() as u64, declared);
             }
-            Err(Error::Refused(_)) => {}
+            Err(sp_shm::RecvTimeoutError::Broken(Error::Refused(_))) => {}
             Err(err) => prop_assert!(false, "unexpected {err}"),
         }
         Ok(())

@@ -78,7 +78,7 @@ pub(in crate::transport) fn accept(
 }
 
 /// iceoryx2's configuration with this harness's file prefix and root directory for `pid`.
-fn config(pid: u32) -> Result<Config> {
+pub(super) fn config(pid: u32) -> Result<Config> {
     let mut config = Config::default();
     let prefix = format!("{FILE_PREFIX}{pid}_");
     config.global.prefix = FileName::new(prefix.as_bytes()).map_err(peer_error)?;
@@ -91,7 +91,7 @@ fn config(pid: u32) -> Result<Config> {
 
 /// Samples in flight per direction when streaming: enough to stream, bounded in memory for large
 /// messages (at most 8 MiB of them, at least 2, at most 16).
-fn stream_buffer_len(size: usize) -> usize {
+pub(super) fn stream_buffer_len(size: usize) -> usize {
     ((8 << 20) / size.max(1)).clamp(2, 16)
 }
 

@@ -16,12 +16,12 @@ fn batch_timeouts() {
     let mut out = Vec::new();
     assert!(matches!(
         rx.recv_batch_timeout(&mut out, 4, Duration::from_millis(5)),
-        Err(Error::TimedOut)
+        Err(RecvTimeoutError::Timeout)
     ));
     let records = vec![vec![3u8; 1000]; 6];
     assert!(matches!(
         tx.send_batch_timeout(&records, Duration::from_millis(5)),
-        Err(Error::TimedOut)
+        Err(SendTimeoutError::Timeout)
     ));
     assert_eq!(
         rx.recv_batch_timeout(&mut out, 10, Duration::from_secs(5))
@@ -48,7 +48,7 @@ fn send_then_recv() {
     assert_eq!(buf, b"hello");
     rx.recv_into(&mut buf).unwrap();
     assert!(buf.is_empty());
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn abandoned_grant_is_invisible() {
     let mut grant = tx.reserve(10).unwrap();
     grant.fill(0xAA);
     let _abandoned = grant;
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     tx.send(b"next").unwrap();
     assert_eq!(rx.read().unwrap().to_vec(), b"next");
 }
@@ -84,20 +84,20 @@ fn too_large_and_full() {
     let (mut tx, _rx) = channel(&small()).unwrap();
     assert!(matches!(
         tx.try_send(&[0; 1025]),
-        Err(Error::TooLarge {
-            n_bytes: 1025,
+        Err(TrySendError::Broken(Error::TooLarge {
+            len: 1025,
             max: 1024
-        })
+        }))
     ));
     let mut n = 0;
     while tx.try_send(&[1; 1000]).is_ok() {
         n += 1;
     }
     assert_eq!(n, 4096 / 1008);
-    assert!(matches!(tx.try_send(&[1; 1000]), Err(Error::Full)));
+    assert!(matches!(tx.try_send(&[1; 1000]), Err(TrySendError::Full)));
     assert!(matches!(
         tx.send_timeout(&[1; 1000], Duration::from_millis(10)),
-        Err(Error::TimedOut)
+        Err(SendTimeoutError::Timeout)
     ));
 }
 
@@ -111,13 +111,13 @@ fn a_record_needs_its_slot_and_the_next_header_free() {
     for i in 0..3u8 {
         tx.try_send(&[i; 1016]).unwrap();
     }
-    assert!(matches!(tx.try_send(&[9; 1016]), Err(Error::Full)));
+    assert!(matches!(tx.try_send(&[9; 1016]), Err(TrySendError::Full)));
     tx.try_send(&[3; 1008]).unwrap();
     for i in 0..3u8 {
         assert_eq!(rx.try_read().unwrap().to_vec(), [i; 1016]);
     }
     assert_eq!(rx.try_read().unwrap().to_vec(), [3; 1008]);
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
 }
 
 #[test]
@@ -199,7 +199,10 @@ fn consumer_drains_then_reports_peer_gone() {
     drop(tx);
     assert_eq!(rx.read().unwrap().to_vec(), b"last words");
     assert!(matches!(rx.read(), Err(Error::PeerGone)));
-    assert!(matches!(rx.try_read(), Err(Error::PeerGone)));
+    assert!(matches!(
+        rx.try_read(),
+        Err(TryRecvError::Broken(Error::PeerGone))
+    ));
 }
 
 #[test]

@@ -9,7 +9,7 @@ fn producer_zeroes_the_slot_after_each_record() {
     let (mut tx, mut rx) = channel(&small()).unwrap();
     fill_stale(&tx);
     assert_eq!(tail_slot(&tx), 0);
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     let mut buf = Vec::new();
     let mut wrapped = 0;
     for round in 0..400usize {
@@ -32,7 +32,10 @@ fn producer_zeroes_the_slot_after_each_record() {
         );
         rx.try_recv_into(&mut buf).unwrap();
         assert_eq!(buf, bytes, "round {round}");
-        assert!(matches!(rx.try_read(), Err(Error::Empty)), "round {round}");
+        assert!(
+            matches!(rx.try_read(), Err(TryRecvError::Empty)),
+            "round {round}"
+        );
     }
     assert!(wrapped > 10 && tx.tail > 20 * CAPACITY as u64);
 }
@@ -60,7 +63,7 @@ fn stale_headers_are_never_read_past_the_tail() {
             let bytes = payload(len, (r >> 40) as u8);
             match tx.try_send(&bytes) {
                 Ok(()) => model.push_back(bytes),
-                Err(Error::Full) => {
+                Err(TrySendError::Full) => {
                     n_full += 1;
                     break;
                 }
@@ -71,7 +74,7 @@ fn stale_headers_are_never_read_past_the_tail() {
         for _ in 0..next_random(&mut state) % 12 {
             match rx.try_recv_into(&mut buf) {
                 Ok(_) => assert_eq!(Some(&buf), model.front(), "at tail {}", tx.tail),
-                Err(Error::Empty) => {
+                Err(TryRecvError::Empty) => {
                     assert!(model.is_empty(), "{} records lost", model.len());
                     n_empty += 1;
                     break;
@@ -84,7 +87,7 @@ fn stale_headers_are_never_read_past_the_tail() {
     while let Some(want) = model.pop_front() {
         assert_eq!(rx.try_read().unwrap().to_vec(), want);
     }
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     assert!(
         n_full > 10 && n_empty > 10,
         "full {n_full} times, empty {n_empty} times"

@@ -82,7 +82,10 @@ fn hang_up_wakes_an_armed_consumer_which_drains_then_reports_peer_gone() {
     assert!(readable_within(rx.wake_fd(), Duration::from_secs(5)));
     rx.finish_wait().unwrap();
     assert_eq!(rx.try_read().unwrap().len(), 3);
-    assert!(matches!(rx.try_read(), Err(Error::PeerGone)));
+    assert!(matches!(
+        rx.try_read(),
+        Err(TryRecvError::Broken(Error::PeerGone))
+    ));
     assert_eq!(rx.prepare_wait().unwrap(), WaitPrep::Ready);
 }
 
@@ -97,7 +100,10 @@ fn hang_up_ends_an_armed_producer() {
     drop(rx);
     assert!(readable_within(tx.wake_fd(), Duration::from_secs(5)));
     tx.finish_wait().unwrap();
-    assert!(matches!(tx.try_send(&[1; 512]), Err(Error::PeerGone)));
+    assert!(matches!(
+        tx.try_send(&[1; 512]),
+        Err(TrySendError::Broken(Error::PeerGone))
+    ));
     assert_eq!(tx.prepare_wait(512).unwrap(), WaitPrep::Ready);
 }
 
@@ -138,7 +144,7 @@ fn outside_sleeper_loses_no_wake_up_under_load() {
                     assert_eq!(seq, next);
                     next += 1;
                 }
-                Err(Error::Empty) => {
+                Err(TryRecvError::Empty) => {
                     if let WaitPrep::Armed { recheck } = rx.prepare_wait().unwrap() {
                         let limit = recheck.unwrap_or(Duration::from_secs(10));
                         let woke = readable_within(rx.wake_fd(), limit);

@@ -22,12 +22,12 @@ fn header_without_commit_bit_is_corrupt() {
         advance_to(&mut tx, &mut rx, start);
         let at = head_offset(&rx);
         for word in words {
-            assert!(matches!(rx.try_read(), Err(Error::Empty)));
+            assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
             poke_release(&tx, at, word);
-            assert_corrupt(&mut rx, word);
+            assert_corrupt(&mut rx, Corruption::NotAHeader, word);
             assert!(matches!(
                 rx.read_timeout(Duration::ZERO),
-                Err(Error::Corrupt { .. })
+                Err(RecvTimeoutError::Broken(Error::Corrupt { .. }))
             ));
             assert_eq!(rx.head, start, "{word:#x} moved the head");
             poke(&tx, at, 0);
@@ -57,19 +57,25 @@ fn padding_at_offset_zero_is_corrupt_and_terminates() {
         poke_release(&tx, 0, whole);
         let (rx, results) = within_bound(move || {
             let mut out = Vec::new();
+            // Every form must break with `Corrupt`, never merely find nothing.
             let results = [
-                rx.try_read().map(|rec| rec.len()),
-                rx.read_timeout(Duration::ZERO).map(|rec| rec.len()),
-                rx.read().map(|rec| rec.len()),
-                rx.try_recv_batch(&mut out, 8),
-                rx.recv_batch(&mut out, 8),
-                rx.for_each_available(8, |_| {}),
+                rx.try_read()
+                    .map(|rec| rec.len())
+                    .map_err(|err| err.into_broken()),
+                rx.read_timeout(Duration::ZERO)
+                    .map(|rec| rec.len())
+                    .map_err(|err| err.into_broken()),
+                rx.read().map(|rec| rec.len()).map_err(Some),
+                rx.try_recv_batch(&mut out, 8)
+                    .map_err(|err| err.into_broken()),
+                rx.recv_batch(&mut out, 8).map_err(Some),
+                rx.for_each_available(8, |_| {}).map_err(Some),
             ];
             (rx, results)
         });
         for res in results {
             assert!(
-                matches!(res, Err(Error::Corrupt { value, .. }) if value == whole),
+                matches!(res, Err(Some(Error::Corrupt { value, .. })) if value == whole),
                 "from {start}: {res:?}"
             );
         }
@@ -105,7 +111,7 @@ fn padding_not_reaching_the_end_is_corrupt() {
             advance_to(&mut tx, &mut rx, start);
             let word = encode_header(len as u32, PADDING);
             poke_release(&tx, at, word);
-            assert_corrupt(&mut rx, word);
+            assert_corrupt(&mut rx, Corruption::BadPadding, word);
             assert_eq!(rx.head, start, "len {len}");
         }
         if at < 24 {
@@ -124,7 +130,7 @@ fn padding_not_reaching_the_end_is_corrupt() {
         assert_eq!(rec.to_vec(), b"wrapped!");
         drop(rec);
         assert_eq!(rx.head, start.next_multiple_of(CAPACITY as u64) + 16);
-        assert!(matches!(rx.try_read(), Err(Error::Empty)));
+        assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     }
 }
 
@@ -138,7 +144,7 @@ fn record_longer_than_max_payload_is_corrupt() {
             advance_to(&mut tx, &mut rx, start);
             let word = encode_header(len as u32, 0);
             poke_release(&tx, head_offset(&rx), word);
-            assert_corrupt(&mut rx, word);
+            assert_corrupt(&mut rx, Corruption::TooLong, word);
             assert_eq!(rx.head, start);
         }
         let (mut tx, mut rx) = channel(&small()).unwrap();
@@ -171,7 +177,7 @@ fn record_past_the_end_of_the_data_area_is_corrupt() {
             advance_to(&mut tx, &mut rx, start);
             let word = encode_header(len as u32, 0);
             poke_release(&tx, head_offset(&rx), word);
-            assert_corrupt(&mut rx, word);
+            assert_corrupt(&mut rx, Corruption::PastTheEnd, word);
             assert_eq!(rx.head, start, "len {len}");
         }
     }
@@ -186,16 +192,16 @@ fn record_appears_with_its_header() {
     let (tx, mut rx) = channel(&small()).unwrap();
     poke(&tx, 16, encode_header(8, 0));
     poke(&tx, 8, u64::from_le_bytes(*b"handmade"));
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     poke(&tx, 16, 0);
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     poke_release(&tx, 0, encode_header(8, 3));
     let rec = rx.try_read().unwrap();
     assert_eq!((rec.len(), rec.kind()), (8, 3));
     assert_eq!(rec.to_vec(), b"handmade");
     drop(rec);
     assert_eq!(rx.head, 16);
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
 }
 
 /// The header at the head changes between calls: each call acts on the word it loads then, and
@@ -213,14 +219,14 @@ fn header_changing_between_calls() {
         assert_eq!(rec.copy_to_slice(&mut buf), 3);
     }
     assert_eq!(rx.head, 16);
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     poke_release(&tx, 16, 5);
-    assert_corrupt(&mut rx, 5);
+    assert_corrupt(&mut rx, Corruption::NotAHeader, 5);
     let too_long = encode_header(2000, 0);
     poke_release(&tx, 16, too_long);
-    assert_corrupt(&mut rx, too_long);
+    assert_corrupt(&mut rx, Corruption::TooLong, too_long);
     poke_release(&tx, 16, 0);
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     poke(&tx, 24, u64::from_le_bytes(*b"late\0\0\0\0"));
     poke_release(&tx, 16, encode_header(4, 1));
     let rec = rx.try_read().unwrap();
@@ -228,7 +234,7 @@ fn header_changing_between_calls() {
     assert_eq!(rec.to_vec(), b"late");
     drop(rec);
     assert_eq!(rx.head, 32);
-    assert!(matches!(rx.try_read(), Err(Error::Empty)));
+    assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
 }
 
 /// A peer that fills the data area with valid headers (here, an empty record in every slot)
@@ -258,7 +264,10 @@ fn a_ring_full_of_valid_headers_is_not_an_endless_supply() {
     fill(&tx2);
     let mut out = Vec::new();
     let res = rx2.try_recv_batch(&mut out, usize::MAX);
-    assert!(matches!(res, Err(Error::Corrupt { .. })), "{res:?}");
+    assert!(
+        matches!(res, Err(TryRecvError::Broken(Error::Corrupt { .. }))),
+        "{res:?}"
+    );
     assert!(out.len() < CAPACITY / 8);
     // One record at a time, the head published after each: the producer's process leaves.
     let (tx3, mut rx3) = channel(&small()).unwrap();
@@ -303,14 +312,20 @@ fn reserved_line_is_ignored() {
     let junk = [u64::MAX, tx.tail + 64, tx.tail - 8, tx.tail + 3, 1 << 40, 0];
     for (round, word) in junk.into_iter().enumerate() {
         ctrl_word(&rx.shared, RESERVED_WORD).store(word, Ordering::Release);
-        assert!(matches!(rx.try_read(), Err(Error::Empty)), "{word:#x}");
+        assert!(
+            matches!(rx.try_read(), Err(TryRecvError::Empty)),
+            "{word:#x}"
+        );
         let records: Vec<Vec<u8>> = (0..3).map(|i| pattern(100 * i, round as u8)).collect();
         assert_eq!(tx.try_send_batch(&records).unwrap(), 3);
         for want in &records {
             rx.try_recv_into(&mut buf).unwrap();
             assert_eq!(&buf, want, "{word:#x}");
         }
-        assert!(matches!(rx.try_read(), Err(Error::Empty)), "{word:#x}");
+        assert!(
+            matches!(rx.try_read(), Err(TryRecvError::Empty)),
+            "{word:#x}"
+        );
         assert_eq!(reserved(&rx), word);
     }
 }
@@ -334,7 +349,10 @@ fn hostile_head_is_corrupt() {
             .word
             .store(bad_head, Ordering::Release);
         assert!(
-            matches!(tx.try_send(&[0; 512]), Err(Error::Corrupt { .. })),
+            matches!(
+                tx.try_send(&[0; 512]),
+                Err(TrySendError::Broken(Error::Corrupt { .. }))
+            ),
             "{bad_head}"
         );
     }

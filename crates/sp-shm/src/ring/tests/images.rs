@@ -44,7 +44,9 @@ fn word_at(word: &Word, off: usize) -> u64 {
 /// copies out exactly its length.
 fn check_grant(rec: &ReadGrant<'_>) -> Result<(), TestCaseError> {
     prop_assert!(rec.len() <= MAX_PAYLOAD, "{} bytes", rec.len());
-    prop_assert!(rec.rec.payload.header().offset() + record_size(rec.len()) <= CAPACITY);
+    prop_assert!(
+        rec.consumer.current.payload.header().offset() + record_size(rec.len()) <= CAPACITY
+    );
     prop_assert_eq!(rec.to_vec().len(), rec.len());
     let mut buf = [0u8; 2048];
     prop_assert_eq!(rec.copy_to_slice(&mut buf), rec.len());
@@ -80,7 +82,7 @@ proptest! {
             for _ in 0..2000 {
                 match rx.try_read() {
                     Ok(rec) => check_grant(&rec)?,
-                    Err(Error::Empty | Error::Corrupt { .. }) => break,
+                    Err(TryRecvError::Empty | TryRecvError::Broken(Error::Corrupt { .. })) => break,
                     Err(err) => prop_assert!(false, "unexpected {err}"),
                 }
             }
@@ -220,12 +222,14 @@ fn run_steps(steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
             Step::Read => match rx.try_read() {
                 Ok(rec) => check_grant(&rec)?,
-                Err(Error::Empty | Error::Corrupt { .. }) => {}
+                Err(TryRecvError::Empty | TryRecvError::Broken(Error::Corrupt { .. })) => {}
                 Err(err) => prop_assert!(false, "read: {err}"),
             },
             Step::ReadTimeout => match rx.read_timeout(Duration::ZERO) {
                 Ok(rec) => check_grant(&rec)?,
-                Err(Error::TimedOut | Error::Corrupt { .. }) => {}
+                Err(
+                    RecvTimeoutError::Timeout | RecvTimeoutError::Broken(Error::Corrupt { .. }),
+                ) => {}
                 Err(err) => prop_assert!(false, "read_timeout: {err}"),
             },
             Step::Batch(n) => {
@@ -235,7 +239,7 @@ fn run_steps(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(got, out.len());
                         prop_assert!(out.iter().all(|r| r.len() <= MAX_PAYLOAD));
                     }
-                    Err(Error::Empty | Error::Corrupt { .. }) => {}
+                    Err(TryRecvError::Empty | TryRecvError::Broken(Error::Corrupt { .. })) => {}
                     Err(err) => prop_assert!(false, "batch: {err}"),
                 }
             }
@@ -254,7 +258,11 @@ fn run_steps(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
             }
             Step::Send(n) => match tx.send_timeout(&pattern(n, 1), Duration::ZERO) {
-                Ok(()) | Err(Error::TimedOut | Error::TooLarge { .. } | Error::Corrupt { .. }) => {}
+                Ok(())
+                | Err(
+                    SendTimeoutError::Timeout
+                    | SendTimeoutError::Broken(Error::TooLarge { .. } | Error::Corrupt { .. }),
+                ) => {}
                 Err(err) => prop_assert!(false, "send: {err}"),
             },
             Step::Reserve(n, used) => match tx.try_reserve(n) {
@@ -266,14 +274,17 @@ fn run_steps(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         Err(err) => prop_assert!(false, "commit: {err}"),
                     }
                 }
-                Err(Error::Full | Error::TooLarge { .. } | Error::Corrupt { .. }) => {}
+                Err(
+                    TrySendError::Full
+                    | TrySendError::Broken(Error::TooLarge { .. } | Error::Corrupt { .. }),
+                ) => {}
                 Err(err) => prop_assert!(false, "reserve: {err}"),
             },
             Step::SendBatch(lens) => {
                 let records: Vec<Vec<u8>> = lens.iter().map(|&n| stale_payload(n, 2)).collect();
                 match tx.try_send_batch(&records) {
                     Ok(n) => prop_assert!(n <= records.len()),
-                    Err(Error::Full | Error::Corrupt { .. }) => {}
+                    Err(TrySendError::Full | TrySendError::Broken(Error::Corrupt { .. })) => {}
                     Err(err) => prop_assert!(false, "send batch: {err}"),
                 }
             }

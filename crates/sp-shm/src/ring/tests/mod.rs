@@ -12,7 +12,9 @@ use proptest::prelude::*;
 use super::area::Shared;
 use super::*;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{
+    Corruption, Error, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,
+};
 use crate::idle::IdleStrategy;
 use crate::layout::{COMMITTED, PADDING, encode_header, record_size};
 use crate::setup::channel;
@@ -139,10 +141,15 @@ fn within_bound<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
         .expect("did not return within 20 s (an endless loop?), or panicked")
 }
 
-/// `try_read` must return `Corrupt` naming exactly `word`.
-fn assert_corrupt(rx: &mut Consumer, word: u64) {
+/// `try_read` must return `Corrupt` for `cause`, naming exactly `word`.
+fn assert_corrupt(rx: &mut Consumer, cause: Corruption, word: u64) {
     match rx.try_read() {
-        Err(Error::Corrupt { value, .. }) => assert_eq!(value, word, "{word:#x}"),
+        Err(TryRecvError::Broken(Error::Corrupt {
+            cause: found,
+            value,
+        })) => {
+            assert_eq!((found, value), (cause, word), "{word:#x}");
+        }
         Ok(rec) => panic!("{word:#x}: read a record of {} bytes", rec.len()),
         Err(err) => panic!("{word:#x}: {err}"),
     }

@@ -53,7 +53,7 @@ proptest! {
                     let bytes = payload(len, seed);
                     match tx.try_send(&bytes) {
                         Ok(()) => published.push_back(bytes),
-                        Err(Error::Full) => {}
+                        Err(TrySendError::Full) => {}
                         Err(err) => prop_assert!(false, "send: {err}"),
                     }
                 }
@@ -78,7 +78,7 @@ proptest! {
                 Op::Flush => tx.flush().unwrap(),
                 Op::Read => match rx.try_read() {
                     Ok(rec) => prop_assert_eq!(Some(rec.to_vec()), published.pop_front()),
-                    Err(Error::Empty) => prop_assert!(published.is_empty()),
+                    Err(TryRecvError::Empty) => prop_assert!(published.is_empty()),
                     Err(err) => prop_assert!(false, "read: {err}"),
                 },
                 Op::Batch(max) => {
@@ -90,7 +90,7 @@ proptest! {
                                 prop_assert_eq!(Some(got), published.pop_front());
                             }
                         }
-                        Err(Error::Empty) => prop_assert!(published.is_empty() || max == 0),
+                        Err(TryRecvError::Empty) => prop_assert!(published.is_empty() || max == 0),
                         Err(err) => prop_assert!(false, "batch: {err}"),
                     }
                 }
@@ -99,7 +99,7 @@ proptest! {
                         lens.iter().map(|&len| payload(len, len as u8)).collect();
                     match tx.try_send_batch(&records) {
                         Ok(n) => published.extend(records.into_iter().take(n)),
-                        Err(Error::Full) => {}
+                        Err(TrySendError::Full) => {}
                         Err(err) => prop_assert!(false, "send batch: {err}"),
                     }
                 }
@@ -109,6 +109,6 @@ proptest! {
         while let Some(want) = published.pop_front() {
             prop_assert_eq!(rx.try_read().unwrap().to_vec(), want);
         }
-        prop_assert!(matches!(rx.try_read(), Err(Error::Empty)));
+        prop_assert!(matches!(rx.try_read(), Err(TryRecvError::Empty)));
     }
 }

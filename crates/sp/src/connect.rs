@@ -1,0 +1,143 @@
+//! Making a typed channel: [`spawn`] a child and [`adopt`] in it, or [`connect`] over any sp-core
+//! channel (the sp-shm handshake, then one HELLO each way), or [`channel`] within one process.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Command;
+
+use sp_core::{Channel, Child, SocketKind};
+use sp_shm::Duplex;
+
+use crate::config::Config;
+use crate::error::{Error, HelloMismatch, Result, Violation};
+use crate::receiver::Receiver;
+use crate::sender::{Control, Sender};
+use crate::value::Value;
+use crate::wire::{self, Hello};
+
+/// `socketpair(2)` + `fork`/`exec`: starts `cmd` as a child and connects to it; the child calls
+/// [`adopt`] with the types the other way round (`adopt::<In, Out>`).
+///
+/// The child gets one end of a seqpacket pair (sp-core; the parent's copy is closed at once, so
+/// the child's death is seen), the two sides set up one ring per direction (sp-shm's handshake)
+/// and exchange a HELLO that checks the typed protocol's version and that each side's types are
+/// encoded alike. If any of it fails, the child is killed and reaped.
+///
+/// # Errors
+/// As `Command::spawn`; [`Error::Shm`] for a refused ring; [`Error::Protocol`] with
+/// [`Violation::Hello`] for a peer whose types or version differ; [`Error::PeerGone`] if the child
+/// exits before it is connected.
+///
+/// # Examples
+/// ```no_run
+/// // The parent sends jobs (`u64`) and receives results (`String`).
+/// let config = sp::Config::new();
+/// let (mut child, mut jobs, mut results) =
+///     sp::spawn::<u64, String>(&mut std::process::Command::new("my-worker"), &config)?;
+/// jobs.send(&42)?;
+/// println!("{}", results.recv()?);
+/// drop(jobs);
+/// child.wait()?;
+/// // In my-worker: `let (results, jobs) = sp::adopt::<String, u64>(&sp::Config::new())?;`
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn spawn<Out: Value, In: Value>(
+    cmd: &mut Command,
+    config: &Config,
+) -> Result<(Child, Sender<Out>, Receiver<In>)> {
+    let (mut child, duplex) = sp_shm::spawn(cmd, config.spawn, &config.ring)?;
+    match from_duplex(duplex, config) {
+        Ok((tx, rx)) => Ok((child, tx, rx)),
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(err)
+        }
+    }
+}
+
+/// In a child started by [`spawn`]: takes the inherited end and connects to the parent. `Out` is
+/// what this side sends (the parent's `In`), `In` what it receives (the parent's `Out`).
+///
+/// # Errors
+/// As [`sp_core::adopt`] (wrapped in [`Error::Core`]) and [`spawn`].
+pub fn adopt<Out: Value, In: Value>(config: &Config) -> Result<(Sender<Out>, Receiver<In>)> {
+    let duplex = sp_shm::adopt(&config.ring)?;
+    from_duplex(duplex, config)
+}
+
+/// Connects over `channel`, a connected sp-core seqpacket channel whose other end calls
+/// `connect::<In, Out>` too (for a child that was handed its end some other way than [`spawn`]).
+///
+/// # Errors
+/// As [`spawn`], without the child.
+pub fn connect<Out: Value, In: Value>(
+    channel: Channel,
+    config: &Config,
+) -> Result<(Sender<Out>, Receiver<In>)> {
+    let duplex = Duplex::connect(channel, &config.ring)?;
+    from_duplex(duplex, config)
+}
+
+/// A typed channel within one process (between threads, or for tests): the same ring, control
+/// socket and blobs as between processes.
+///
+/// # Errors
+/// When memory or descriptors run out, or for a bad ring configuration.
+///
+/// # Examples
+/// ```
+/// let (mut tx, mut rx) = sp::channel::<Vec<u32>>(&sp::Config::new())?;
+/// let worker = std::thread::spawn(move || rx.recv());
+/// tx.send(&vec![1, 2, 3])?;
+/// assert_eq!(worker.join().unwrap()?, [1, 2, 3]);
+/// # Ok::<(), sp::Error>(())
+/// ```
+pub fn channel<T: Value>(config: &Config) -> Result<(Sender<T>, Receiver<T>)> {
+    let (producer, consumer) = sp_shm::channel(&config.ring)?;
+    let (ours, theirs) = Channel::pair(SocketKind::SeqPacket)?;
+    let control = control_sender(&ours)?;
+    let (tx, _) = ours.split();
+    let (_, rx) = theirs.split();
+    Ok((
+        Sender::new(producer, Control::new(tx, control), config),
+        Receiver::new(consumer, rx, config),
+    ))
+}
+
+/// After the sp-shm handshake: the HELLO exchange, then the halves.
+fn from_duplex<Out: Value, In: Value>(
+    duplex: Duplex,
+    config: &Config,
+) -> Result<(Sender<Out>, Receiver<In>)> {
+    let (producer, consumer, mut control) = duplex.into_parts();
+    let ours = Hello {
+        sends: Out::ENCODING,
+        receives: In::ENCODING,
+    };
+    control.send(&wire::encode_hello(ours), &[])?;
+    let reply = control
+        .recv_timeout(config.handshake_timeout)
+        .map_err(|err| match err {
+            sp_core::RecvTimeoutError::Timeout => {
+                Error::Protocol(Violation::Hello(HelloMismatch::NotHello))
+            }
+            sp_core::RecvTimeoutError::Broken(err) => err.into(),
+        })?;
+    if !reply.fds.is_empty() {
+        return Err(Error::Protocol(Violation::Hello(HelloMismatch::NotHello)));
+    }
+    wire::check_hello(&reply.bytes, ours).map_err(|why| Error::Protocol(Violation::Hello(why)))?;
+    let poll_fd = control_sender(&control)?;
+    let (tx, rx) = control.split();
+    Ok((
+        Sender::new(producer, Control::new(tx, poll_fd), config),
+        Receiver::new(consumer, rx, config),
+    ))
+}
+
+/// Makes the control socket non-blocking (a full socket buffer becomes a wait the sender can
+/// bound) and returns the duplicate the sender polls; both close-on-exec.
+fn control_sender(channel: &Channel) -> Result<OwnedFd> {
+    rustix::io::ioctl_fionbio(channel.as_fd(), true).map_err(|err| Error::Os(err.into()))?;
+    rustix::io::fcntl_dupfd_cloexec(channel.as_fd(), 0).map_err(|err| Error::Os(err.into()))
+}

@@ -1,0 +1,506 @@
+//! The receiving half of a typed channel: a ring record, its ATTACH (descriptors, blob) from the
+//! control socket when it announces one, then the value decoded from a copy of the record (or,
+//! with a trusted peer or from a sealed blob, in place).
+//!
+//! # Receiving one value
+//!
+//! 1. Take the next ring record (waiting per the operation's limit).
+//! 2. A plain value record ([`KIND_VALUE`](crate::wire::KIND_VALUE)) is copied out of shared
+//!    memory into an aligned buffer of the receiver (the producer's process could change the
+//!    bytes while they are read in place) and released; it is decoded from the copy. With
+//!    [`Receiver::trust_peer`] it is decoded in place instead.
+//! 3. A record that announces an attachment is copied too; its sequence number must be the next
+//!    one expected, and the ATTACH message on the control socket must match it (sequence number,
+//!    descriptor count, blob length). An sp sender sends the ATTACH before the record, so it is
+//!    already queued; a peer that never sends it costs at most the attachment timeout. A blob's
+//!    memfd must pass sp-shm's checks (sealed, exact size) before it is mapped; its memory is
+//!    immutable, so plain data in it is read in place with no trust needed.
+//!
+//! A decode error consumes the record (its descriptors are closed) and the next call goes on with
+//! the next record. A protocol violation leaves no way to match later records to their
+//! attachments, so the receiver answers that violation from then on. Every descriptor that
+//! arrived is closed on every error path (they are `OwnedFd`s from the moment sp-core receives
+//! them).
+
+#![allow(unsafe_code)] // `trust_peer` lets decoding read ring records in place (sp-shm's `as_slice_trusted`).
+
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use sp_shm::{Blob, Consumer, ReadGrant};
+use zerocopy::IntoBytes;
+
+use crate::config::Config;
+use crate::error::{DecodeError, Error, Fail, RecvTimeoutError, Result, TryRecvError, Violation};
+use crate::limit::Limit;
+use crate::value::{PlainData, Value, plain};
+use crate::wire::{self, Announce, FDS_PREFIX_LEN, KIND_BLOB, KIND_VALUE, KIND_VALUE_FDS};
+
+/// Receives values of type `T` from the peer.
+///
+/// `Send`: it can move to another thread than its [`Sender`](crate::Sender). After the peer's
+/// process dies the receiver still delivers every value the peer sent, then reports
+/// [`Error::PeerGone`].
+#[derive(Debug)]
+pub struct Receiver<T> {
+    consumer: Consumer,
+    control: sp_core::Receiver,
+    /// Reused for every ATTACH.
+    msg: sp_core::Message,
+    /// The sequence number the next announcing record and its ATTACH must carry.
+    seq: u64,
+    scratch: Scratch,
+    attachment_timeout: Duration,
+    max_blob_len: u64,
+    trusted: bool,
+    /// A value (or an error) taken by [`Select`](crate::Select) and not yet handed out.
+    pending: Option<Result<Fetched>>,
+    /// Set by the first protocol violation.
+    broken: Option<Violation>,
+    _type: PhantomData<fn() -> T>,
+}
+
+/// Where a received value's encoding is, and its descriptors.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    body: Body,
+    fds: Vec<OwnedFd>,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// `scratch[start..start + len]`.
+    Scratch {
+        start: usize,
+        len: usize,
+    },
+    Blob(Blob),
+}
+
+/// An 8-aligned buffer for copies of records.
+#[derive(Debug, Default)]
+struct Scratch {
+    words: Vec<u64>,
+}
+
+impl Scratch {
+    #[inline]
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        let n_words = len.div_ceil(8);
+        if self.words.len() < n_words {
+            self.words.resize(n_words, 0);
+        }
+        &mut self.words.as_mut_bytes()[..len]
+    }
+
+    #[inline]
+    fn bytes(&self, start: usize, len: usize) -> &[u8] {
+        &self.words.as_bytes()[start..start + len]
+    }
+}
+
+impl<T: Value> Receiver<T> {
+    pub(crate) fn new(consumer: Consumer, control: sp_core::Receiver, config: &Config) -> Self {
+        Self {
+            consumer,
+            control,
+            msg: sp_core::Message::default(),
+            seq: 0,
+            scratch: Scratch::default(),
+            attachment_timeout: config.attachment_timeout,
+            max_blob_len: config.max_blob_len,
+            trusted: false,
+            pending: None,
+            broken: None,
+            _type: PhantomData,
+        }
+    }
+
+    /// Waits for the next value. Descriptors sent with it are closed (use
+    /// [`recv_with_fds`](Self::recv_with_fds) to keep them).
+    ///
+    /// # Errors
+    /// [`Error::PeerGone`] once the peer is gone and every value it sent has been delivered;
+    /// [`Error::Decode`] for a record that is not a `T` (the next call goes on);
+    /// [`Error::Protocol`] when the peer broke the protocol (every later call too).
+    pub fn recv(&mut self) -> Result<T> {
+        forever(self.take(Limit::Forever, |bytes, _| T::decode(bytes)))
+    }
+
+    /// Takes the next value if there is one.
+    ///
+    /// Once a record is there, an attachment it announces is waited for (at most the attachment
+    /// timeout; an sp sender has always queued it already).
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when there is none; otherwise as [`recv`](Self::recv).
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        self.take(Limit::Now, |bytes, _| T::decode(bytes))
+            .map_err(try_error)?
+            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+    }
+
+    /// Waits at most `timeout` for the next value.
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`]; otherwise as [`recv`](Self::recv).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.take(Limit::after(timeout), |bytes, _| T::decode(bytes))
+            .map_err(timeout_error)?
+            .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
+    }
+
+    /// Waits for the next value and the descriptors sent with it (none for a value sent without),
+    /// each close-on-exec, in the order they were sent.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    #[doc(alias = "SCM_RIGHTS")]
+    pub fn recv_with_fds(&mut self) -> Result<(T, Vec<OwnedFd>)> {
+        forever(self.take(Limit::Forever, decode_with_fds))
+    }
+
+    /// As [`recv_with_fds`](Self::recv_with_fds), if a value is there.
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_with_fds(&mut self) -> Result<(T, Vec<OwnedFd>), TryRecvError> {
+        self.take(Limit::Now, decode_with_fds)
+            .map_err(try_error)?
+            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+    }
+
+    /// As [`recv_with_fds`](Self::recv_with_fds), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_with_fds_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(T, Vec<OwnedFd>), RecvTimeoutError> {
+        self.take(Limit::after(timeout), decode_with_fds)
+            .map_err(timeout_error)?
+            .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
+    }
+
+    /// From now on, decodes ring records in place instead of from a copy (one copy less per
+    /// value), through sp-shm's [`ReadGrant::as_slice_trusted`].
+    ///
+    /// # Safety
+    /// The peer's process must not write a record's bytes while this receiver reads them. An sp
+    /// sender never does: it writes only ring space the receiver has released. A buggy or hostile
+    /// peer that does makes the read a data race, which is undefined behaviour. (Blobs need no
+    /// trust: their memory is sealed.)
+    pub unsafe fn trust_peer(&mut self) {
+        self.trusted = true;
+    }
+
+    /// `poll(2)` with a zero timeout: whether the peer's process has gone (values it sent may still
+    /// be waiting).
+    ///
+    /// # Errors
+    /// Only if `poll` fails.
+    pub fn peer_gone(&self) -> Result<bool> {
+        Ok(self.consumer.peer_gone()?)
+    }
+
+    /// The ring's counters (records, bytes, wake-ups, parks).
+    pub fn stats(&self) -> sp_shm::Stats {
+        self.consumer.stats()
+    }
+
+    /// Takes the next value within `limit` and hands its encoding and descriptors to `f`.
+    #[inline(always)]
+    fn take<R>(
+        &mut self,
+        limit: Limit,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<R, Fail> {
+        if let Some(pending) = self.pending.take() {
+            let fetched = pending?;
+            return Ok(self.apply(fetched, f));
+        }
+        if let Some(violation) = self.broken {
+            return Err(Error::Protocol(violation).into());
+        }
+        match self.take_from_ring(limit, f) {
+            Ok(res) => Ok(res),
+            Err(fail) => Err(self.note(fail)),
+        }
+    }
+
+    #[inline(always)]
+    fn take_from_ring<R>(
+        &mut self,
+        limit: Limit,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<R, Fail> {
+        let grant = read(&mut self.consumer, limit)?;
+        let (kind, len) = (grant.kind(), grant.len());
+        if kind == KIND_VALUE && self.trusted {
+            // SAFETY: `trust_peer`'s contract: the peer does not write this record while it is
+            // read; the slice lives only while `grant` holds the record.
+            let bytes = unsafe { grant.as_slice_trusted() };
+            return Ok(f(bytes, Vec::new()));
+        }
+        grant.copy_to_slice(self.scratch.bytes_mut(len));
+        drop(grant);
+        if kind == KIND_VALUE {
+            return Ok(f(self.scratch.bytes(0, len), Vec::new()));
+        }
+        let fetched = self.complete(kind, len)?;
+        Ok(self.apply(fetched, f))
+    }
+
+    /// Takes the next value, if any, into `pending` (for [`Select`](crate::Select)); whether
+    /// something (a value or an error) is now waiting to be taken.
+    pub(crate) fn fill_pending(&mut self) -> bool {
+        if self.pending.is_some() || self.broken.is_some() {
+            return true;
+        }
+        let res = self.fetch_now();
+        match res.map_err(|fail| self.note(fail)) {
+            Ok(fetched) => self.pending = Some(Ok(fetched)),
+            Err(Fail::Wait) => return false,
+            Err(Fail::Broken(err)) => self.pending = Some(Err(err)),
+        }
+        true
+    }
+
+    /// The next record, if there is one now, copied and completed (never in place).
+    fn fetch_now(&mut self) -> Result<Fetched, Fail> {
+        let grant = read(&mut self.consumer, Limit::Now)?;
+        let (kind, len) = (grant.kind(), grant.len());
+        grant.copy_to_slice(self.scratch.bytes_mut(len));
+        drop(grant);
+        Ok(self.complete(kind, len)?)
+    }
+
+    /// Stashes an error met while [`Select`](crate::Select) waited on this receiver; the next
+    /// receive reports it.
+    pub(crate) fn stash_error(&mut self, err: Error) {
+        let err = match self.note(err.into()) {
+            Fail::Broken(err) => err,
+            Fail::Wait => return,
+        };
+        if self.pending.is_none() {
+            self.pending = Some(Err(err));
+        }
+    }
+
+    /// The ring this receiver reads (for [`Select`](crate::Select)).
+    pub(crate) fn consumer(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+
+    pub(crate) fn consumer_ref(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    fn apply<R>(&self, fetched: Fetched, f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R) -> R {
+        match &fetched.body {
+            Body::Scratch { start, len } => f(self.scratch.bytes(*start, *len), fetched.fds),
+            Body::Blob(blob) => f(blob.as_bytes(), fetched.fds),
+        }
+    }
+
+    /// Completes a record other than a plain value, copied into `scratch[..len]`.
+    fn complete(&mut self, kind: u32, len: usize) -> Result<Fetched> {
+        if kind == KIND_VALUE {
+            return Ok(Fetched {
+                body: Body::Scratch { start: 0, len },
+                fds: Vec::new(),
+            });
+        }
+        let announce =
+            wire::decode_announce(kind, self.scratch.bytes(0, len)).map_err(Error::Protocol)?;
+        if announce.seq != self.seq {
+            return Err(Error::Protocol(Violation::Sequence {
+                expected: self.seq,
+                got: announce.seq,
+            }));
+        }
+        let mut fds = self.attachment(announce)?;
+        let Some(blob_len) = announce.blob else {
+            debug_assert_eq!(kind, KIND_VALUE_FDS);
+            return Ok(Fetched {
+                body: Body::Scratch {
+                    start: FDS_PREFIX_LEN,
+                    len: len - FDS_PREFIX_LEN,
+                },
+                fds,
+            });
+        };
+        debug_assert_eq!(kind, KIND_BLOB);
+        // `check_attach` made sure the blob's memfd came first.
+        let blob_fd = fds.remove(0);
+        if blob_len > self.max_blob_len {
+            return Err(Error::TooLarge {
+                len: usize::try_from(blob_len).unwrap_or(usize::MAX),
+                max: usize::try_from(self.max_blob_len).unwrap_or(usize::MAX),
+            });
+        }
+        let blob = Blob::from_fd(blob_fd, blob_len).map_err(|err| match err {
+            sp_shm::Error::Refused(why) => Error::Protocol(Violation::BadBlob(why)),
+            other => other.into(),
+        })?;
+        Ok(Fetched {
+            body: Body::Blob(blob),
+            fds,
+        })
+    }
+
+    /// Receives the ATTACH that `announce` announced and checks it; its descriptors.
+    fn attachment(&mut self, announce: Announce) -> Result<Vec<OwnedFd>> {
+        let res = self
+            .control
+            .recv_into_timeout(&mut self.msg, self.attachment_timeout);
+        match res {
+            Ok(()) => {}
+            Err(
+                sp_core::RecvTimeoutError::Timeout
+                | sp_core::RecvTimeoutError::Broken(sp_core::Error::PeerGone),
+            ) => {
+                return Err(Error::Protocol(Violation::MissingAttachment));
+            }
+            Err(sp_core::RecvTimeoutError::Broken(
+                sp_core::Error::FdCountMismatch { .. }
+                | sp_core::Error::FdsTruncated { .. }
+                | sp_core::Error::Malformed(_)
+                | sp_core::Error::TooLarge { .. },
+            )) => return Err(Error::Protocol(Violation::BadAttachment)),
+            Err(sp_core::RecvTimeoutError::Broken(err @ sp_core::Error::FdLimit { .. })) => {
+                // This process's own limit: the ATTACH was consumed (its descriptors closed), so
+                // the next record still finds its own; only this value is lost.
+                self.seq += 1;
+                return Err(err.into());
+            }
+            Err(sp_core::RecvTimeoutError::Broken(other)) => return Err(other.into()),
+        }
+        wire::check_attach(&self.msg.bytes, self.msg.fds.len(), announce)
+            .map_err(Error::Protocol)?;
+        self.seq += 1;
+        Ok(std::mem::take(&mut self.msg.fds))
+    }
+
+    /// Records a protocol violation (the receiver is broken from now on); passes `fail` on.
+    fn note(&mut self, fail: Fail) -> Fail {
+        if let Fail::Broken(Error::Protocol(violation)) = &fail {
+            self.broken = Some(*violation);
+            // Whatever is left of an ATTACH is closed now rather than when the receiver goes.
+            self.msg.fds.clear();
+        }
+        fail
+    }
+}
+
+impl<T: PlainData> Receiver<T> {
+    /// Waits for the next value and lends it to `f` with its descriptors, without copying it into
+    /// a `T`: from the receiver's copy of the ring record (validated in place), from the ring
+    /// itself after [`trust_peer`](Self::trust_peer), or from a blob's sealed memory (zero-copy,
+    /// no trust needed). The way to take plain values too large for the stack.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    ///
+    /// # Examples
+    /// ```
+    /// let (mut tx, mut rx) = sp::channel::<sp::Plain<[u64; 8]>>(&sp::Config::new())?;
+    /// tx.send(&sp::Plain([1, 2, 3, 4, 5, 6, 7, 8]))?;
+    /// let sum: u64 = rx.recv_in_place(|v, _fds| v.0.iter().sum())?;
+    /// assert_eq!(sum, 36);
+    /// # Ok::<(), sp::Error>(())
+    /// ```
+    pub fn recv_in_place<R>(&mut self, f: impl FnOnce(&T, Vec<OwnedFd>) -> R) -> Result<R> {
+        forever(self.take(Limit::Forever, |bytes, fds| view_with(bytes, fds, f)))
+    }
+
+    /// As [`recv_in_place`](Self::recv_in_place), if a value is there.
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_in_place<R>(
+        &mut self,
+        f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
+    ) -> Result<R, TryRecvError> {
+        self.take(Limit::Now, |bytes, fds| view_with(bytes, fds, f))
+            .map_err(try_error)?
+            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+    }
+
+    /// As [`recv_in_place`](Self::recv_in_place), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_in_place_timeout<R>(
+        &mut self,
+        f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
+        timeout: Duration,
+    ) -> Result<R, RecvTimeoutError> {
+        self.take(Limit::after(timeout), |bytes, fds| view_with(bytes, fds, f))
+            .map_err(timeout_error)?
+            .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
+    }
+}
+
+/// Validates `bytes` as a `T` in place and calls `f`; bytes not aligned for `T` (a type aligned to
+/// more than 8 bytes in a ring record) are validated into a copy instead.
+fn view_with<T: PlainData, R>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
+) -> Result<R, DecodeError> {
+    match plain::view::<T>(bytes) {
+        Ok(value) => Ok(f(value, fds)),
+        Err(DecodeError::Misaligned) => {
+            let value = plain::decode::<T>(bytes)?;
+            Ok(f(&value, fds))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn decode_with_fds<T: Value>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<(T, Vec<OwnedFd>), DecodeError> {
+    Ok((T::decode(bytes)?, fds))
+}
+
+/// Takes the next record within `limit`. Inlined into the receive calls, so that the grant stays
+/// in registers (returned through memory from an out-of-line call it is reloaded with a load
+/// wider than the stores that wrote it, which waits for them to drain; see sp-shm's
+/// `Producer::wait_claim`).
+#[inline(always)]
+fn read(consumer: &mut Consumer, limit: Limit) -> Result<ReadGrant<'_>, Fail> {
+    match limit.remaining() {
+        None => consumer.read().map_err(Fail::from),
+        Some(left) if left.is_zero() => consumer.try_read().map_err(Fail::from),
+        Some(left) => consumer.read_timeout(left).map_err(Fail::from),
+    }
+}
+
+/// A blocking receive: "would wait" cannot happen, and a decode error is an [`Error`].
+fn forever<V>(res: Result<Result<V, DecodeError>, Fail>) -> Result<V> {
+    match res {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(Error::Decode(err)),
+        Err(Fail::Broken(err)) => Err(err),
+        Err(Fail::Wait) => Err(Error::Os(std::io::ErrorKind::WouldBlock.into())),
+    }
+}
+
+fn try_error(fail: Fail) -> TryRecvError {
+    match fail {
+        Fail::Wait => TryRecvError::Empty,
+        Fail::Broken(err) => TryRecvError::Broken(err),
+    }
+}
+
+fn timeout_error(fail: Fail) -> RecvTimeoutError {
+    match fail {
+        Fail::Wait => RecvTimeoutError::Timeout,
+        Fail::Broken(err) => RecvTimeoutError::Broken(err),
+    }
+}

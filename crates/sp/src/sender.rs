@@ -1,0 +1,429 @@
+//! The sending half of a typed channel: values encoded straight into a reserved ring slot, with
+//! their descriptors (and, for large values, a sealed blob) sent on the control socket first.
+//!
+//! # Sending one value
+//!
+//! 1. Reserve a ring slot: for plain data its exact size; for postcard a guess (the size of
+//!    earlier values, rounded up to a power of two). The wait for room is the only wait of a
+//!    send, and `try_*`/`*_timeout` bound it.
+//! 2. Encode into the slot. If the guess was too small, abandon the slot (nothing becomes visible),
+//!    ask the value for its exact length and reserve again; a value longer than the blob threshold
+//!    is encoded into a fresh memfd instead, which is then sealed (`sp_shm::Blob`).
+//! 3. If descriptors or a blob go with the value, send an ATTACH message carrying them on the
+//!    control socket, **then** commit the record that announces them. A receiver that sees the
+//!    record therefore finds the ATTACH already queued (the kernel queues it before `sendmsg`
+//!    returns, and the record's Release store orders it after that).
+//! 4. Commit: the record becomes visible through its header word.
+//!
+//! Nothing is sent if any step before the commit fails; an abandoned slot or an unsent blob costs
+//! nothing but the work done.
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::event::PollFlags;
+use sp_shm::{Blob, Producer, WriteGrant};
+use zerocopy::FromZeros;
+
+use crate::config::Config;
+use crate::error::{EncodeError, Error, Fail, Result, SendTimeoutError, TrySendError};
+use crate::limit::{Limit, wait_for};
+use crate::value::{Encoding, PlainData, Value};
+use crate::wire::{self, Announce, BLOB_RECORD_LEN, FDS_PREFIX_LEN, MAX_FDS};
+
+/// The smallest reservation made for a postcard value before its length is known.
+const MIN_GUESS: usize = 256;
+
+/// Sends values of type `T` to the peer.
+///
+/// `Send`: it can move to another thread than its [`Receiver`](crate::Receiver). One sender per
+/// direction (the ring has a single producer). Every blocking call returns [`Error::PeerGone`]
+/// promptly when the peer's process dies.
+#[derive(Debug)]
+pub struct Sender<T> {
+    producer: Producer,
+    control: Control,
+    /// The sequence number of the next ATTACH.
+    seq: u64,
+    /// The longest record payload that is not a blob.
+    threshold: usize,
+    max_blob_len: u64,
+    /// How much to reserve for a postcard value before its length is known.
+    guess: usize,
+    _type: PhantomData<fn(&T)>,
+}
+
+/// The sending side of the control socket.
+#[derive(Debug)]
+pub(crate) struct Control {
+    tx: sp_core::Sender,
+    /// A duplicate of the socket for `poll(2)`: sp-core's `Sender` does not lend its descriptor.
+    /// The socket is non-blocking, so that a full socket buffer is a wait that `try_*` and
+    /// `*_timeout` can bound, not a blocked `sendmsg`.
+    poll_fd: OwnedFd,
+}
+
+impl Control {
+    pub(crate) fn new(tx: sp_core::Sender, poll_fd: OwnedFd) -> Self {
+        Self { tx, poll_fd }
+    }
+
+    fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>], limit: Limit) -> Result<(), Fail> {
+        loop {
+            match self.tx.try_send(bytes, fds) {
+                Ok(()) => return Ok(()),
+                Err(sp_core::TrySendError::Full) => {
+                    wait_for(self.poll_fd.as_fd(), PollFlags::OUT, limit)?;
+                }
+                Err(sp_core::TrySendError::Broken(err)) => return Err(Fail::Broken(err.into())),
+            }
+        }
+    }
+}
+
+impl<T: Value> Sender<T> {
+    pub(crate) fn new(producer: Producer, control: Control, config: &Config) -> Self {
+        let threshold = config.threshold_for(producer.max_payload());
+        Self {
+            producer,
+            control,
+            seq: 0,
+            threshold,
+            max_blob_len: config.max_blob_len,
+            guess: MIN_GUESS,
+            _type: PhantomData,
+        }
+    }
+
+    /// Sends `value`, waiting for room in the ring as long as it takes.
+    ///
+    /// The value is encoded into the ring (or, above the blob threshold, into a sealed memfd), so
+    /// the caller keeps it.
+    ///
+    /// # Errors
+    /// [`Error::PeerGone`] if the peer is gone; [`Error::Encode`] if the value cannot be encoded;
+    /// [`Error::TooLarge`] for a blob over [`Config::max_blob_len`]. Nothing was sent on error.
+    ///
+    /// # Examples
+    /// ```
+    /// let (mut tx, mut rx) = sp::channel::<(u32, String)>(&sp::Config::new())?;
+    /// tx.send(&(1, "one".to_string()))?;
+    /// assert_eq!(rx.recv()?, (1, "one".to_string()));
+    /// # Ok::<(), sp::Error>(())
+    /// ```
+    pub fn send(&mut self, value: &T) -> Result<()> {
+        forever(self.send_inner(value, &[], Limit::Forever))
+    }
+
+    /// Sends `value` if the ring has room now.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] when it has not (nothing was sent); otherwise as [`send`](Self::send).
+    pub fn try_send(&mut self, value: &T) -> Result<(), TrySendError> {
+        self.send_inner(value, &[], Limit::Now).map_err(try_error)
+    }
+
+    /// Sends `value`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Timeout`] (nothing was sent); otherwise as [`send`](Self::send).
+    pub fn send_timeout(&mut self, value: &T, timeout: Duration) -> Result<(), SendTimeoutError> {
+        self.send_inner(value, &[], Limit::after(timeout))
+            .map_err(timeout_error)
+    }
+
+    /// `sendmsg(2)` with `SCM_RIGHTS`, then the ring record: sends `value` with `fds`. The
+    /// receiver gets exactly these descriptors (its own duplicates, close-on-exec) with this value
+    /// and no other, in order with the values around it. The caller keeps its own descriptors.
+    ///
+    /// # Errors
+    /// [`Error::TooManyFds`] for more than [`MAX_FDS`](crate::MAX_FDS); otherwise as
+    /// [`send`](Self::send).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// let (mut tx, mut rx) = sp::channel::<String>(&sp::Config::new())?;
+    /// let file = std::fs::File::open("/dev/null")?;
+    /// tx.send_with_fds(&"here is a file".to_string(), &[file.as_fd()])?;
+    /// let (text, fds) = rx.recv_with_fds()?;
+    /// assert_eq!((text.as_str(), fds.len()), ("here is a file", 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "SCM_RIGHTS")]
+    pub fn send_with_fds(&mut self, value: &T, fds: &[BorrowedFd<'_>]) -> Result<()> {
+        forever(self.send_inner(value, fds, Limit::Forever))
+    }
+
+    /// As [`send_with_fds`](Self::send_with_fds), if the ring has room now.
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send) and [`send_with_fds`](Self::send_with_fds).
+    pub fn try_send_with_fds(
+        &mut self,
+        value: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), TrySendError> {
+        self.send_inner(value, fds, Limit::Now).map_err(try_error)
+    }
+
+    /// As [`send_with_fds`](Self::send_with_fds), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`send_timeout`](Self::send_timeout) and [`send_with_fds`](Self::send_with_fds).
+    pub fn send_with_fds_timeout(
+        &mut self,
+        value: &T,
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
+        self.send_inner(value, fds, Limit::after(timeout))
+            .map_err(timeout_error)
+    }
+
+    /// `poll(2)` with a zero timeout: whether the peer's process has gone.
+    ///
+    /// # Errors
+    /// Only if `poll` fails.
+    pub fn peer_gone(&self) -> Result<bool> {
+        Ok(self.producer.peer_gone()?)
+    }
+
+    /// The longest encoding (with its record prefix) that travels in the ring rather than as a
+    /// blob.
+    pub fn blob_threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// Changes the blob threshold (see [`Config::blob_threshold`]); at most the ring's largest
+    /// payload.
+    pub fn set_blob_threshold(&mut self, n_bytes: usize) {
+        self.threshold = n_bytes.min(self.producer.max_payload());
+    }
+
+    /// The ring's counters (records, bytes, wake-ups, parks).
+    pub fn stats(&self) -> sp_shm::Stats {
+        self.producer.stats()
+    }
+
+    fn send_inner(&mut self, value: &T, fds: &[BorrowedFd<'_>], limit: Limit) -> Result<(), Fail> {
+        if fds.len() > MAX_FDS {
+            return Err(Error::TooManyFds {
+                n_fds: fds.len(),
+                max: MAX_FDS,
+            }
+            .into());
+        }
+        let prefix = if fds.is_empty() { 0 } else { FDS_PREFIX_LEN };
+        // The longest encoding that still goes in the ring.
+        let room = self.threshold.saturating_sub(prefix);
+        let first_try = match T::ENCODING {
+            Encoding::Plain { size } => (size <= room).then_some(size),
+            _ => (room > 0).then_some(self.guess.min(room)),
+        };
+        if let Some(n_bytes) = first_try {
+            let mut grant = reserve(&mut self.producer, prefix + n_bytes, limit)?;
+            match value.encode(&mut grant[prefix..]) {
+                Ok(used) => {
+                    return commit(
+                        grant,
+                        prefix + used,
+                        fds,
+                        &self.control,
+                        &mut self.seq,
+                        limit,
+                    );
+                }
+                // The grant goes out of scope uncommitted: nothing of it becomes visible.
+                Err(EncodeError::BufferFull) => {}
+                Err(err) => return Err(Error::Encode(err).into()),
+            }
+        }
+        let len = value.encoded_len().map_err(Error::Encode)?;
+        if len <= room {
+            self.guess = len.next_power_of_two().max(MIN_GUESS);
+            let mut grant = reserve(&mut self.producer, prefix + len, limit)?;
+            let used = value.encode(&mut grant[prefix..]).map_err(Error::Encode)?;
+            return commit(
+                grant,
+                prefix + used,
+                fds,
+                &self.control,
+                &mut self.seq,
+                limit,
+            );
+        }
+        self.send_blob(len, |bytes| value.encode(bytes).map(|_| ()), fds, limit)
+    }
+
+    /// Sends a value of `len` encoded bytes as a blob that `fill` writes.
+    fn send_blob(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), EncodeError>,
+        fds: &[BorrowedFd<'_>],
+        limit: Limit,
+    ) -> Result<(), Fail> {
+        if len as u64 > self.max_blob_len {
+            return Err(Error::TooLarge {
+                len,
+                max: usize::try_from(self.max_blob_len).unwrap_or(usize::MAX),
+            }
+            .into());
+        }
+        // The record first: a try that finds no room must not have built a blob for nothing.
+        let mut grant = reserve(&mut self.producer, BLOB_RECORD_LEN, limit)?;
+        let mut filled = Ok(());
+        let blob = Blob::build(len, |bytes| filled = fill(bytes)).map_err(Error::from)?;
+        filled.map_err(Error::Encode)?;
+        let announce = Announce {
+            seq: self.seq,
+            n_fds: fds.len() as u32,
+            blob: Some(len as u64),
+        };
+        let mut all_fds = Vec::with_capacity(fds.len() + 1);
+        all_fds.push(blob.as_fd());
+        all_fds.extend_from_slice(fds);
+        self.control
+            .send(&wire::encode_attach(announce), &all_fds, limit)?;
+        self.seq += 1;
+        wire::encode_blob_record(announce.seq, announce.n_fds, len as u64, &mut grant);
+        grant.set_kind(wire::KIND_BLOB)?;
+        grant.commit(BLOB_RECORD_LEN)?;
+        Ok(())
+    }
+}
+
+impl<T: PlainData + FromZeros> Sender<T> {
+    /// Writes a value in place: `fill` gets a zeroed `T` inside the reserved ring slot (or, above
+    /// the blob threshold, inside the blob's memory), then it is sent. No copy is made.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    ///
+    /// # Examples
+    /// ```
+    /// let (mut tx, mut rx) = sp::channel::<sp::Plain<[u64; 8]>>(&sp::Config::new())?;
+    /// tx.send_with(|slot| slot.0[0] = 42)?;
+    /// assert_eq!(rx.recv()?.0, [42, 0, 0, 0, 0, 0, 0, 0]);
+    /// # Ok::<(), sp::Error>(())
+    /// ```
+    pub fn send_with(&mut self, fill: impl FnOnce(&mut T)) -> Result<()> {
+        forever(self.send_with_inner(fill, Limit::Forever))
+    }
+
+    /// As [`send_with`](Self::send_with), if the ring has room now (`fill` is not called
+    /// otherwise).
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send).
+    pub fn try_send_with(&mut self, fill: impl FnOnce(&mut T)) -> Result<(), TrySendError> {
+        self.send_with_inner(fill, Limit::Now).map_err(try_error)
+    }
+
+    /// As [`send_with`](Self::send_with), waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`send_timeout`](Self::send_timeout).
+    pub fn send_with_timeout(
+        &mut self,
+        fill: impl FnOnce(&mut T),
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
+        self.send_with_inner(fill, Limit::after(timeout))
+            .map_err(timeout_error)
+    }
+
+    fn send_with_inner(&mut self, fill: impl FnOnce(&mut T), limit: Limit) -> Result<(), Fail> {
+        let size = size_of::<T>();
+        if size > self.threshold {
+            let fill = |bytes: &mut [u8]| {
+                fill_in_place(bytes, fill);
+                Ok(())
+            };
+            return self.send_blob(size, fill, &[], limit);
+        }
+        let mut grant = reserve(&mut self.producer, size, limit)?;
+        fill_in_place(&mut grant[..size], fill);
+        commit(grant, size, &[], &self.control, &mut self.seq, limit)
+    }
+}
+
+/// Zeroes `bytes` (exactly `size_of::<T>()` of them) and lets `fill` write a `T` over them: in
+/// place when they are aligned for `T`, else through a zeroed copy on the stack.
+fn fill_in_place<T: PlainData + FromZeros>(bytes: &mut [u8], fill: impl FnOnce(&mut T)) {
+    bytes.fill(0);
+    match T::try_mut_from_bytes(bytes) {
+        Ok(slot) => fill(slot),
+        Err(err) => {
+            let bytes = err.into_src();
+            let mut value = T::new_zeroed();
+            fill(&mut value);
+            bytes.copy_from_slice(value.as_bytes());
+        }
+    }
+}
+
+/// Reserves `n_bytes` in the ring within `limit`. Inlined, like sp-shm's own `reserve`, so that
+/// the grant stays in registers (see `read` in receiver.rs).
+#[inline(always)]
+fn reserve(producer: &mut Producer, n_bytes: usize, limit: Limit) -> Result<WriteGrant<'_>, Fail> {
+    match limit.remaining() {
+        None => producer.reserve(n_bytes).map_err(Fail::from),
+        Some(left) if left.is_zero() => producer.try_reserve(n_bytes).map_err(Fail::from),
+        Some(left) => producer.reserve_timeout(n_bytes, left).map_err(Fail::from),
+    }
+}
+
+/// Commits an inline record of `used` bytes (the prefix included): kind [`wire::KIND_VALUE`], or
+/// with descriptors, the prefix, the ATTACH and kind [`wire::KIND_VALUE_FDS`].
+#[inline(always)]
+fn commit(
+    mut grant: WriteGrant<'_>,
+    used: usize,
+    fds: &[BorrowedFd<'_>],
+    control: &Control,
+    seq: &mut u64,
+    limit: Limit,
+) -> Result<(), Fail> {
+    if fds.is_empty() {
+        grant.set_kind(wire::KIND_VALUE)?;
+        grant.commit(used)?;
+        return Ok(());
+    }
+    let announce = Announce {
+        seq: *seq,
+        n_fds: fds.len() as u32,
+        blob: None,
+    };
+    wire::encode_fds_prefix(announce.seq, announce.n_fds, &mut grant[..FDS_PREFIX_LEN]);
+    grant.set_kind(wire::KIND_VALUE_FDS)?;
+    control.send(&wire::encode_attach(announce), fds, limit)?;
+    *seq += 1;
+    grant.commit(used)?;
+    Ok(())
+}
+
+/// A blocking operation cannot "would wait"; if a lower layer says so anyway, it is an error.
+fn forever(res: Result<(), Fail>) -> Result<()> {
+    match res {
+        Ok(()) => Ok(()),
+        Err(Fail::Broken(err)) => Err(err),
+        Err(Fail::Wait) => Err(Error::Os(std::io::ErrorKind::WouldBlock.into())),
+    }
+}
+
+fn try_error(fail: Fail) -> TrySendError {
+    match fail {
+        Fail::Wait => TrySendError::Full,
+        Fail::Broken(err) => TrySendError::Broken(err),
+    }
+}
+
+fn timeout_error(fail: Fail) -> SendTimeoutError {
+    match fail {
+        Fail::Wait => SendTimeoutError::Timeout,
+        Fail::Broken(err) => SendTimeoutError::Broken(err),
+    }
+}
