@@ -11,7 +11,7 @@
 
 use loom::thread;
 
-use crate::error::Error;
+use crate::error::{Error, TryRecvError};
 use crate::ring::{WaitPrep, model_pair};
 
 /// Small geometry: 8-byte payloads take 16-byte slots and each record also needs the 8 bytes
@@ -36,7 +36,7 @@ fn loom_publication_no_torn_or_lost_record() {
                     assert_eq!(rec.to_vec(), [next; 8]);
                     next += 1;
                 }
-                Err(Error::Empty) => thread::yield_now(),
+                Err(TryRecvError::Empty) => thread::yield_now(),
                 Err(err) => panic!("unexpected {err}"),
             }
         }
@@ -149,7 +149,7 @@ fn loom_external_wait_no_lost_wakeup() {
                     assert_eq!(bytes, [next; 8]);
                     next += 1;
                 }
-                Err(Error::Empty) => {
+                Err(TryRecvError::Empty) => {
                     if let WaitPrep::Armed { .. } = rx.prepare_wait().unwrap() {
                         rx.sleep_on_wake().unwrap();
                         rx.finish_wait().unwrap();
