@@ -16,6 +16,8 @@
 //!   ([`sp_shm::Blob`]) by itself; the receiver gets the same `T` ([`Config::blob_threshold`]).
 //! - **Descriptors travel with values**: [`Sender::send_with_fds`] and
 //!   [`Receiver::recv_with_fds`]; the receiver gets them with that value and no other.
+//! - **Relaying without decoding**: [`Receiver::recv_encoded`] lends a value's encoding and
+//!   [`Sender::send_encoded`] sends one, for gateways that carry a typed stream elsewhere.
 //! - **Waiting on many peers**: [`Select`] spins over any number of receivers and sp-core
 //!   channels, then sleeps on all of them at once with `epoll`.
 //! - **Errors split** "would wait" from "broken" per operation ([`TrySendError`],
@@ -45,6 +47,7 @@ mod config;
 mod connect;
 mod error;
 mod limit;
+mod raw;
 mod receiver;
 mod select;
 mod sender;

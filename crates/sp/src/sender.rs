@@ -207,6 +207,26 @@ impl<T: Value> Sender<T> {
         self.producer.stats()
     }
 
+    /// Sends a value of `len` encoded bytes that `fill` writes, inline or above the threshold as
+    /// a blob, without descriptors (for [`send_encoded`](Self::send_encoded) in `raw.rs`).
+    pub(crate) fn send_filled(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        limit: Limit,
+    ) -> Result<(), Fail> {
+        if len > self.threshold {
+            let fill = |bytes: &mut [u8]| {
+                fill(bytes);
+                Ok(())
+            };
+            return self.send_blob(len, fill, &[], limit);
+        }
+        let mut grant = reserve(&mut self.producer, len, limit)?;
+        fill(&mut grant[..len]);
+        commit(grant, len, &[], &self.control, &mut self.seq, limit)
+    }
+
     fn send_inner(&mut self, value: &T, fds: &[BorrowedFd<'_>], limit: Limit) -> Result<(), Fail> {
         if fds.len() > MAX_FDS {
             return Err(Error::TooManyFds {
