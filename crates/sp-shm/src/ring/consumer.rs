@@ -579,6 +579,7 @@ impl ReadGrantRef<'_> {
     }
 
     /// Copies the payload into `dst`; returns `min(len, dst.len())`.
+    #[inline]
     pub fn copy_to_slice(&self, dst: &mut [u8]) -> usize {
         self.data.copy_out(self.rec.payload, dst)
     }
