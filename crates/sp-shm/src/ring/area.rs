@@ -52,6 +52,7 @@ pub(crate) struct Payload {
 
 impl WordAt {
     /// The offset in bytes.
+    #[inline]
     pub(crate) fn offset(self) -> usize {
         self.0
     }
@@ -66,17 +67,20 @@ impl Payload {
     };
 
     /// Where the record's header is.
+    #[inline]
     pub(crate) fn header(self) -> WordAt {
         WordAt(self.header)
     }
 
     /// The payload length in bytes.
+    #[inline]
     pub(crate) fn len(self) -> usize {
         self.len
     }
 
     /// The same record with only its first `len` bytes (at most `self.len()`): a shorter slot
     /// that starts at the same header, so it lies in the area too.
+    #[inline]
     pub(crate) fn truncated(self, len: usize) -> Self {
         let len = len.min(self.len);
         Self {
@@ -87,13 +91,9 @@ impl Payload {
     }
 
     /// Offset of the first payload byte.
+    #[inline]
     fn start(self) -> usize {
         self.header + HEADER_LEN
-    }
-
-    /// Offset just past the record's slot (the payload rounded up to 8).
-    pub(crate) fn slot_end(self) -> usize {
-        self.end
     }
 }
 
@@ -287,19 +287,17 @@ impl<A> DataArea<A> {
 
 #[cfg(not(sp_loom))]
 impl DataArea<ReadWrite> {
-    /// Asks the cache for the first lines of a record's slot and its next slot with the intent
-    /// to write them (`prefetchw`), so that their ownership requests start together, before the
-    /// payload is written. A hint only: it never faults and changes no memory.
+    /// Asks the cache for the first two lines of a record's slot with the intent to write them
+    /// (`prefetchw`), so that their ownership requests start together, before the payload is
+    /// written: a small record and its next slot mostly lie in those two lines, and a larger one
+    /// streams anyway. A hint only: it never faults and changes no memory.
     #[inline]
     pub(crate) fn prefetch_for_write(&self, payload: Payload) {
         #[cfg(target_arch = "x86_64")]
         if self.prefetchw {
-            /// Lines asked for: a small record and its next slot; a large one streams anyway.
-            const MAX_LINES: usize = 4;
-            let first = payload.header & !63;
-            let end = (payload.slot_end() + HEADER_LEN).min(first + MAX_LINES * 64);
-            for line in (first..end).step_by(64) {
-                let ptr = self.base.as_ptr().wrapping_add(line & (self.capacity - 1));
+            let line = payload.header & !63;
+            for line in [line, (line + 64) & (self.capacity - 1)] {
+                let ptr = self.base.as_ptr().wrapping_add(line);
                 // SAFETY: `prefetchw` is a hint: it never faults and writes nothing, whatever the
                 // address (the address is inside the mapping anyway); this CPU has it
                 // (`self.prefetchw`).

@@ -416,6 +416,7 @@ impl Consumer {
 
     /// `fast_end` for the head's lap and the head last published. The first record of a lap
     /// always takes the slow path: `fast_end` is at most the end of the previous lap.
+    #[inline]
     fn set_fast_end(&mut self) {
         let lap_end = (self.head | (self.capacity - 1)) + 1;
         self.fast_end = lap_end.min(self.head_published + self.capacity - HEADER_LEN as u64);
