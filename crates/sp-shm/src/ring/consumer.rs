@@ -437,29 +437,34 @@ impl Consumer {
         self.advance();
         if self.head - self.head_published > self.publish_every {
             // A failure here means the producer is gone; the next wait reports it.
-            let _ = self.publish();
+            let _ = self.publish_head();
         }
     }
 
-    /// Publishes the head and wakes the producer if it is parked. Once the producer is gone
-    /// nothing is published: nobody reads the head, and the frozen `head_published` caps what
-    /// is left to drain at one ring (see `poll_record`).
+    /// Publishes the head, if it moved, and wakes the producer if it is parked.
     #[inline]
     pub(super) fn publish(&mut self) -> Result<()> {
-        if self.head == self.head_published || self.peer_gone {
+        if self.head == self.head_published {
             return Ok(());
         }
+        self.publish_head()
+    }
+
+    /// Stores the head and wakes the producer if it is parked. Once the producer is gone nothing
+    /// is published: nobody reads the head, and the frozen `head_published` caps what is left to
+    /// drain at one ring (see `poll_record`). `fast_end` is not moved here: it only grows with
+    /// the published head, and the slow path recomputes it when a record reaches it.
+    #[inline]
+    fn publish_head(&mut self) -> Result<()> {
+        if self.peer_gone {
+            return Ok(());
+        }
+        let ctrl = self.shared.ctrl();
         // SYNC: (C) Release pairs with the producer's Acquire load of the head in
         // `Producer::reload_head`: our reads of the released records happen before its writes.
-        self.shared
-            .ctrl()
-            .head
-            .word
-            .store(self.head, Ordering::Release);
+        ctrl.head.word.store(self.head, Ordering::Release);
         self.head_published = self.head;
-        self.set_fast_end();
         self.stats.publications += 1;
-        let ctrl = self.shared.ctrl();
         wake_if_waiting(&ctrl.producer_waiting.word, &self.wake, &mut self.stats)
     }
 

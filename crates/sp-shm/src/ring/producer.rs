@@ -131,7 +131,7 @@ impl Producer {
         self.wait_claim(bytes.len(), Limit::Forever)
             .map_err(WaitError::forever)?;
         self.write_claimed(bytes);
-        self.publish()
+        self.announce()
     }
 
     /// Sends if there is space now.
@@ -142,7 +142,7 @@ impl Producer {
     pub fn try_send(&mut self, bytes: &[u8]) -> Result<(), TrySendError> {
         if self.try_claim(bytes.len())? {
             self.write_claimed(bytes);
-            Ok(self.publish()?)
+            Ok(self.announce()?)
         } else {
             Err(self.full())
         }
@@ -161,7 +161,7 @@ impl Producer {
         self.wait_claim(bytes.len(), Limit::After(timeout))
             .map_err(WaitError::into_send)?;
         self.write_claimed(bytes);
-        Ok(self.publish()?)
+        Ok(self.announce()?)
     }
 
     /// Sends as many of `records` as fit now, checking for a parked consumer once; returns how
@@ -407,6 +407,13 @@ impl Producer {
         if self.tail == self.tail_announced {
             return Ok(());
         }
+        self.announce()
+    }
+
+    /// The wake-up check for every record committed since the last one (the caller knows there
+    /// is at least one).
+    #[inline]
+    fn announce(&mut self) -> Result<()> {
         self.tail_announced = self.tail;
         self.stats.publications += 1;
         let ctrl = self.shared.ctrl();
@@ -496,7 +503,7 @@ impl WriteGrant<'_> {
     pub fn commit(self, used: usize) -> Result<()> {
         let Self { producer, kind } = self;
         producer.finish(used, kind);
-        producer.publish()
+        producer.announce()
     }
 
     /// Commits like [`commit`](Self::commit) but skips the check for a parked consumer: a
