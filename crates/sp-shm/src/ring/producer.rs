@@ -122,6 +122,38 @@ impl Producer {
         Ok(self.grant())
     }
 
+    /// Writes one record of `n_bytes` in place and publishes it, waiting for space: `fill` gets
+    /// the reserved bytes (as [`reserve`](Self::reserve) gives them, not zeroed) and returns how
+    /// many it used (at most `n_bytes`; more is clamped). The one-call form of `reserve`, fill,
+    /// `commit`, with no grant in between.
+    ///
+    /// # Errors
+    /// As [`reserve`](Self::reserve); `fill` is not called then.
+    ///
+    /// # Examples
+    /// ```
+    /// let (mut tx, mut rx) = sp_shm::channel(&sp_shm::Config::new())?;
+    /// tx.send_with(5, |slot| {
+    ///     slot.copy_from_slice(b"hello");
+    ///     5
+    /// })?;
+    /// assert_eq!(rx.read()?.to_vec(), b"hello");
+    /// # Ok::<(), sp_shm::Error>(())
+    /// ```
+    #[cfg(not(sp_loom))]
+    #[inline]
+    pub fn send_with(
+        &mut self,
+        n_bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<()> {
+        self.wait_claim(n_bytes, Limit::Forever)
+            .map_err(WaitError::forever)?;
+        let used = fill(self.shared.data.payload_mut(self.claimed));
+        self.finish(used, 0);
+        self.announce()
+    }
+
     /// Copies `bytes` into one record (kind 0) and publishes it, waiting for space.
     ///
     /// # Errors
