@@ -596,4 +596,20 @@ impl ReadGrantRef<'_> {
         self.data.copy_out(self.rec.payload, &mut bytes);
         bytes
     }
+
+    /// The payload as a plain slice, in place; see [`ReadGrant::as_slice_trusted`].
+    ///
+    /// # Safety
+    /// As [`ReadGrant::as_slice_trusted`]: the caller trusts the producer's process not to write
+    /// these bytes while the slice lives.
+    #[cfg(not(sp_loom))]
+    #[allow(unsafe_code)] // The trusted-peer view; its contract is the caller's.
+    #[inline]
+    pub unsafe fn as_slice_trusted(&self) -> &[u8] {
+        let ptr = self.data.payload_ptr(self.rec.payload);
+        // SAFETY: the range is inside the read-only data mapping (`Payload` lies in the area),
+        // kept mapped by the consumer this reference borrows; the caller promises no concurrent
+        // writes.
+        unsafe { std::slice::from_raw_parts(ptr, self.len()) }
+    }
 }
