@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use sp_core::{Channel, Child, Message, SocketKind};
+use sp_shm::IdleStrategy;
 
 pub use stage::{Stage, join};
 
@@ -77,6 +78,7 @@ use wire::{HAS_INPUT, HAS_OUTPUT, StageSetup};
 pub struct Builder {
     commands: Vec<Command>,
     stop_timeout: Duration,
+    idle: Option<IdleStrategy>,
 }
 
 /// A running pipeline: its stages' processes and the thread that supervises them. Dropping it
@@ -94,6 +96,7 @@ impl Builder {
         Self {
             commands: Vec::new(),
             stop_timeout: Duration::from_secs(5),
+            idle: None,
         }
     }
 
@@ -112,6 +115,16 @@ impl Builder {
         self
     }
 
+    /// How every stage (and the parent's ends) waits, instead of the choice by core count:
+    /// [`IdleStrategy::adaptive`] while each process on the data path (every stage, plus the
+    /// parent when it feeds and drains) can have a core of its own, otherwise
+    /// [`IdleStrategy::park`] (see [`pool::idle_for`](crate::pool::idle_for)).
+    #[must_use]
+    pub fn idle(mut self, strategy: IdleStrategy) -> Self {
+        self.idle = Some(strategy);
+        self
+    }
+
     /// Starts the stages and connects each to the next; the first stage has no input and the
     /// last no output (they are on their own).
     ///
@@ -121,7 +134,7 @@ impl Builder {
     /// `HandshakeTimedOut` when the set-up took longer than [`Config::handshake_timeout`]. Every
     /// stage started is killed and reaped on error.
     pub fn spawn(self, config: &Config) -> Result<Pipeline> {
-        let (pipeline, _, _) = self.spawn_inner::<(), ()>(config, false)?;
+        let (pipeline, _) = self.spawn_inner::<(), ()>(config, false)?;
         Ok(pipeline)
     }
 
@@ -135,7 +148,7 @@ impl Builder {
         self,
         config: &Config,
     ) -> Result<(Pipeline, Sender<In>, Receiver<Out>)> {
-        let (pipeline, tx, rx) = self.spawn_inner::<In, Out>(config, true)?;
+        let (pipeline, (tx, rx)) = self.spawn_inner::<In, Out>(config, true)?;
         match (tx, rx) {
             (Some(tx), Some(rx)) => Ok((pipeline, tx, rx)),
             _ => Err(Error::Protocol(Violation::BadSetup)),
@@ -146,11 +159,16 @@ impl Builder {
         self,
         config: &Config,
         ends: bool,
-    ) -> Result<(Pipeline, Option<Sender<In>>, Option<Receiver<Out>>)> {
+    ) -> Result<(Pipeline, Ends<In, Out>)> {
         let n = self.commands.len();
         if n == 0 {
             return Err(Error::Os(std::io::ErrorKind::InvalidInput.into()));
         }
+        // The processes on the data path: the stages, and the parent when it is at both ends.
+        let idle = self
+            .idle
+            .unwrap_or_else(|| crate::pool::idle_for(n + usize::from(ends) - 1));
+        let config = &config.clone().idle(idle);
         let mut children = Vec::with_capacity(n);
         let mut channels = Vec::with_capacity(n);
         for mut command in self.commands {
@@ -179,8 +197,7 @@ impl Builder {
                         supervisor,
                         statuses: vec![None; n],
                     },
-                    tx,
-                    rx,
+                    (tx, rx),
                 ))
             }
             Err(err) => {
@@ -286,6 +303,7 @@ fn connect<In: Value, Out: Value>(
             index: index as u32,
             n_stages: n as u32,
             flags,
+            idle: config.ring_config().idle_strategy(),
         };
         let fds: Vec<_> = input.iter().chain(&output).map(AsFd::as_fd).collect();
         channel.send(&wire::encode_stage(setup), &fds)?;

@@ -40,6 +40,9 @@ pub struct Stage<In: Value, Out: Value> {
 /// first stage that the parent does not feed), `Out` what it writes (`()` for an undrained last
 /// stage).
 ///
+/// The stage waits as the pipeline chose ([`Builder::idle`](crate::pipeline::Builder::idle)):
+/// that replaces `config`'s idle strategy.
+///
 /// Each neighbour's types are checked at set-up (a HELLO over the link's control socket, as in
 /// [`connect`](crate::connect)): the values this stage writes must be encoded as its successor's
 /// `In` expects.
@@ -101,6 +104,7 @@ fn link<In: Value, Out: Value>(parent: &mut Channel, config: &Config) -> Result<
         .recv_timeout(config.handshake_timeout)
         .map_err(setup_error)?;
     let setup = wire::decode_stage(&msg.bytes, msg.fds.len()).map_err(Error::Protocol)?;
+    let config = &config.clone().idle(setup.idle);
     let mut fds = msg.fds.into_iter();
     let in_control = take_channel(&mut fds, setup.flags & HAS_INPUT != 0)?;
     let out_control = take_channel(&mut fds, setup.flags & HAS_OUTPUT != 0)?;

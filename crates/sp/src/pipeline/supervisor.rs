@@ -82,15 +82,15 @@ fn supervise(
     let mut failed_at: Option<Instant> = None;
     let mut stopping = false;
     loop {
-        for index in 0..n {
+        for (index, child) in children.iter_mut().enumerate() {
             if outcome.statuses[index].is_some() {
                 continue;
             }
-            let status = match children[index].try_wait() {
+            let status = match child.try_wait() {
                 Ok(Some(status)) => status,
                 Ok(None) if stopping => {
-                    let _ = children[index].kill();
-                    match children[index].wait() {
+                    let _ = child.kill();
+                    match child.wait() {
                         Ok(status) => status,
                         Err(_) => continue,
                     }

@@ -5,6 +5,8 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
+use sp_shm::IdleStrategy;
+
 use crate::error::Violation;
 
 /// First 8 bytes of a STAGE message (parent to stage, first on the channel).
@@ -13,7 +15,7 @@ pub(crate) const STAGE_MAGIC: [u8; 8] = *b"SPPLSTGE";
 pub(crate) const UP_MAGIC: [u8; 8] = *b"SPPLSTUP";
 /// First 8 bytes of an EXIT message (parent to stage, when a stage's process has ended).
 pub(crate) const EXIT_MAGIC: [u8; 8] = *b"SPPLEXIT";
-pub(crate) const STAGE_LEN: usize = 24;
+pub(crate) const STAGE_LEN: usize = 40;
 pub(crate) const UP_LEN: usize = 16;
 pub(crate) const EXIT_LEN: usize = 24;
 /// The version of the pipeline messages.
@@ -40,6 +42,8 @@ pub(crate) struct StageSetup {
     pub(crate) index: u32,
     pub(crate) n_stages: u32,
     pub(crate) flags: u32,
+    /// How the stage waits (chosen by the parent from the number of processes and cores).
+    pub(crate) idle: IdleStrategy,
 }
 
 /// A stage's end, as the parent reports it to the others.
@@ -64,6 +68,9 @@ pub(crate) fn encode_stage(setup: StageSetup) -> [u8; STAGE_LEN] {
     out[12..16].copy_from_slice(&setup.index.to_le_bytes());
     out[16..20].copy_from_slice(&setup.n_stages.to_le_bytes());
     out[20..24].copy_from_slice(&setup.flags.to_le_bytes());
+    out[24..28].copy_from_slice(&setup.idle.spins().to_le_bytes());
+    out[28..32].copy_from_slice(&setup.idle.yields().to_le_bytes());
+    out[32..36].copy_from_slice(&u32::from(setup.idle.parks()).to_le_bytes());
     out
 }
 
@@ -71,10 +78,15 @@ pub(crate) fn decode_stage(bytes: &[u8], n_fds: usize) -> Result<StageSetup, Vio
     if bytes.len() != STAGE_LEN || bytes[0..8] != STAGE_MAGIC || u32_at(bytes, 8) != VERSION {
         return Err(Violation::BadSetup);
     }
+    let park = u32_at(bytes, 32);
+    if park > 1 || u32_at(bytes, 36) != 0 {
+        return Err(Violation::BadSetup);
+    }
     let setup = StageSetup {
         index: u32_at(bytes, 12),
         n_stages: u32_at(bytes, 16),
         flags: u32_at(bytes, 20),
+        idle: IdleStrategy::new(u32_at(bytes, 24), u32_at(bytes, 28), park == 1),
     };
     if setup.index >= setup.n_stages
         || setup.flags & !(HAS_INPUT | HAS_OUTPUT) != 0
@@ -141,6 +153,7 @@ mod tests {
             index: 1,
             n_stages: 3,
             flags: HAS_INPUT | HAS_OUTPUT,
+            idle: IdleStrategy::new(3, 2, true),
         };
         assert_eq!(decode_stage(&encode_stage(setup), 2), Ok(setup));
         assert_eq!(

@@ -364,7 +364,8 @@ impl<In: Value + 'static, Out: Value + 'static> Pool<In, Out> {
                 .enumerate()
                 .filter_map(|(index, w)| {
                     let w = w.as_ref()?;
-                    let open = w.in_flight.len() < max && !(w.full && !w.in_flight.is_empty());
+                    // A full ring always has items in flight whose answers will clear the mark.
+                    let open = w.in_flight.len() < max && (!w.full || w.in_flight.is_empty());
                     open.then_some((w.in_flight.len(), index))
                 })
                 .min();
