@@ -330,7 +330,9 @@ fn connect<In: Value, Out: Value>(
         || pending_feed.is_some()
         || (drain.is_some() && drain_consumer.is_none())
     {
-        let index = wait_readable(channels, deadline)?;
+        // A stage that is UP sends nothing more during set-up; its channel's next news (an end
+        // of file when it has already finished its work) is the supervisor's.
+        let index = wait_readable(channels, &up, deadline)?;
         let msg = match channels[index].try_recv() {
             Ok(msg) => msg,
             Err(sp_core::TryRecvError::Empty) => continue,
@@ -396,16 +398,18 @@ fn forward(channel: &Channel, msg: Message) -> Result<()> {
     Ok(())
 }
 
-/// `poll(2)` on every stage's channel until one is readable (a message or a hang-up).
-fn wait_readable(channels: &[Channel], deadline: Instant) -> Result<usize> {
+/// `poll(2)` on the channels of the stages not yet UP until one is readable (a message or a
+/// hang-up).
+fn wait_readable(channels: &[Channel], up: &[bool], deadline: Instant) -> Result<usize> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::Shm(sp_shm::Error::HandshakeTimedOut));
         }
-        let mut fds: Vec<PollFd<'_>> = channels
+        let indexes: Vec<usize> = (0..channels.len()).filter(|i| !up[*i]).collect();
+        let mut fds: Vec<PollFd<'_>> = indexes
             .iter()
-            .map(|c| PollFd::from_borrowed_fd(c.as_fd(), PollFlags::IN))
+            .map(|i| PollFd::from_borrowed_fd(channels[*i].as_fd(), PollFlags::IN))
             .collect();
         let timeout =
             Timespec::try_from(left).map_err(|_| Error::Os(rustix::io::Errno::INVAL.into()))?;
@@ -413,8 +417,8 @@ fn wait_readable(channels: &[Channel], deadline: Instant) -> Result<usize> {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(err) => return Err(Error::Os(err.into())),
         }
-        if let Some(index) = fds.iter().position(|fd| !fd.revents().is_empty()) {
-            return Ok(index);
+        if let Some(at) = fds.iter().position(|fd| !fd.revents().is_empty()) {
+            return Ok(indexes[at]);
         }
     }
 }
