@@ -5,7 +5,7 @@
 //! # How it works
 //!
 //! - **Items in envelopes.** Each item gets an id (`0, 1, 2, ...` in submission order) and
-//!   travels as `(id, item)` ([`Envelope`](envelope)); the worker answers `(id, result)`. The
+//!   travels as `(id, item)` (an envelope: `docs/protocol.md`, "sp pools"); the worker answers `(id, result)`. The
 //!   pool keeps each item, moved in (no `Clone` needed), until its result arrives, so that a
 //!   worker's death hands back exactly the items it had not answered.
 //! - **Choosing a worker.** [`Pool::submit`] gives the item to the live worker with the fewest
@@ -15,7 +15,7 @@
 //!   `submit_timeout` bound that wait. A full ring always has items in flight, so waiting for
 //!   an answer is enough: the parent never blocks on a worker's ring while that worker may be
 //!   blocked on the parent's.
-//! - **Gathering.** Waiting for answers is one [`Select`](crate::Select) over every live
+//! - **Gathering.** Waiting for answers is one [`crate::Select`] over every live
 //!   worker's result ring (no thread per worker); answers that arrive while `submit` waits are
 //!   kept for `recv`. [`Pool::recv`] hands out answers in the order they arrived,
 //!   [`Pool::recv_in_order`] in submission order (holding back later ones).
