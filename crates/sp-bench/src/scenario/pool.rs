@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 use crate::payload::{fill, sum};
 use crate::spec::{RunSpec, Sample};
 
-/// The sp pool's channel: rings of four items at least, so that an item is one record.
+/// The sp pool's channel: rings of four items at least, so that an item is one record. The pool
+/// chooses its idle strategy by core count; `SP_BENCH_POOL_IDLE=park|adaptive|spin` overrides it
+/// (to compare strategies on a shared machine, docs/benchmarks.md).
 fn sp_config(size: usize) -> sp::PoolConfig {
     let ring = (8 * (size + 64)).next_power_of_two().max(256 << 10);
     let mut config = sp::PoolConfig::new();
