@@ -77,6 +77,21 @@ impl IdleStrategy {
     pub const fn park() -> Self {
         Self::new(0, 0, true)
     }
+
+    /// Busy-wait steps before yielding.
+    pub const fn spins(&self) -> u32 {
+        self.spins
+    }
+
+    /// Calls to `sched_yield` after the spins, before parking.
+    pub const fn yields(&self) -> u32 {
+        self.yields
+    }
+
+    /// Whether a wait parks in `poll` after the spins and yields (else it keeps spinning).
+    pub const fn parks(&self) -> bool {
+        self.park
+    }
 }
 
 impl IdleStrategy {
