@@ -94,24 +94,6 @@ impl IdleStrategy {
     }
 }
 
-impl IdleStrategy {
-    /// Busy-wait steps before yielding or parking (`u32::MAX` with [`parks`](Self::parks) false:
-    /// spin for ever).
-    pub const fn spins(self) -> u32 {
-        self.spins
-    }
-
-    /// Calls to `sched_yield` after the spins.
-    pub const fn yields(self) -> u32 {
-        self.yields
-    }
-
-    /// Whether the wait parks in `poll` after spinning and yielding.
-    pub const fn parks(self) -> bool {
-        self.park
-    }
-}
-
 impl Default for IdleStrategy {
     fn default() -> Self {
         Self::adaptive()
