@@ -93,7 +93,8 @@ pub struct AsyncProducer {
 ///
 /// After a `try_*` call on the side found nothing, call [`poll_consumer`](Self::poll_consumer)
 /// (or [`poll_producer`](Self::poll_producer)); when it returns `Ready(Ok(()))`, try again.
-/// After a try succeeds, call [`done`](Self::done) (it disarms a side that is still armed).
+/// After a try succeeds, call [`done_consumer`](Self::done_consumer) (or
+/// [`done_producer`](Self::done_producer)): it disarms a side that is still armed.
 #[derive(Debug)]
 pub struct RingWait {
     /// A duplicate of the side's wake socket, registered with the reactor.
@@ -334,8 +335,8 @@ impl AsyncConsumer {
     /// dropped future takes none.
     ///
     /// # Errors
-    /// As [`Consumer::recv_into`]: [`Error::PeerGone`] once the producer is gone and every
-    /// record it committed has been delivered; [`Error::Corrupt`] for a bad header.
+    /// As [`Consumer::recv_into`]: [`Error::PeerGone`](crate::Error::PeerGone) once the producer is gone and every
+    /// record it committed has been delivered; [`Error::Corrupt`](crate::Error::Corrupt) for a bad header.
     pub async fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<u32> {
         poll_fn(|cx| self.poll_take(cx, |c| c.try_recv_into(buf))).await
     }
@@ -420,7 +421,7 @@ impl AsyncProducer {
     /// in the poll that finds room, which then returns.
     ///
     /// # Errors
-    /// As [`Producer::send`]: [`Error::TooLarge`], [`Error::PeerGone`], [`Error::Corrupt`].
+    /// As [`Producer::send`]: [`Error::TooLarge`](crate::Error::TooLarge), [`Error::PeerGone`](crate::Error::PeerGone), [`Error::Corrupt`](crate::Error::Corrupt).
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         poll_fn(|cx| self.poll_give(cx, bytes.len(), |p| p.try_send(bytes))).await
     }

@@ -51,6 +51,9 @@ pub struct Sender<T> {
     max_blob_len: u64,
     /// How much to reserve for a postcard value before its length is known.
     guess: usize,
+    /// The ring space the last reservation asked for: what an async send that found the ring
+    /// full waits for (`crate::tokio`).
+    wanted: usize,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -92,6 +95,7 @@ impl<T: Value> Sender<T> {
             threshold,
             max_blob_len: config.max_blob_len,
             guess: MIN_GUESS,
+            wanted: 0,
             _type: PhantomData,
         }
     }
@@ -207,6 +211,17 @@ impl<T: Value> Sender<T> {
         self.producer.stats()
     }
 
+    /// The ring, the space the last reservation asked for, and the control socket's descriptor
+    /// (for the async sender's wait, `crate::tokio`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wait_parts(&mut self) -> (&mut Producer, usize, BorrowedFd<'_>) {
+        (
+            &mut self.producer,
+            self.wanted,
+            self.control.poll_fd.as_fd(),
+        )
+    }
+
     fn send_inner(&mut self, value: &T, fds: &[BorrowedFd<'_>], limit: Limit) -> Result<(), Fail> {
         if fds.len() > MAX_FDS {
             return Err(Error::TooManyFds {
@@ -223,7 +238,12 @@ impl<T: Value> Sender<T> {
             _ => (room > 0).then_some(self.guess.min(room)),
         };
         if let Some(n_bytes) = first_try {
-            let mut grant = reserve(&mut self.producer, prefix + n_bytes, limit)?;
+            let mut grant = reserve(
+                &mut self.producer,
+                &mut self.wanted,
+                prefix + n_bytes,
+                limit,
+            )?;
             match value.encode(&mut grant[prefix..]) {
                 Ok(used) => {
                     return commit(
@@ -243,7 +263,7 @@ impl<T: Value> Sender<T> {
         let len = value.encoded_len().map_err(Error::Encode)?;
         if len <= room {
             self.guess = len.next_power_of_two().max(MIN_GUESS);
-            let mut grant = reserve(&mut self.producer, prefix + len, limit)?;
+            let mut grant = reserve(&mut self.producer, &mut self.wanted, prefix + len, limit)?;
             let used = value.encode(&mut grant[prefix..]).map_err(Error::Encode)?;
             return commit(
                 grant,
@@ -273,7 +293,7 @@ impl<T: Value> Sender<T> {
             .into());
         }
         // The record first: a try that finds no room must not have built a blob for nothing.
-        let mut grant = reserve(&mut self.producer, BLOB_RECORD_LEN, limit)?;
+        let mut grant = reserve(&mut self.producer, &mut self.wanted, BLOB_RECORD_LEN, limit)?;
         let mut filled = Ok(());
         let blob = Blob::build(len, |bytes| filled = fill(bytes)).map_err(Error::from)?;
         filled.map_err(Error::Encode)?;
@@ -344,7 +364,7 @@ impl<T: PlainData + FromZeros> Sender<T> {
             };
             return self.send_blob(size, fill, &[], limit);
         }
-        let mut grant = reserve(&mut self.producer, size, limit)?;
+        let mut grant = reserve(&mut self.producer, &mut self.wanted, size, limit)?;
         fill_in_place(&mut grant[..size], fill);
         commit(grant, size, &[], &self.control, &mut self.seq, limit)
     }
@@ -368,7 +388,13 @@ fn fill_in_place<T: PlainData + FromZeros>(bytes: &mut [u8], fill: impl FnOnce(&
 /// Reserves `n_bytes` in the ring within `limit`. Inlined, like sp-shm's own `reserve`, so that
 /// the grant stays in registers (see `read` in receiver.rs).
 #[inline(always)]
-fn reserve(producer: &mut Producer, n_bytes: usize, limit: Limit) -> Result<WriteGrant<'_>, Fail> {
+fn reserve<'a>(
+    producer: &'a mut Producer,
+    wanted: &mut usize,
+    n_bytes: usize,
+    limit: Limit,
+) -> Result<WriteGrant<'a>, Fail> {
+    *wanted = n_bytes;
     match limit.remaining() {
         None => producer.reserve(n_bytes).map_err(Fail::from),
         Some(left) if left.is_zero() => producer.try_reserve(n_bytes).map_err(Fail::from),

@@ -10,6 +10,8 @@ mod cross;
 mod hostile;
 mod local;
 mod select;
+#[cfg(feature = "tokio")]
+mod tokio;
 mod types;
 
 use std::collections::BTreeSet;
@@ -57,6 +59,8 @@ fn main() {
     trials.extend(cross::trials());
     trials.extend(hostile::trials());
     trials.extend(select::trials());
+    #[cfg(feature = "tokio")]
+    trials.extend(tokio::trials());
     libtest_mimic::run(&args, trials).exit();
 }
 
