@@ -20,6 +20,8 @@ mod msg;
 mod peers;
 mod ref_ring;
 mod shm;
+#[cfg(feature = "tokio")]
+mod tokio;
 pub(crate) mod typed;
 
 /// Fills a message in place.
@@ -132,6 +134,14 @@ pub enum Transport {
     SpShmBatch,
     /// sp-shm blobs: one sealed memfd per message, sent over a seqpacket channel.
     SpShmBlob,
+    /// The sp-shm ring (adaptive) under a current-thread tokio runtime on each side (feature
+    /// `tokio`).
+    SpShmAsync,
+    /// The same, parking at once: the parked-wake path through the reactor (feature `tokio`).
+    SpShmAsyncPark,
+    /// tokio's `UnixStream` with length-prefixed frames, current-thread runtimes (feature
+    /// `tokio`).
+    TokioUds,
     /// sp typed channel of a 64-byte plain struct, written in place and read from a validated copy.
     SpTypedPod,
     /// sp typed channel of a serde struct (postcard; blobs above the ring's largest record).
@@ -193,7 +203,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 33] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -204,6 +214,9 @@ impl Transport {
         Self::SpShmPark,
         Self::SpShmBatch,
         Self::SpShmBlob,
+        Self::SpShmAsync,
+        Self::SpShmAsyncPark,
+        Self::TokioUds,
         Self::SpTypedPod,
         Self::SpTypedSerde,
         Self::IpcChannel,
@@ -239,6 +252,9 @@ impl Transport {
             Self::SpShmPark => "sp-shm-park",
             Self::SpShmBatch => "sp-shm-batch",
             Self::SpShmBlob => "sp-shm-blob",
+            Self::SpShmAsync => "sp-shm-async",
+            Self::SpShmAsyncPark => "sp-shm-async-park",
+            Self::TokioUds => "tokio-uds",
             Self::SpTypedPod => "sp-typed-pod",
             Self::SpTypedSerde => "sp-typed-serde",
             Self::IpcChannel => "ipc-channel",
@@ -382,6 +398,13 @@ impl Transport {
         if self.is_peer() && !cfg!(feature = "peers") {
             return Some("built without the `peers` feature".to_owned());
         }
+        if matches!(
+            self,
+            Self::SpShmAsync | Self::SpShmAsyncPark | Self::TokioUds
+        ) && !cfg!(feature = "tokio")
+        {
+            return Some("built without the `tokio` feature".to_owned());
+        }
         if self.spins() && !crate::cpu::can_pin() {
             return Some("spins while waiting and needs two cores".to_owned());
         }
@@ -433,6 +456,12 @@ pub(crate) fn offer(transport: Transport, size: usize, latency: bool) -> Result<
         Transport::SpShmPark => shm::offer_ring(size, IdleStrategy::park()),
         Transport::SpShmBatch => shm::offer_ring_batched(size),
         Transport::SpShmBlob => shm::offer_blob(size),
+        #[cfg(feature = "tokio")]
+        Transport::SpShmAsync => tokio::offer_ring(size, IdleStrategy::adaptive()),
+        #[cfg(feature = "tokio")]
+        Transport::SpShmAsyncPark => tokio::offer_ring(size, IdleStrategy::park()),
+        #[cfg(feature = "tokio")]
+        Transport::TokioUds => tokio::offer_uds(size),
         Transport::RefRing => ref_ring::offer(size),
         Transport::SpTypedPod => typed::offer(size, true),
         Transport::SpTypedSerde => typed::offer(size, false),
@@ -476,6 +505,12 @@ pub(crate) fn accept(
         Transport::SpShmPark => shm::accept_ring(size, IdleStrategy::park(), fds),
         Transport::SpShmBatch => shm::accept_ring_batched(size, fds),
         Transport::SpShmBlob => shm::accept_blob(size, fds),
+        #[cfg(feature = "tokio")]
+        Transport::SpShmAsync => tokio::accept_ring(size, IdleStrategy::adaptive(), fds),
+        #[cfg(feature = "tokio")]
+        Transport::SpShmAsyncPark => tokio::accept_ring(size, IdleStrategy::park(), fds),
+        #[cfg(feature = "tokio")]
+        Transport::TokioUds => tokio::accept_uds(size, fds),
         Transport::RefRing => ref_ring::accept(size, fds),
         Transport::SpTypedPod => typed::accept(size, true, fds),
         Transport::SpTypedSerde => typed::accept(size, false, fds),

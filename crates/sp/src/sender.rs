@@ -55,6 +55,9 @@ pub struct Sender<T> {
     /// the ring. While values come large, the next is encoded straight into a blob of up to
     /// one and a half times this, without a pass to compute its length first.
     last_blob_len: usize,
+    /// The ring space the last reservation asked for: what an async send that found the ring
+    /// full waits for (`crate::tokio`).
+    wanted: usize,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -97,6 +100,7 @@ impl<T: Value> Sender<T> {
             max_blob_len: config.max_blob_len,
             guess: MIN_GUESS,
             last_blob_len: 0,
+            wanted: 0,
             _type: PhantomData,
         }
     }
@@ -212,6 +216,17 @@ impl<T: Value> Sender<T> {
         self.producer.stats()
     }
 
+    /// The ring, the space the last reservation asked for, and the control socket's descriptor
+    /// (for the async sender's wait, `crate::tokio`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wait_parts(&mut self) -> (&mut Producer, usize, BorrowedFd<'_>) {
+        (
+            &mut self.producer,
+            self.wanted,
+            self.control.poll_fd.as_fd(),
+        )
+    }
+
     fn send_inner(&mut self, value: &T, fds: &[BorrowedFd<'_>], limit: Limit) -> Result<(), Fail> {
         if fds.len() > MAX_FDS {
             return Err(Error::TooManyFds {
@@ -234,7 +249,12 @@ impl<T: Value> Sender<T> {
             _ => (room > 0).then_some(self.guess.min(room)),
         };
         if let Some(n_bytes) = first_try {
-            let mut grant = reserve(&mut self.producer, prefix + n_bytes, limit)?;
+            let mut grant = reserve(
+                &mut self.producer,
+                &mut self.wanted,
+                prefix + n_bytes,
+                limit,
+            )?;
             match value.encode(&mut grant[prefix..]) {
                 Ok(used) => {
                     return commit(
@@ -255,7 +275,7 @@ impl<T: Value> Sender<T> {
         if len <= room {
             self.last_blob_len = 0;
             self.guess = len.next_power_of_two().max(MIN_GUESS);
-            let mut grant = reserve(&mut self.producer, prefix + len, limit)?;
+            let mut grant = reserve(&mut self.producer, &mut self.wanted, prefix + len, limit)?;
             let used = value.encode(&mut grant[prefix..]).map_err(Error::Encode)?;
             return commit(
                 grant,
@@ -284,7 +304,7 @@ impl<T: Value> Sender<T> {
     ) -> Result<bool, Fail> {
         let bound = bound.min(usize::try_from(self.max_blob_len).unwrap_or(usize::MAX));
         // The record first: a try that finds no room must not have built a blob for nothing.
-        let grant = reserve(&mut self.producer, BLOB_RECORD_LEN, limit)?;
+        let grant = reserve(&mut self.producer, &mut self.wanted, BLOB_RECORD_LEN, limit)?;
         let mut encoded = Ok(0);
         let blob = Blob::build_up_to(bound, |bytes| {
             encoded = value.encode(bytes);
@@ -323,7 +343,7 @@ impl<T: Value> Sender<T> {
             .into());
         }
         // The record first: a try that finds no room must not have built a blob for nothing.
-        let grant = reserve(&mut self.producer, BLOB_RECORD_LEN, limit)?;
+        let grant = reserve(&mut self.producer, &mut self.wanted, BLOB_RECORD_LEN, limit)?;
         let mut filled = Ok(());
         let blob = Blob::build(len, |bytes| filled = fill(bytes)).map_err(Error::from)?;
         filled.map_err(Error::Encode)?;
@@ -407,7 +427,7 @@ impl<T: PlainData + FromZeros> Sender<T> {
             };
             return self.send_blob(size, fill, &[], limit);
         }
-        let mut grant = reserve(&mut self.producer, size, limit)?;
+        let mut grant = reserve(&mut self.producer, &mut self.wanted, size, limit)?;
         fill_in_place(&mut grant[..size], fill);
         commit(grant, size, &[], &self.control, &mut self.seq, limit)
     }
@@ -431,7 +451,13 @@ fn fill_in_place<T: PlainData + FromZeros>(bytes: &mut [u8], fill: impl FnOnce(&
 /// Reserves `n_bytes` in the ring within `limit`. Inlined, like sp-shm's own `reserve`, so that
 /// the grant stays in registers (see `read` in receiver.rs).
 #[inline(always)]
-fn reserve(producer: &mut Producer, n_bytes: usize, limit: Limit) -> Result<WriteGrant<'_>, Fail> {
+fn reserve<'a>(
+    producer: &'a mut Producer,
+    wanted: &mut usize,
+    n_bytes: usize,
+    limit: Limit,
+) -> Result<WriteGrant<'a>, Fail> {
+    *wanted = n_bytes;
     match limit.remaining() {
         None => producer.reserve(n_bytes).map_err(Fail::from),
         Some(left) if left.is_zero() => producer.try_reserve(n_bytes).map_err(Fail::from),

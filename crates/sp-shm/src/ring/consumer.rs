@@ -293,6 +293,12 @@ impl Consumer {
         self.stats
     }
 
+    /// The idle strategy this side waits by (for the async waits of `crate::tokio`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn idle_strategy(&self) -> IdleStrategy {
+        self.idle
+    }
+
     /// What a non-blocking call reports when no record is committed, after publishing the head
     /// (a side that may go on to wait must not hold back space): `Empty`, or `PeerGone` once a
     /// wait has seen the producer's process hang up.

@@ -304,6 +304,12 @@ impl Producer {
         self.stats
     }
 
+    /// The idle strategy this side waits by (for the async waits of `crate::tokio`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn idle_strategy(&self) -> IdleStrategy {
+        self.idle
+    }
+
     #[inline]
     fn grant(&mut self) -> WriteGrant<'_> {
         WriteGrant {

@@ -13,6 +13,8 @@ mod local;
 mod pipeline;
 mod pool;
 mod select;
+#[cfg(feature = "tokio")]
+mod tokio;
 mod types;
 
 use std::collections::BTreeSet;
@@ -76,6 +78,8 @@ fn main() {
     trials.extend(select::trials());
     trials.extend(pool::trials());
     trials.extend(pipeline::trials());
+    #[cfg(feature = "tokio")]
+    trials.extend(tokio::trials());
     libtest_mimic::run(&args, trials).exit();
 }
 
