@@ -20,6 +20,8 @@ mod msg;
 mod peers;
 mod ref_ring;
 mod shm;
+#[cfg(feature = "tokio")]
+mod tokio;
 pub(crate) mod typed;
 
 /// Fills a message in place.
@@ -132,6 +134,14 @@ pub enum Transport {
     SpShmBatch,
     /// sp-shm blobs: one sealed memfd per message, sent over a seqpacket channel.
     SpShmBlob,
+    /// The sp-shm ring (adaptive) under a current-thread tokio runtime on each side (feature
+    /// `tokio`).
+    SpShmAsync,
+    /// The same, parking at once: the parked-wake path through the reactor (feature `tokio`).
+    SpShmAsyncPark,
+    /// tokio's `UnixStream` with length-prefixed frames, current-thread runtimes (feature
+    /// `tokio`).
+    TokioUds,
     /// sp typed channel of a 64-byte plain struct, written in place and read from a validated copy.
     SpTypedPod,
     /// sp typed channel of a serde struct (postcard; blobs above the ring's largest record).
@@ -148,6 +158,22 @@ pub enum Transport {
     Iceoryx2Typed,
     /// ipmpsc's shared ring, the receiver reading in place (peer).
     Ipmpsc,
+    /// Scenario: an [`sp::Pool`] of one worker process, each item read whole and answered.
+    SpPool1,
+    /// Scenario: an [`sp::Pool`] of two worker processes.
+    SpPool2,
+    /// Scenario: the same work on one worker thread fed through crossbeam channels.
+    CrossbeamPool1,
+    /// Scenario: the same work on two worker threads.
+    CrossbeamPool2,
+    /// Scenario: three stages (generate, pass on, check) connected sibling to sibling.
+    SpPipeline,
+    /// Scenario: the same three stages, each connected to the parent, which relays.
+    SpPipelineRelayed,
+    /// Scenario: from `sp::spawn` to the first value received, 100 starts.
+    SpStart,
+    /// Scenario: from `Command::spawn` to the first line read from the child's stdout pipe.
+    SpawnPipe,
     /// Ceiling: a plain fixed-slot ring between the two processes, spinning; the limit the sp-shm
     /// ring rows are compared with.
     RefRing,
@@ -168,6 +194,8 @@ pub enum Placement {
     TwoThreads,
     /// One thread measures on its own.
     OneThread,
+    /// A scenario that starts its own processes or threads (`scenario.rs`).
+    Scenario,
 }
 
 /// The transport every other one is compared with, in interleaved pairs.
@@ -175,7 +203,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 33] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -186,6 +214,9 @@ impl Transport {
         Self::SpShmPark,
         Self::SpShmBatch,
         Self::SpShmBlob,
+        Self::SpShmAsync,
+        Self::SpShmAsyncPark,
+        Self::TokioUds,
         Self::SpTypedPod,
         Self::SpTypedSerde,
         Self::IpcChannel,
@@ -194,6 +225,14 @@ impl Transport {
         Self::Iceoryx2,
         Self::Iceoryx2Typed,
         Self::Ipmpsc,
+        Self::SpPool1,
+        Self::CrossbeamPool1,
+        Self::SpPool2,
+        Self::CrossbeamPool2,
+        Self::SpPipeline,
+        Self::SpPipelineRelayed,
+        Self::SpStart,
+        Self::SpawnPipe,
         Self::RefRing,
         Self::Crossbeam,
         Self::Memcpy,
@@ -213,6 +252,9 @@ impl Transport {
             Self::SpShmPark => "sp-shm-park",
             Self::SpShmBatch => "sp-shm-batch",
             Self::SpShmBlob => "sp-shm-blob",
+            Self::SpShmAsync => "sp-shm-async",
+            Self::SpShmAsyncPark => "sp-shm-async-park",
+            Self::TokioUds => "tokio-uds",
             Self::SpTypedPod => "sp-typed-pod",
             Self::SpTypedSerde => "sp-typed-serde",
             Self::IpcChannel => "ipc-channel",
@@ -221,6 +263,14 @@ impl Transport {
             Self::Iceoryx2 => "iceoryx2",
             Self::Iceoryx2Typed => "iceoryx2-typed",
             Self::Ipmpsc => "ipmpsc",
+            Self::SpPool1 => "sp-pool-1",
+            Self::SpPool2 => "sp-pool-2",
+            Self::CrossbeamPool1 => "crossbeam-pool-1",
+            Self::CrossbeamPool2 => "crossbeam-pool-2",
+            Self::SpPipeline => "sp-pipeline",
+            Self::SpPipelineRelayed => "sp-pipeline-relayed",
+            Self::SpStart => "sp-start",
+            Self::SpawnPipe => "spawn-pipe",
             Self::RefRing => "ref-ring",
             Self::Crossbeam => "crossbeam",
             Self::Memcpy => "memcpy",
@@ -238,7 +288,48 @@ impl Transport {
         match self {
             Self::Crossbeam | Self::Pingpong => Placement::TwoThreads,
             Self::Memcpy => Placement::OneThread,
+            _ if self.is_scenario() => Placement::Scenario,
             _ => Placement::TwoProcesses,
+        }
+    }
+
+    /// Whether this is a scenario (`scenario.rs`): not one link between two processes.
+    pub fn is_scenario(self) -> bool {
+        matches!(
+            self,
+            Self::SpPool1
+                | Self::SpPool2
+                | Self::CrossbeamPool1
+                | Self::CrossbeamPool2
+                | Self::SpPipeline
+                | Self::SpPipelineRelayed
+                | Self::SpStart
+                | Self::SpawnPipe
+        )
+    }
+
+    /// The transport this one is measured against in interleaved pairs: the socketpair baseline,
+    /// or for a scenario its partner (`crossbeam-pool-N` for `sp-pool-N`, `sp-pipeline-relayed`
+    /// for `sp-pipeline`, `spawn-pipe` for `sp-start`). A partner is paired with itself.
+    pub fn partner(self) -> Self {
+        match self {
+            Self::SpPool1 => Self::CrossbeamPool1,
+            Self::SpPool2 => Self::CrossbeamPool2,
+            Self::SpPipeline => Self::SpPipelineRelayed,
+            Self::SpStart => Self::SpawnPipe,
+            Self::CrossbeamPool1
+            | Self::CrossbeamPool2
+            | Self::SpPipelineRelayed
+            | Self::SpawnPipe => self,
+            _ => BASELINE,
+        }
+    }
+
+    /// Worker processes or threads of a pool scenario.
+    pub fn workers(self) -> usize {
+        match self {
+            Self::SpPool2 | Self::CrossbeamPool2 => 2,
+            _ => 1,
         }
     }
 
@@ -307,6 +398,13 @@ impl Transport {
         if self.is_peer() && !cfg!(feature = "peers") {
             return Some("built without the `peers` feature".to_owned());
         }
+        if matches!(
+            self,
+            Self::SpShmAsync | Self::SpShmAsyncPark | Self::TokioUds
+        ) && !cfg!(feature = "tokio")
+        {
+            return Some("built without the `tokio` feature".to_owned());
+        }
         if self.spins() && !crate::cpu::can_pin() {
             return Some("spins while waiting and needs two cores".to_owned());
         }
@@ -319,6 +417,11 @@ impl Transport {
         match self {
             Self::SpTypedPod | Self::Iceoryx2Typed => typed::carries(true, size),
             Self::SpTypedSerde | Self::IpcChannelTyped => typed::carries(false, size),
+            Self::SpPool1 | Self::SpPool2 | Self::CrossbeamPool1 | Self::CrossbeamPool2 => {
+                size == 64 || size == 64 << 10
+            }
+            Self::SpPipeline | Self::SpPipelineRelayed => size == 64 << 10,
+            Self::SpStart | Self::SpawnPipe => size == 64,
             _ => true,
         }
     }
@@ -328,7 +431,8 @@ impl Transport {
         match self {
             // A batch's round trip is one message each way: the adaptive ring's.
             Self::Memcpy | Self::SpShmBatch => !latency,
-            Self::Pingpong => latency,
+            Self::Pingpong | Self::SpStart | Self::SpawnPipe => latency,
+            _ if self.is_scenario() => !latency,
             _ => true,
         }
     }
@@ -352,6 +456,12 @@ pub(crate) fn offer(transport: Transport, size: usize, latency: bool) -> Result<
         Transport::SpShmPark => shm::offer_ring(size, IdleStrategy::park()),
         Transport::SpShmBatch => shm::offer_ring_batched(size),
         Transport::SpShmBlob => shm::offer_blob(size),
+        #[cfg(feature = "tokio")]
+        Transport::SpShmAsync => tokio::offer_ring(size, IdleStrategy::adaptive()),
+        #[cfg(feature = "tokio")]
+        Transport::SpShmAsyncPark => tokio::offer_ring(size, IdleStrategy::park()),
+        #[cfg(feature = "tokio")]
+        Transport::TokioUds => tokio::offer_uds(size),
         Transport::RefRing => ref_ring::offer(size),
         Transport::SpTypedPod => typed::offer(size, true),
         Transport::SpTypedSerde => typed::offer(size, false),
@@ -395,6 +505,12 @@ pub(crate) fn accept(
         Transport::SpShmPark => shm::accept_ring(size, IdleStrategy::park(), fds),
         Transport::SpShmBatch => shm::accept_ring_batched(size, fds),
         Transport::SpShmBlob => shm::accept_blob(size, fds),
+        #[cfg(feature = "tokio")]
+        Transport::SpShmAsync => tokio::accept_ring(size, IdleStrategy::adaptive(), fds),
+        #[cfg(feature = "tokio")]
+        Transport::SpShmAsyncPark => tokio::accept_ring(size, IdleStrategy::park(), fds),
+        #[cfg(feature = "tokio")]
+        Transport::TokioUds => tokio::accept_uds(size, fds),
         Transport::RefRing => ref_ring::accept(size, fds),
         Transport::SpTypedPod => typed::accept(size, true, fds),
         Transport::SpTypedSerde => typed::accept(size, false, fds),

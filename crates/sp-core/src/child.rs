@@ -93,6 +93,20 @@ pub fn spawn(cmd: &mut Command, end: End) -> Result<Child> {
 /// set-up (`fcntl`, `prctl`), or with `EMFILE` when the end must be moved off a standard
 /// descriptor and no descriptor is free.
 pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Child> {
+    let child = spawn_via(cmd, |cmd| cmd, Command::spawn, end, opts)?;
+    let pidfd = pidfd_of(child.id());
+    Ok(Child { child, pidfd })
+}
+
+/// The body of [`spawn_with`] for any command type that lends its `std::process::Command`
+/// (`as_std`) and spawns through `spawn` (`tokio::process::Command` as well as the std one).
+pub(crate) fn spawn_via<Cmd, C>(
+    cmd: &mut Cmd,
+    as_std: impl Fn(&mut Cmd) -> &mut Command,
+    spawn: impl FnOnce(&mut Cmd) -> io::Result<C>,
+    end: End,
+    opts: SpawnOptions,
+) -> Result<C> {
     // Keep the end clear of the standard descriptors, which `Command` rewires in the child.
     let end = if end.as_raw_fd() <= 2 {
         End::from(rustix::io::fcntl_dupfd_cloexec(&end, 3)?)
@@ -100,7 +114,7 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Chi
         end
     };
     let parent_pid = rustix::process::getpid();
-    cmd.env(FD_ENV, end.as_raw_fd().to_string());
+    as_std(cmd).env(FD_ENV, end.as_raw_fd().to_string());
     // Invariant: the pre-exec step knows the end's number only during this spawn. A `Command`
     // keeps its pre-exec steps, so spawning it again would run this step again: on this number,
     // closed by then or reused by a descriptor that would then leak into that child. The slot
@@ -115,7 +129,7 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Chi
     // child because `fork` copied the parent's table while `end` (moved into this function) was
     // still open, and it is read only while this spawn runs.
     unsafe {
-        cmd.pre_exec(move || {
+        as_std(cmd).pre_exec(move || {
             let child_fd: RawFd = fd_slot_in_child.load(Ordering::Relaxed);
             if child_fd < 0 {
                 return Ok(());
@@ -136,15 +150,18 @@ pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Chi
             Ok(())
         });
     }
-    let res = cmd.spawn();
+    let res = spawn(cmd);
     // Same thread as the fork inside `spawn`: program order is all the ordering needed.
     fd_slot.store(-1, Ordering::Relaxed);
     // Invariant: the parent never keeps the child's end; it is closed here, spawned or not.
     drop(end);
-    let child = res?;
-    let pidfd = Pid::from_raw(child.id() as i32)
-        .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
-    Ok(Child { child, pidfd })
+    Ok(res?)
+}
+
+/// `pidfd_open(2)` for a child just spawned, if the kernel has pidfds.
+pub(crate) fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+    Pid::from_raw(pid as i32)
+        .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok())
 }
 
 /// Invariant: set by the first `adopt` that gets past the environment checks; only that call

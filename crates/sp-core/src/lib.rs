@@ -12,6 +12,8 @@
 //!   takes it with [`adopt`]; the parent's copy is closed at once, so the parent sees end of file
 //!   when the child dies.
 //! - [`Bridge`] feeds received messages into a `crossbeam_channel::Receiver` for `select!`.
+//! - With the `tokio` feature, [`tokio`](mod@crate::tokio) has the same channel waiting in tokio's
+//!   reactor (`AsyncFd`), and spawn/adopt for `tokio::process`.
 //!
 //! ```
 //! use std::io::{BufRead, BufReader, Write};
@@ -31,6 +33,8 @@ mod error;
 mod frame;
 mod receiver;
 mod sender;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod wait;
 
 pub use bridge::Bridge;

@@ -111,6 +111,57 @@ impl Sender {
             .map_err(Into::into)
     }
 
+    /// One attempt for a sender that waits elsewhere (the async sender of `sp_core::tokio`):
+    /// the checks of [`send`](Self::send), then one `send`/`sendmsg` with `MSG_DONTWAIT`.
+    /// Returns how many bytes of the frame (header included) the kernel took: all of it, or on a
+    /// stream possibly a part, whose rest is plain data for the caller to send
+    /// ([`Stop::Waited`] when it took nothing).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn send_once(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> std::result::Result<usize, Stop> {
+        let header = self.frame_header(bytes, fds)?;
+        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+        match retry_intr(|| send_frame(&self.fd, &header, bytes, fds, flags)) {
+            Ok(sent) => Ok(sent),
+            Err(Errno::AGAIN) => Err(Stop::Waited),
+            Err(Errno::MSGSIZE) if self.kind != SocketKind::Stream => Err(Error::TooLarge {
+                len: bytes.len(),
+                max: self.seqpacket_limit(),
+            }
+            .into()),
+            Err(err) => Err(Error::from(err).into()),
+        }
+    }
+
+    /// The socket kind (a stream's frames may be sent in parts).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn kind(&self) -> SocketKind {
+        self.kind
+    }
+
+    /// The frame header for `bytes` and `fds`, after the limits are checked.
+    fn frame_header(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<[u8; HEADER_LEN]> {
+        if fds.len() > MAX_FDS {
+            return Err(Error::TooManyFds {
+                n_fds: fds.len(),
+                max: MAX_FDS,
+            });
+        }
+        if bytes.len() > self.max_len {
+            return Err(Error::TooLarge {
+                len: bytes.len(),
+                max: self.max_len,
+            });
+        }
+        Ok(encode_header(Header {
+            n_fds: fds.len(),
+            n_bytes: bytes.len(),
+        }))
+    }
+
     /// The one send behind the blocking, `try_` and `_timeout` forms.
     fn send_wait(
         &self,
@@ -118,24 +169,7 @@ impl Sender {
         fds: &[BorrowedFd<'_>],
         wait: Wait,
     ) -> std::result::Result<(), Stop> {
-        if fds.len() > MAX_FDS {
-            return Err(Error::TooManyFds {
-                n_fds: fds.len(),
-                max: MAX_FDS,
-            }
-            .into());
-        }
-        if bytes.len() > self.max_len {
-            return Err(Error::TooLarge {
-                len: bytes.len(),
-                max: self.max_len,
-            }
-            .into());
-        }
-        let header = encode_header(Header {
-            n_fds: fds.len(),
-            n_bytes: bytes.len(),
-        });
+        let header = self.frame_header(bytes, fds)?;
         // Invariant: no send raises SIGPIPE; a gone peer is `PeerGone` (EPIPE).
         let mut flags = SendFlags::NOSIGNAL;
         if !wait.kernel_blocks() {

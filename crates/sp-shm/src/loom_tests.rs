@@ -161,3 +161,40 @@ fn loom_external_wait_no_lost_wakeup() {
         drop(producer.join().unwrap());
     });
 }
+
+/// The external park as an async wait leaves it when its future is dropped while armed
+/// (`sp_shm::tokio`): armed, disarmed without sleeping (`finish_wait`), then armed again and
+/// asleep. A wake-up byte the producer sent for the first arming is drained by the disarm, so
+/// only the second arming's re-check or its own byte can wake the consumer: if either could be
+/// missed, loom reports the consumer asleep with the producer done (a deadlock).
+#[test]
+fn loom_cancelled_external_wait_no_lost_wakeup() {
+    loom::model(|| {
+        let (mut tx, mut rx) = model_pair(CAPACITY, MAX_PAYLOAD);
+        let producer = thread::spawn(move || {
+            tx.send(&[1; 8]).unwrap();
+            tx
+        });
+        loop {
+            let res = rx.try_read().map(|rec| rec.to_vec());
+            match res {
+                Ok(bytes) => {
+                    assert_eq!(bytes, [1; 8]);
+                    break;
+                }
+                Err(TryRecvError::Empty) => {
+                    if let WaitPrep::Armed { .. } = rx.prepare_wait().unwrap() {
+                        // The dropped future's disarm, then the next call's wait.
+                        rx.finish_wait().unwrap();
+                        if let WaitPrep::Armed { .. } = rx.prepare_wait().unwrap() {
+                            rx.sleep_on_wake().unwrap();
+                            rx.finish_wait().unwrap();
+                        }
+                    }
+                }
+                Err(err) => panic!("unexpected {err}"),
+            }
+        }
+        drop(producer.join().unwrap());
+    });
+}

@@ -168,8 +168,11 @@ mod model {
             }
         }
 
+        /// As the socket's: drains this end's tokens, then says whether the peer is gone.
         pub(crate) fn hung_up(&self) -> Result<bool> {
-            Ok(self.shared.0.lock().unwrap().closed)
+            let mut tokens = self.shared.0.lock().unwrap();
+            tokens.pending[self.side] = 0;
+            Ok(tokens.closed)
         }
     }
 

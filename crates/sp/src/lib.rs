@@ -20,6 +20,8 @@
 //!   [`Sender::send_encoded`] sends one, for gateways that carry a typed stream elsewhere.
 //! - **Waiting on many peers**: [`Select`] spins over any number of receivers and sp-core
 //!   channels, then sleeps on all of them at once with `epoll`.
+//! - **Async**: with the `tokio` feature, [`tokio`](mod@crate::tokio) wraps a sender as a
+//!   `futures::Sink` and a receiver as a `futures::Stream` whose waits end in tokio's reactor.
 //! - **Errors split** "would wait" from "broken" per operation ([`TrySendError`],
 //!   [`RecvTimeoutError`], ...); the peer's misbehaviour is [`Error::Decode`] or
 //!   [`Error::Protocol`] with the cause as an enum.
@@ -47,10 +49,15 @@ mod config;
 mod connect;
 mod error;
 mod limit;
+pub mod pipeline;
+pub mod pool;
 mod raw;
+mod reap;
 mod receiver;
 mod select;
 mod sender;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod value;
 pub mod wire;
 
@@ -60,6 +67,8 @@ pub use error::{
     DecodeError, EncodeError, Error, HelloMismatch, RecvTimeoutError, Result, SendTimeoutError,
     TryRecvError, TrySendError, Violation,
 };
+pub use pipeline::Pipeline;
+pub use pool::{Pool, PoolConfig};
 pub use receiver::Receiver;
 pub use select::Select;
 pub use sender::Sender;

@@ -51,6 +51,13 @@ pub struct Sender<T> {
     max_blob_len: u64,
     /// How much to reserve for a postcard value before its length is known.
     guess: usize,
+    /// The encoded length of the last postcard value sent as a blob, 0 if the last one went in
+    /// the ring. While values come large, the next is encoded straight into a blob of up to
+    /// one and a half times this, without a pass to compute its length first.
+    last_blob_len: usize,
+    /// The ring space the last reservation asked for: what an async send that found the ring
+    /// full waits for (`crate::tokio`).
+    wanted: usize,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -92,6 +99,8 @@ impl<T: Value> Sender<T> {
             threshold,
             max_blob_len: config.max_blob_len,
             guess: MIN_GUESS,
+            last_blob_len: 0,
+            wanted: 0,
             _type: PhantomData,
         }
     }
@@ -222,9 +231,20 @@ impl<T: Value> Sender<T> {
             };
             return self.send_blob(len, fill, &[], limit);
         }
-        let mut grant = reserve(&mut self.producer, len, limit)?;
+        let mut grant = reserve(&mut self.producer, &mut self.wanted, len, limit)?;
         fill(&mut grant[..len]);
         commit(grant, len, &[], &self.control, &mut self.seq, limit)
+    }
+
+    /// The ring, the space the last reservation asked for, and the control socket's descriptor
+    /// (for the async sender's wait, `crate::tokio`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wait_parts(&mut self) -> (&mut Producer, usize, BorrowedFd<'_>) {
+        (
+            &mut self.producer,
+            self.wanted,
+            self.control.poll_fd.as_fd(),
+        )
     }
 
     fn send_inner(&mut self, value: &T, fds: &[BorrowedFd<'_>], limit: Limit) -> Result<(), Fail> {
@@ -238,12 +258,23 @@ impl<T: Value> Sender<T> {
         let prefix = if fds.is_empty() { 0 } else { FDS_PREFIX_LEN };
         // The longest encoding that still goes in the ring.
         let room = self.threshold.saturating_sub(prefix);
+        if self.last_blob_len > 0 && T::ENCODING == Encoding::Postcard {
+            let bound = self.last_blob_len.saturating_add(self.last_blob_len / 2);
+            if self.send_blob_up_to(bound, value, fds, limit)? {
+                return Ok(());
+            }
+        }
         let first_try = match T::ENCODING {
             Encoding::Plain { size } => (size <= room).then_some(size),
             _ => (room > 0).then_some(self.guess.min(room)),
         };
         if let Some(n_bytes) = first_try {
-            let mut grant = reserve(&mut self.producer, prefix + n_bytes, limit)?;
+            let mut grant = reserve(
+                &mut self.producer,
+                &mut self.wanted,
+                prefix + n_bytes,
+                limit,
+            )?;
             match value.encode(&mut grant[prefix..]) {
                 Ok(used) => {
                     return commit(
@@ -262,8 +293,9 @@ impl<T: Value> Sender<T> {
         }
         let len = value.encoded_len().map_err(Error::Encode)?;
         if len <= room {
+            self.last_blob_len = 0;
             self.guess = len.next_power_of_two().max(MIN_GUESS);
-            let mut grant = reserve(&mut self.producer, prefix + len, limit)?;
+            let mut grant = reserve(&mut self.producer, &mut self.wanted, prefix + len, limit)?;
             let used = value.encode(&mut grant[prefix..]).map_err(Error::Encode)?;
             return commit(
                 grant,
@@ -274,7 +306,45 @@ impl<T: Value> Sender<T> {
                 limit,
             );
         }
+        if T::ENCODING == Encoding::Postcard {
+            self.last_blob_len = len;
+        }
         self.send_blob(len, |bytes| value.encode(bytes).map(|_| ()), fds, limit)
+    }
+
+    /// Encodes `value` straight into a blob of at most `bound` bytes (cut to the encoding's
+    /// length) and sends it; `Ok(false)`, with nothing sent, if the encoding is longer, or
+    /// shorter than a ring record can carry (the value goes the usual way then).
+    fn send_blob_up_to(
+        &mut self,
+        bound: usize,
+        value: &T,
+        fds: &[BorrowedFd<'_>],
+        limit: Limit,
+    ) -> Result<bool, Fail> {
+        let bound = bound.min(usize::try_from(self.max_blob_len).unwrap_or(usize::MAX));
+        // The record first: a try that finds no room must not have built a blob for nothing.
+        let grant = reserve(&mut self.producer, &mut self.wanted, BLOB_RECORD_LEN, limit)?;
+        let mut encoded = Ok(0);
+        let blob = Blob::build_up_to(bound, |bytes| {
+            encoded = value.encode(bytes);
+            *encoded.as_ref().unwrap_or(&0)
+        })
+        .map_err(Error::from)?;
+        match encoded {
+            Ok(len) if len > self.threshold => {
+                self.last_blob_len = len;
+                announce_blob(grant, blob, fds, &self.control, &mut self.seq, limit)?;
+                Ok(true)
+            }
+            // Small enough for the ring after all: the next value goes the usual way.
+            Ok(_) => {
+                self.last_blob_len = 0;
+                Ok(false)
+            }
+            Err(EncodeError::BufferFull) => Ok(false),
+            Err(err) => Err(Error::Encode(err).into()),
+        }
     }
 
     /// Sends a value of `len` encoded bytes as a blob that `fill` writes.
@@ -293,26 +363,39 @@ impl<T: Value> Sender<T> {
             .into());
         }
         // The record first: a try that finds no room must not have built a blob for nothing.
-        let mut grant = reserve(&mut self.producer, BLOB_RECORD_LEN, limit)?;
+        let grant = reserve(&mut self.producer, &mut self.wanted, BLOB_RECORD_LEN, limit)?;
         let mut filled = Ok(());
         let blob = Blob::build(len, |bytes| filled = fill(bytes)).map_err(Error::from)?;
         filled.map_err(Error::Encode)?;
-        let announce = Announce {
-            seq: self.seq,
-            n_fds: fds.len() as u32,
-            blob: Some(len as u64),
-        };
-        let mut all_fds = Vec::with_capacity(fds.len() + 1);
-        all_fds.push(blob.as_fd());
-        all_fds.extend_from_slice(fds);
-        self.control
-            .send(&wire::encode_attach(announce), &all_fds, limit)?;
-        self.seq += 1;
-        wire::encode_blob_record(announce.seq, announce.n_fds, len as u64, &mut grant);
-        grant.set_kind(wire::KIND_BLOB)?;
-        grant.commit(BLOB_RECORD_LEN)?;
-        Ok(())
+        announce_blob(grant, blob, fds, &self.control, &mut self.seq, limit)
     }
+}
+
+/// Sends the ATTACH with `blob`'s memfd (and `fds`), then commits the reserved record that
+/// announces it.
+fn announce_blob(
+    mut grant: WriteGrant<'_>,
+    blob: Blob,
+    fds: &[BorrowedFd<'_>],
+    control: &Control,
+    seq: &mut u64,
+    limit: Limit,
+) -> Result<(), Fail> {
+    let len = blob.len() as u64;
+    let announce = Announce {
+        seq: *seq,
+        n_fds: fds.len() as u32,
+        blob: Some(len),
+    };
+    let mut all_fds = Vec::with_capacity(fds.len() + 1);
+    all_fds.push(blob.as_fd());
+    all_fds.extend_from_slice(fds);
+    control.send(&wire::encode_attach(announce), &all_fds, limit)?;
+    *seq += 1;
+    wire::encode_blob_record(announce.seq, announce.n_fds, len, &mut grant);
+    grant.set_kind(wire::KIND_BLOB)?;
+    grant.commit(BLOB_RECORD_LEN)?;
+    Ok(())
 }
 
 impl<T: PlainData + FromZeros> Sender<T> {
@@ -364,7 +447,7 @@ impl<T: PlainData + FromZeros> Sender<T> {
             };
             return self.send_blob(size, fill, &[], limit);
         }
-        let mut grant = reserve(&mut self.producer, size, limit)?;
+        let mut grant = reserve(&mut self.producer, &mut self.wanted, size, limit)?;
         fill_in_place(&mut grant[..size], fill);
         commit(grant, size, &[], &self.control, &mut self.seq, limit)
     }
@@ -388,7 +471,13 @@ fn fill_in_place<T: PlainData + FromZeros>(bytes: &mut [u8], fill: impl FnOnce(&
 /// Reserves `n_bytes` in the ring within `limit`. Inlined, like sp-shm's own `reserve`, so that
 /// the grant stays in registers (see `read` in receiver.rs).
 #[inline(always)]
-fn reserve(producer: &mut Producer, n_bytes: usize, limit: Limit) -> Result<WriteGrant<'_>, Fail> {
+fn reserve<'a>(
+    producer: &'a mut Producer,
+    wanted: &mut usize,
+    n_bytes: usize,
+    limit: Limit,
+) -> Result<WriteGrant<'a>, Fail> {
+    *wanted = n_bytes;
     match limit.remaining() {
         None => producer.reserve(n_bytes).map_err(Fail::from),
         Some(left) if left.is_zero() => producer.try_reserve(n_bytes).map_err(Fail::from),

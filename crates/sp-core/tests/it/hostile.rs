@@ -20,69 +20,96 @@ const MAGIC: u16 = 0x5350;
 const VERSION: u8 = 1;
 
 pub fn trials() -> Vec<Trial> {
+    let mut trials = trials_for::<Channel>("");
+    for kind in MSG_KINDS {
+        let k = kind_name(kind);
+        trials.push(trial(
+            format!("hostile_{k}_random_garbage_records_never_panic_or_leak"),
+            move || garbage(kind),
+        ));
+    }
+    trials
+}
+
+/// The trials that end in a receive, against the receiver `R` (the blocking channel here, the
+/// async one in `tokio.rs`): `prefix` goes in front of each name.
+pub fn trials_for<R: HostileRx + 'static>(prefix: &'static str) -> Vec<Trial> {
     let mut trials = Vec::new();
     for kind in MSG_KINDS {
         let k = kind_name(kind);
         trials.extend([
             trial(
-                format!("hostile_{k}_one_fd_declared_two_attached_is_fd_count_mismatch_all_closed"),
-                move || fd_count_mismatch(kind, 1, 2),
+                format!("{prefix}hostile_{k}_one_fd_declared_two_attached_is_fd_count_mismatch_all_closed"),
+                move || fd_count_mismatch::<R>(kind, 1, 2),
             ),
             trial(
                 format!(
-                    "hostile_{k}_two_fds_declared_one_attached_is_fd_count_mismatch_all_closed"
+                    "{prefix}hostile_{k}_two_fds_declared_one_attached_is_fd_count_mismatch_all_closed"
                 ),
-                move || fd_count_mismatch(kind, 2, 1),
+                move || fd_count_mismatch::<R>(kind, 2, 1),
             ),
             trial(
-                format!("hostile_{k}_one_fd_declared_none_attached_is_fd_count_mismatch"),
-                move || fd_count_mismatch(kind, 1, 0),
+                format!("{prefix}hostile_{k}_one_fd_declared_none_attached_is_fd_count_mismatch"),
+                move || fd_count_mismatch::<R>(kind, 1, 0),
             ),
             trial(
-                format!("hostile_{k}_100_fds_attached_is_fds_truncated_all_closed"),
-                move || fds_truncated(kind),
+                format!("{prefix}hostile_{k}_100_fds_attached_is_fds_truncated_all_closed"),
+                move || fds_truncated::<R>(kind),
             ),
             trial(
-                format!("hostile_{k}_bad_magic_is_malformed_fds_closed"),
-                move || malformed(kind, Bad::Magic),
+                format!("{prefix}hostile_{k}_bad_magic_is_malformed_fds_closed"),
+                move || malformed::<R>(kind, Bad::Magic),
             ),
             trial(
-                format!("hostile_{k}_bad_version_is_malformed_fds_closed"),
-                move || malformed(kind, Bad::Version),
+                format!("{prefix}hostile_{k}_bad_version_is_malformed_fds_closed"),
+                move || malformed::<R>(kind, Bad::Version),
             ),
             trial(
-                format!("hostile_{k}_n_fds_over_max_declared_is_malformed"),
-                move || malformed(kind, Bad::TooManyDeclared),
-            ),
-            trial(
-                format!("hostile_{k}_random_garbage_records_never_panic_or_leak"),
-                move || garbage(kind),
+                format!("{prefix}hostile_{k}_n_fds_over_max_declared_is_malformed"),
+                move || malformed::<R>(kind, Bad::TooManyDeclared),
             ),
         ]);
     }
     trials.extend([
         trial(
-            "hostile_seqpacket_record_shorter_than_header_is_malformed",
-            || malformed(SocketKind::SeqPacket, Bad::Short),
+            format!("{prefix}hostile_seqpacket_record_shorter_than_header_is_malformed"),
+            || malformed::<R>(SocketKind::SeqPacket, Bad::Short),
         ),
         trial(
-            "hostile_seqpacket_payload_length_differs_from_header_is_malformed",
-            || malformed(SocketKind::SeqPacket, Bad::LengthMismatch),
+            format!("{prefix}hostile_seqpacket_payload_length_differs_from_header_is_malformed"),
+            || malformed::<R>(SocketKind::SeqPacket, Bad::LengthMismatch),
         ),
         trial(
-            "hostile_seqpacket_empty_record_is_malformed_not_peer_gone_and_the_channel_goes_on",
-            seqpacket_empty_record,
+            format!("{prefix}hostile_seqpacket_empty_record_is_malformed_not_peer_gone_and_the_channel_goes_on"),
+            seqpacket_empty_record::<R>,
         ),
         trial(
-            "hostile_stream_4_gib_length_declared_is_message_too_large_without_waiting",
-            stream_huge_length,
+            format!("{prefix}hostile_stream_4_gib_length_declared_is_message_too_large_without_waiting"),
+            stream_huge_length::<R>,
         ),
         trial(
-            "hostile_stream_frame_cut_short_by_eof_is_peer_gone_fds_closed",
-            stream_cut_short,
+            format!("{prefix}hostile_stream_frame_cut_short_by_eof_is_peer_gone_fds_closed"),
+            stream_cut_short::<R>,
         ),
     ]);
     trials
+}
+
+/// A receiver the hostile trials attack: a channel over `end` whose receives are bounded by
+/// `RECV_LIMIT` ([`RecvWithin`]) and which can be asked without waiting.
+pub trait HostileRx: RecvWithin + Sized {
+    fn over(end: End) -> Self;
+    fn try_recv(&mut self) -> Result<sp_core::Message, TryRecvError>;
+}
+
+impl HostileRx for Channel {
+    fn over(end: End) -> Self {
+        Channel::new(end).expect("a seqpacket or stream end")
+    }
+
+    fn try_recv(&mut self) -> Result<sp_core::Message, TryRecvError> {
+        Channel::try_recv(self)
+    }
 }
 
 /// The documented frame header.
@@ -117,8 +144,8 @@ pub fn send_raw(end: &End, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Res
 /// An empty seqpacket record reads like end of file in `recvmsg` (zero bytes); the receiver
 /// tells them apart by the peer still being connected: `Malformed`, then the next good message;
 /// only when the peer really closes, `PeerGone`.
-fn seqpacket_empty_record() -> TestResult {
-    let (raw, mut rx) = hostile_pair(SocketKind::SeqPacket)?;
+fn seqpacket_empty_record<R: HostileRx>() -> TestResult {
+    let (raw, mut rx) = hostile_pair::<R>(SocketKind::SeqPacket)?;
     send_raw(&raw, &[], &[])?;
     send_raw(&raw, &frame(0, b"after"), &[])?;
     let res = rx.recv_within();
@@ -138,7 +165,7 @@ fn seqpacket_empty_record() -> TestResult {
     assert!(matches!(rx.recv_within(), Err(Error::PeerGone)));
     // A peer that sends an empty record, then a good one, then leaves: the good one still
     // arrives before `PeerGone`.
-    let (raw, mut rx) = hostile_pair(SocketKind::SeqPacket)?;
+    let (raw, mut rx) = hostile_pair::<R>(SocketKind::SeqPacket)?;
     send_raw(&raw, &[], &[])?;
     send_raw(&raw, &frame(0, b"last words"), &[])?;
     drop(raw);
@@ -153,9 +180,9 @@ fn seqpacket_empty_record() -> TestResult {
 }
 
 /// A raw end for the hostile peer and a channel for the receiver.
-fn hostile_pair(kind: SocketKind) -> sp_core::Result<(End, Channel)> {
+fn hostile_pair<R: HostileRx>(kind: SocketKind) -> sp_core::Result<(End, R)> {
     let (raw, rx) = sp_core::pair(kind)?;
-    Ok((raw, Channel::new(rx).expect("a seqpacket or stream end")))
+    Ok((raw, R::over(rx)))
 }
 
 fn frame(n_fds: u8, payload: &[u8]) -> Vec<u8> {
@@ -165,7 +192,7 @@ fn frame(n_fds: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// After an error: a seqpacket channel delivers the next good message, a stream channel refuses.
-fn check_after_error(kind: SocketKind, raw: &End, rx: &mut Channel) -> TestResult {
+fn check_after_error<R: HostileRx>(kind: SocketKind, raw: &End, rx: &mut R) -> TestResult {
     let good = memfd_with("sp-it-good", b"good fd");
     send_raw(raw, &frame(1, b"good"), &[good.as_fd()])?;
     drop(good);
@@ -188,8 +215,12 @@ fn check_after_error(kind: SocketKind, raw: &End, rx: &mut Channel) -> TestResul
     Ok(())
 }
 
-fn fd_count_mismatch(kind: SocketKind, declared: usize, attached: usize) -> TestResult {
-    let (raw, mut rx) = hostile_pair(kind)?;
+fn fd_count_mismatch<R: HostileRx>(
+    kind: SocketKind,
+    declared: usize,
+    attached: usize,
+) -> TestResult {
+    let (raw, mut rx) = hostile_pair::<R>(kind)?;
     let memfds: Vec<OwnedFd> = (0..attached)
         .map(|_| memfd_with("sp-it-mismatch", b"m"))
         .collect();
@@ -214,8 +245,8 @@ fn fd_count_mismatch(kind: SocketKind, declared: usize, attached: usize) -> Test
     check_after_error(kind, &raw, &mut rx)
 }
 
-fn fds_truncated(kind: SocketKind) -> TestResult {
-    let (raw, mut rx) = hostile_pair(kind)?;
+fn fds_truncated<R: HostileRx>(kind: SocketKind) -> TestResult {
+    let (raw, mut rx) = hostile_pair::<R>(kind)?;
     let memfd = memfd_with("sp-it-truncated", b"t");
     let fds = vec![memfd.as_fd(); 100];
     // The header claims all of them; the receiver's control buffer holds exactly MAX_FDS.
@@ -250,8 +281,8 @@ enum Bad {
     LengthMismatch,
 }
 
-fn malformed(kind: SocketKind, bad: Bad) -> TestResult {
-    let (raw, mut rx) = hostile_pair(kind)?;
+fn malformed<R: HostileRx>(kind: SocketKind, bad: Bad) -> TestResult {
+    let (raw, mut rx) = hostile_pair::<R>(kind)?;
     let memfd = memfd_with("sp-it-malformed", b"x");
     let bytes = match bad {
         Bad::Magic => {
@@ -299,8 +330,8 @@ fn malformed(kind: SocketKind, bad: Bad) -> TestResult {
     check_after_error(kind, &raw, &mut rx)
 }
 
-fn stream_huge_length() -> TestResult {
-    let (raw, mut rx) = hostile_pair(SocketKind::Stream)?;
+fn stream_huge_length<R: HostileRx>() -> TestResult {
+    let (raw, mut rx) = hostile_pair::<R>(SocketKind::Stream)?;
     send_raw(&raw, &header(MAGIC, VERSION, 0, u32::MAX), &[])?;
     // The receiver must reject the header at once, not wait for (or allocate) 4 GiB.
     let res = rx.recv_within();
@@ -318,8 +349,8 @@ fn stream_huge_length() -> TestResult {
     Ok(())
 }
 
-fn stream_cut_short() -> TestResult {
-    let (raw, mut rx) = hostile_pair(SocketKind::Stream)?;
+fn stream_cut_short<R: HostileRx>() -> TestResult {
+    let (raw, mut rx) = hostile_pair::<R>(SocketKind::Stream)?;
     let memfd = memfd_with("sp-it-cut-short", b"c");
     let mut f = header(MAGIC, VERSION, 1, 100).to_vec();
     f.extend_from_slice(b"ten bytes!");
@@ -346,7 +377,7 @@ fn garbage(kind: SocketKind) -> TestResult {
         .unwrap_or(0x5eed_0000 + kind_name(kind).len() as u64);
     let mut rng = XorShift::new(seed);
     let memfd = memfd_with("sp-it-garbage", b"g");
-    let (mut raw, mut rx) = hostile_pair(kind)?;
+    let (mut raw, mut rx) = hostile_pair::<Channel>(kind)?;
     let (mut n_ok, mut n_err, mut n_sessions) = (0usize, 0usize, 1usize);
     for _ in 0..400 {
         let n_payload = rng.below(48) as usize;
@@ -401,7 +432,7 @@ fn garbage(kind: SocketKind) -> TestResult {
                     // A stream gives up after a framing error; start a new session.
                     n_err += 1;
                     n_sessions += 1;
-                    (raw, rx) = hostile_pair(kind)?;
+                    (raw, rx) = hostile_pair::<Channel>(kind)?;
                     break;
                 }
                 Err(TryRecvError::Broken(

@@ -21,6 +21,8 @@ mod pairs;
 mod refs;
 mod roles;
 mod sizes;
+#[cfg(feature = "tokio")]
+mod tokio;
 mod waiting;
 
 use std::collections::BTreeMap;
@@ -65,6 +67,8 @@ fn main() -> ExitCode {
         inherit::trials(),
         refs::trials(),
         waiting::trials(),
+        #[cfg(feature = "tokio")]
+        tokio::trials(),
     ]
     .into_iter()
     .flatten()

@@ -36,6 +36,8 @@ pub fn run_role(role: &str) -> ExitCode {
         "report_fd_env" => return crate::inherit::role_report_fd_env(),
         "adopt_with_a_second_thread" => return crate::inherit::role_adopt_with_a_second_thread(),
         "too_many_refs" => return crate::refs::role_too_many_refs(),
+        #[cfg(feature = "tokio")]
+        "tokio_echo" => crate::tokio::role_tokio_echo(),
         other => Err(format!("unknown role {other:?}")),
     };
     match res {

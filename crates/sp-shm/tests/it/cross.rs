@@ -12,7 +12,7 @@ use sp_shm::{Blob, Config, Consumer, Duplex, Error, IdleStrategy, Producer, Refu
 
 const ROLE_ENV: &str = "SP_SHM_IT_ROLE";
 pub(crate) const IDLE_ENV: &str = "SP_SHM_IT_IDLE";
-const COUNT_ENV: &str = "SP_SHM_IT_COUNT";
+pub(crate) const COUNT_ENV: &str = "SP_SHM_IT_COUNT";
 const TRIAL_LIMIT: Duration = Duration::from_secs(30);
 /// How soon a side must report a killed peer.
 pub(crate) const PROMPT: Duration = Duration::from_secs(3);
@@ -67,6 +67,8 @@ pub(crate) fn main() {
     trials.extend(crash::trials());
     trials.extend(attacks::trials());
     trials.extend(decoders::trials());
+    #[cfg(feature = "tokio")]
+    trials.extend(crate::tokio::trials());
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -124,7 +126,7 @@ pub(crate) fn idle_from(name: &str) -> IdleStrategy {
     }
 }
 
-fn config_for(idle: &str) -> Config {
+pub(crate) fn config_for(idle: &str) -> Config {
     Config::new().capacity(64 << 10).idle(idle_from(idle))
 }
 
@@ -422,6 +424,10 @@ fn child_main(role: &str) -> i32 {
         "idle" => child_idle(&idle),
         "mid-record" => child_mid_record(),
         "blob" => child_blob(),
+        #[cfg(feature = "tokio")]
+        "tokio_echo" => crate::tokio::child_tokio_echo(&idle),
+        #[cfg(feature = "tokio")]
+        "bursts" => crate::tokio::child_bursts(),
         "hostile" => hostile::child_hostile(),
         "seal-probe" => hostile::child_seal_probe(),
         other if other.starts_with("bad-offer-") => hostile::child_bad_offer(other),

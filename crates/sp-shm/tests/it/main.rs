@@ -17,6 +17,8 @@ mod cross;
 mod decoders;
 #[cfg(not(sp_loom))]
 mod hostile;
+#[cfg(all(feature = "tokio", not(sp_loom)))]
+mod tokio;
 
 fn main() {
     // The loom build compiles only the ring's protocol; these tests need the real set-up.

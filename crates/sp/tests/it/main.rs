@@ -7,9 +7,14 @@
 //! (sp's default). Nothing sleeps to synchronise.
 
 mod cross;
+mod fifo;
 mod hostile;
 mod local;
+mod pipeline;
+mod pool;
 mod select;
+#[cfg(feature = "tokio")]
+mod tokio;
 mod types;
 
 use std::collections::BTreeSet;
@@ -43,6 +48,20 @@ fn main() {
                 .parse()
                 .map_err(|_| "index".to_string())
                 .and_then(select::pong_child),
+            "pool-worker" => pool::worker(),
+            "pool-stall" => pool::stall_worker(),
+            "pool-stubborn" => pool::stubborn_worker(),
+            "stage-gen" => arg
+                .parse()
+                .map_err(|_| "count".to_string())
+                .and_then(pipeline::gen_stage),
+            "stage-xor" => pipeline::xor_stage(),
+            "stage-verify" => arg
+                .parse()
+                .map_err(|_| "count".to_string())
+                .and_then(pipeline::verify_stage),
+            "simplex-producer" => pipeline::simplex_producer(),
+            "simplex-consumer" => pipeline::simplex_consumer(),
             other => Err(format!("unknown role {other}")),
         };
         if let Err(err) = &res {
@@ -57,6 +76,10 @@ fn main() {
     trials.extend(cross::trials());
     trials.extend(hostile::trials());
     trials.extend(select::trials());
+    trials.extend(pool::trials());
+    trials.extend(pipeline::trials());
+    #[cfg(feature = "tokio")]
+    trials.extend(tokio::trials());
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -95,6 +118,27 @@ fn open_fds() -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The processes whose parent is this one (zombies included), from /proc.
+fn children_of_this_process() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After the command name (in parentheses): state, then the parent's pid.
+                    let rest = stat.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(me)
+        })
+        .collect()
 }
 
 fn child_command(role: &str, arg: &str) -> Command {
