@@ -25,6 +25,9 @@
 //!   watches the other's; a remote that dies, closes, or stops answering within zenoh's lease
 //!   ends the gateway with [`Error::RemoteGone`], or, with [`OnLoss::Resume`], the gateway
 //!   waits a bounded time for a restarted remote and goes on.
+//! - **A pipeline stage can move to another host**: [`remote_stage`] gives the command of a
+//!   local proxy stage for an [`sp::pipeline::Builder`], and [`serve_stage`] runs the stage's
+//!   work on the other host; the rest of the pipeline does not change.
 //! - **Configuration is zenoh's own** ([`zenoh::Config`]): [`peer_config`] makes the common one
 //!   (explicit endpoints, no multicast scouting).
 //!
@@ -50,6 +53,7 @@ mod error;
 mod gateway;
 mod options;
 mod publish;
+mod stage;
 mod subscribe;
 mod watch;
 mod wire;
@@ -57,7 +61,8 @@ mod wire;
 pub use error::{Error, Refusal, Result, Violation};
 pub use gateway::{Gateway, Summary};
 pub use options::{OnLoss, Options, peer_config};
-pub use publish::publish;
+pub use publish::{publish, publish_with};
+pub use stage::{Proxy, STAGE_KEY_ENV, StageSummary, ZENOH_CONFIG_ENV, remote_stage, serve_stage};
 pub use subscribe::subscribe;
 
 /// The zenoh this crate is built against, for its configuration and sessions.

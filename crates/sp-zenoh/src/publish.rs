@@ -69,6 +69,24 @@ pub fn publish<T: Value + 'static>(
     rx: sp::Receiver<T>,
     options: &Options,
 ) -> Result<Gateway> {
+    publish_with(session, key, rx, options, || true)
+}
+
+/// As [`publish`], asking `clean_end` whether the stream ended cleanly when `rx` reports its
+/// sender gone (after every record it sent was published): `true` sends the END, `false` an
+/// ABORT, which the subscriber reports as [`Error::RemoteFailed`] after delivering every record
+/// before it. For a relay that learns elsewhere whether its source failed (a pipeline stage asks
+/// the parent: [`sp::pipeline::Stage::input_ended`]).
+///
+/// # Errors
+/// As [`publish`].
+pub fn publish_with<T: Value + 'static>(
+    session: &zenoh::Session,
+    key: &str,
+    rx: sp::Receiver<T>,
+    options: &Options,
+    clean_end: impl FnOnce() -> bool + Send + 'static,
+) -> Result<Gateway> {
     check_key(key)?;
     let watch = Arc::new(Watch::default());
     let epoch = random_id();
@@ -95,6 +113,7 @@ pub fn publish<T: Value + 'static>(
         epoch,
         encoding,
         options: options.clone(),
+        clean_end: Some(Box::new(clean_end)),
         seq: 0,
         counters: Counters::default(),
         remote: None,
@@ -134,6 +153,8 @@ struct Outbound<T> {
     epoch: u32,
     encoding: String,
     options: Options,
+    /// Asked once, at the local end, whether it is a clean one.
+    clean_end: Option<Box<dyn FnOnce() -> bool + Send>>,
     /// The sequence number of the next record.
     seq: u64,
     counters: Counters,
@@ -196,7 +217,10 @@ impl<T: Value> Outbound<T> {
     fn run(&mut self) -> Result<(), Halt> {
         self.find_remote(self.options.connect_timeout)?;
         match self.forward() {
-            Ok(()) => self.finish(KIND_END),
+            Ok(()) => {
+                let clean = self.clean_end.take().is_none_or(|clean_end| clean_end());
+                self.finish(if clean { KIND_END } else { KIND_ABORT })
+            }
             Err(Halt::Fail(err @ (Error::CannotCross(_) | Error::Local(_)))) => {
                 // This side failed, the remote did not: tell it, after everything sent before.
                 self.finish(KIND_ABORT)?;

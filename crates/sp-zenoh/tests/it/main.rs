@@ -10,6 +10,7 @@
 
 mod faults;
 mod items;
+mod pipeline;
 mod refusals;
 mod roles;
 mod streams;
@@ -33,6 +34,16 @@ type TestResult = Result<(), String>;
 fn main() {
     // `RUST_LOG=zenoh=debug` shows what zenoh does, in the trials and the children.
     zenoh::try_init_log_from_env();
+    // Started by `sp_zenoh::remote_stage` as a pipeline's proxy stage.
+    if let Some(proxy) = sp_zenoh::Proxy::from_env() {
+        let options = sp_zenoh::Options::new().connect_timeout(Duration::from_secs(20));
+        let res = proxy
+            .and_then(|proxy| proxy.run::<items::Item, items::Item>(&sp::Config::new(), &options));
+        if let Err(err) = &res {
+            eprintln!("proxy: {err}");
+        }
+        std::process::exit(i32::from(res.is_err()));
+    }
     if let Ok(role) = std::env::var(ROLE_ENV) {
         let args = std::env::var(ARGS_ENV).unwrap_or_default();
         std::thread::spawn(|| {
@@ -55,6 +66,7 @@ fn main() {
     trials.extend(streams::trials());
     trials.extend(faults::trials());
     trials.extend(refusals::trials());
+    trials.extend(pipeline::trials());
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -188,12 +200,16 @@ impl Drop for Kid {
     }
 }
 
-/// Starts this binary as the child `role` with `args` (`name=value` pairs); its stdout is a pipe
-/// for its report.
+/// This binary as the child `role` with `args` (`name=value` pairs).
+fn child_command(role: &str, args: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("current_exe"));
+    command.env(ROLE_ENV, role).env(ARGS_ENV, args);
+    command
+}
+
+/// Starts this binary as the child `role` with `args`; its stdout is a pipe for its report.
 fn spawn_child(role: &str, args: &str) -> Kid {
-    let child = Command::new(std::env::current_exe().expect("current_exe"))
-        .env(ROLE_ENV, role)
-        .env(ARGS_ENV, args)
+    let child = child_command(role, args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");

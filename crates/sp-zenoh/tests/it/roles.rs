@@ -69,6 +69,9 @@ pub(crate) fn run(role: &str, args: &Args) -> Result<(), String> {
     match role {
         "sink" => sink(args),
         "slow-sink" => slow_sink(args),
+        "serve" => serve(args),
+        "gen" => gen_stage(args),
+        "check" => check_stage(args),
         "source" => source(args),
         "stage" => stage(args),
         other => Err(format!("unknown role {other}")),
@@ -204,5 +207,65 @@ fn slow_sink(args: &Args) -> Result<(), String> {
     }
     let summary = gateway.join().map_err(|e| e.to_string())?;
     println!("records={}", summary.records);
+    Ok(())
+}
+
+/// A remote stage: serves `key` (`serve_stage`) with the transformation; `die_after=K` dies
+/// after K values.
+fn serve(args: &Args) -> Result<(), String> {
+    let session = args.session();
+    let die_after = args.num("die_after")?;
+    let mut n = 0;
+    let summary = sp_zenoh::serve_stage::<Item, Item>(
+        &session,
+        args.text("key")?,
+        &config(),
+        &args.options()?,
+        |input, output| loop {
+            match input.recv() {
+                Ok(value) => output.send(&transform(&value))?,
+                Err(sp::Error::PeerGone) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+            n += 1;
+            if n == die_after {
+                die();
+            }
+        },
+    )
+    .map_err(|e| format!("serve: {e}"))?;
+    println!("records={}", summary.input.records);
+    Ok(())
+}
+
+/// A pipeline's first stage: `n` values.
+fn gen_stage(args: &Args) -> Result<(), String> {
+    let mut stage = sp::pipeline::join::<(), Item>(&config()).map_err(|e| e.to_string())?;
+    let mut output = stage.take_output().ok_or("no output")?;
+    for seq in 0..args.num("n")? {
+        if let Err(err) = output.send(&item(9, seq, Sizes::Mixed)) {
+            return Err(format!("gen: {}", stage.failure(err)));
+        }
+    }
+    Ok(())
+}
+
+/// A pipeline's last stage: checks `n` transformed values.
+fn check_stage(args: &Args) -> Result<(), String> {
+    let mut stage = sp::pipeline::join::<Item, ()>(&config()).map_err(|e| e.to_string())?;
+    let mut input = stage.take_input().ok_or("no input")?;
+    let mut checker = Checker::new(Sizes::Mixed, true);
+    loop {
+        match input.recv() {
+            Ok(value) => checker.check(&value)?,
+            Err(sp::Error::PeerGone) => break,
+            Err(err) => return Err(format!("check: {err}")),
+        }
+    }
+    stage.input_ended().map_err(|e| format!("check: {e}"))?;
+    let n = args.num("n")?;
+    if checker.n_values != n {
+        return Err(format!("check: {} values of {n}", checker.n_values));
+    }
     Ok(())
 }
