@@ -5,7 +5,9 @@
 //!
 //! - **Data**, on zenoh's receiving thread: a callback per sample checks the header (the
 //!   stream's epoch, the sequence number: loss or duplication is a [`Violation::Sequence`]), and
-//!   sends each record with [`sp::Sender::send_encoded`]. When the local ring is full the
+//!   writes each record from zenoh's buffers straight into the local ring
+//!   ([`sp::Sender::send_encoded_with_timeout`]: one copy, even of a sample that arrived in
+//!   fragments). When the local ring is full the
 //!   callback waits, so zenoh stops reading the connection and the publisher's `put` blocks:
 //!   backpressure to the far producer, with nothing dropped and nothing queued without bound.
 //!   The wait looks at a stop request every [`CHECK_PERIOD`].
@@ -29,7 +31,7 @@ use crate::gateway::{CHECK_PERIOD, Counters, Gateway, Halt, random_id};
 use crate::options::{OnLoss, Options};
 use crate::publish::check_key;
 use crate::watch::{DataEnd, Watch};
-use crate::wire::{self, FLAG_FIRST, Header, KIND_ABORT, KIND_END, Records, Role};
+use crate::wire::{self, FLAG_FIRST, Header, KIND_ABORT, KIND_END, Records, Role, Source};
 
 /// Starts a gateway that receives the values a publishing gateway ([`publish`](crate::publish))
 /// sends on `key` and sends each into `tx`, as it came (the sp encoding, checked by the final
@@ -148,8 +150,7 @@ fn on_sample<T: Value>(inbound: &Mutex<Inbound<T>>, sample: &Sample) {
     if inbound.tx.is_none() {
         return;
     }
-    let payload = sample.payload().to_bytes();
-    let end = match inbound.take_sample(&payload) {
+    let end = match inbound.take_sample(sample.payload().reader()) {
         Ok(Step::Continue) | Ok(Step::Stopped) => return,
         Ok(Step::Ended(epoch)) => DataEnd::Ended(epoch),
         Ok(Step::Aborted(epoch)) => DataEnd::Aborted(epoch),
@@ -160,8 +161,8 @@ fn on_sample<T: Value>(inbound: &Mutex<Inbound<T>>, sample: &Sample) {
 }
 
 impl<T: Value> Inbound<T> {
-    fn take_sample(&mut self, sample: &[u8]) -> Result<Step> {
-        let header = Header::decode(sample).map_err(Error::Protocol)?;
+    fn take_sample(&mut self, mut sample: impl Source) -> Result<Step> {
+        let header = Header::decode(&mut sample).map_err(Error::Protocol)?;
         let first = header.flags & FLAG_FIRST != 0;
         let next = match self.stream {
             Some((epoch, next)) if epoch == header.epoch => {
@@ -200,28 +201,28 @@ impl<T: Value> Inbound<T> {
         let mut records = Records::new(sample, header);
         let (mut n_records, mut n_bytes) = (0, 0);
         let res = loop {
-            let Some(record) = records.next_record().map_err(Error::Protocol)? else {
+            let Some(len) = records.next_len().map_err(Error::Protocol)? else {
                 break Ok(Step::Continue);
             };
-            if !self.deliver(record)? {
+            if !self.deliver(len, &mut records)? {
                 break Ok(Step::Stopped);
             }
             n_records += 1;
-            n_bytes += record.len() as u64;
+            n_bytes += len as u64;
             self.stream = Some((header.epoch, next + n_records));
         };
         self.counters.add_sample(n_records, n_bytes);
         res
     }
 
-    /// Sends one record into the local ring, waiting for room; `false` if the gateway was asked
-    /// to stop meanwhile.
-    fn deliver(&mut self, record: &[u8]) -> Result<bool> {
+    /// Sends the next record, `len` bytes, from `records` straight into the local ring (one
+    /// copy), waiting for room; `false` if the gateway was asked to stop meanwhile.
+    fn deliver(&mut self, len: usize, records: &mut Records<impl Source>) -> Result<bool> {
         let Some(tx) = self.tx.as_mut() else {
             return Ok(false);
         };
         loop {
-            match tx.send_encoded_timeout(record, CHECK_PERIOD) {
+            match tx.send_encoded_with_timeout(len, |slot| records.read(slot), CHECK_PERIOD) {
                 Ok(()) => return Ok(true),
                 Err(SendTimeoutError::Timeout) => {
                     if self.watch.lock().stop {

@@ -47,11 +47,14 @@ impl Header {
         out[14..16].copy_from_slice(&self.n_records.to_le_bytes());
     }
 
-    /// Reads and checks the header at the start of `sample`.
-    pub(crate) fn decode(sample: &[u8]) -> Result<Self, Violation> {
-        let Some(bytes) = sample.get(..HEADER_LEN) else {
-            return Err(Violation::ShortSample { len: sample.len() });
-        };
+    /// Reads and checks the header at the start of a sample.
+    pub(crate) fn decode(sample: &mut impl Source) -> Result<Self, Violation> {
+        let total = sample.remaining();
+        if total < HEADER_LEN {
+            return Err(Violation::ShortSample { len: total });
+        }
+        let mut bytes = [0; HEADER_LEN];
+        sample.read(&mut bytes);
         let header = Self {
             seq: u64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default()),
             epoch: u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()),
@@ -61,7 +64,7 @@ impl Header {
         };
         let well_formed = match header.kind {
             KIND_RECORDS => header.n_records > 0,
-            KIND_END | KIND_ABORT => header.n_records == 0 && sample.len() == HEADER_LEN,
+            KIND_END | KIND_ABORT => header.n_records == 0 && total == HEADER_LEN,
             _ => false,
         };
         if !well_formed || header.flags & !FLAG_FIRST != 0 {
@@ -75,44 +78,90 @@ impl Header {
     }
 }
 
-/// The records after a RECORDS header, each checked against what is left of the sample.
-pub(crate) struct Records<'a> {
-    rest: &'a [u8],
+/// The bytes of a sample, read front to back: a slice, or zenoh's reader over a payload that
+/// may be in pieces (a large sample arrives in fragments), so that a record goes from the
+/// network buffers to its destination in one copy.
+pub(crate) trait Source {
+    /// The bytes not read yet.
+    fn remaining(&self) -> usize;
+    /// Reads exactly `out.len()` bytes; callers never ask for more than [`remaining`](Self::remaining).
+    fn read(&mut self, out: &mut [u8]);
+}
+
+impl Source for &[u8] {
+    fn remaining(&self) -> usize {
+        self.len()
+    }
+
+    fn read(&mut self, out: &mut [u8]) {
+        let (head, rest) = self.split_at(out.len().min(self.len()));
+        out[..head.len()].copy_from_slice(head);
+        *self = rest;
+    }
+}
+
+impl Source for zenoh::bytes::ZBytesReader<'_> {
+    fn remaining(&self) -> usize {
+        zenoh::bytes::ZBytesReader::remaining(self)
+    }
+
+    fn read(&mut self, out: &mut [u8]) {
+        // Cannot fail for a length within `remaining`; were it to, the record would hold zeros
+        // and its receiver would refuse it as a decode error.
+        let _ = std::io::Read::read_exact(self, out);
+    }
+}
+
+/// The records after a RECORDS header: each record's length, checked against what is left of
+/// the sample, then its bytes.
+pub(crate) struct Records<S> {
+    src: S,
     left: u16,
 }
 
-impl<'a> Records<'a> {
-    pub(crate) fn new(sample: &'a [u8], header: Header) -> Self {
+impl<S: Source> Records<S> {
+    /// `src` just after the header.
+    pub(crate) fn new(src: S, header: Header) -> Self {
         Self {
-            rest: sample.get(HEADER_LEN..).unwrap_or_default(),
+            src,
             left: header.n_records,
         }
     }
 
-    /// The next record's bytes; `Ok(None)` after the last, with nothing left over.
-    pub(crate) fn next_record(&mut self) -> Result<Option<&'a [u8]>, Violation> {
+    /// The next record's length (read its bytes with [`read`](Self::read)); `Ok(None)` after the
+    /// last, with nothing left over.
+    pub(crate) fn next_len(&mut self) -> Result<Option<usize>, Violation> {
+        let rest = self.src.remaining();
         if self.left == 0 {
-            if !self.rest.is_empty() {
-                return Err(Violation::TrailingBytes { n: self.rest.len() });
+            if rest > 0 {
+                return Err(Violation::TrailingBytes { n: rest });
             }
             return Ok(None);
         }
-        let Some((len, rest)) = self.rest.split_first_chunk::<LEN_PREFIX>() else {
+        if rest < LEN_PREFIX {
             return Err(Violation::RecordOverrun {
                 len: None,
-                left: self.rest.len(),
+                left: rest,
             });
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        let Some((record, rest)) = rest.split_at_checked(len) else {
+        }
+        let mut prefix = [0; LEN_PREFIX];
+        self.src.read(&mut prefix);
+        let len = u32::from_le_bytes(prefix) as usize;
+        let left = self.src.remaining();
+        if len > left {
             return Err(Violation::RecordOverrun {
                 len: Some(len),
-                left: rest.len(),
+                left,
             });
-        };
-        self.rest = rest;
+        }
         self.left -= 1;
-        Ok(Some(record))
+        Ok(Some(len))
+    }
+
+    /// Reads the record whose length [`next_len`](Self::next_len) gave into `out` (exactly that
+    /// long).
+    pub(crate) fn read(&mut self, out: &mut [u8]) {
+        self.src.read(out);
     }
 }
 
@@ -199,24 +248,34 @@ mod tests {
         }
     }
 
+    /// Every record of a sample, or the first violation.
+    fn parse(bytes: &[u8]) -> Result<(Header, Vec<Vec<u8>>), Violation> {
+        let mut src = bytes;
+        let header = Header::decode(&mut src)?;
+        let mut records = Records::new(src, header);
+        let mut out = Vec::new();
+        if header.kind != KIND_RECORDS {
+            return Ok((header, out));
+        }
+        while let Some(len) = records.next_len()? {
+            let mut record = vec![0; len];
+            records.read(&mut record);
+            out.push(record);
+        }
+        Ok((header, out))
+    }
+
     #[test]
     fn samples_round_trip() {
         let bytes = sample(records(3), &[b"one", b"", b"three"]);
-        let header = Header::decode(&bytes).unwrap();
+        let (header, got) = parse(&bytes).unwrap();
         assert_eq!(header, records(3));
-        let mut it = Records::new(&bytes, header);
-        assert_eq!(it.next_record().unwrap(), Some(&b"one"[..]));
-        assert_eq!(it.next_record().unwrap(), Some(&b""[..]));
-        assert_eq!(it.next_record().unwrap(), Some(&b"three"[..]));
-        assert_eq!(it.next_record().unwrap(), None);
+        assert_eq!(got, [&b"one"[..], b"", b"three"]);
     }
 
     #[test]
     fn bad_samples_are_violations() {
-        assert_eq!(
-            Header::decode(&[0; 15]),
-            Err(Violation::ShortSample { len: 15 })
-        );
+        assert_eq!(parse(&[0; 15]), Err(Violation::ShortSample { len: 15 }));
         for header in [
             Header {
                 kind: 9,
@@ -233,10 +292,7 @@ mod tests {
             },
         ] {
             let bytes = sample(header, &[]);
-            assert!(matches!(
-                Header::decode(&bytes),
-                Err(Violation::BadHeader { .. })
-            ));
+            assert!(matches!(parse(&bytes), Err(Violation::BadHeader { .. })));
         }
         // An END with bytes after it.
         let mut end = sample(
@@ -247,32 +303,27 @@ mod tests {
             },
             &[],
         );
-        assert!(Header::decode(&end).is_ok());
+        assert!(parse(&end).is_ok());
         end.push(0);
-        assert!(Header::decode(&end).is_err());
+        assert!(parse(&end).is_err());
         // A length past the end, a cut prefix, bytes after the last record.
         let mut long = sample(records(1), &[b"abc"]);
         long[HEADER_LEN] = 4;
-        let mut it = Records::new(&long, records(1));
         assert_eq!(
-            it.next_record(),
+            parse(&long),
             Err(Violation::RecordOverrun {
                 len: Some(4),
                 left: 3
             })
         );
-        let cut = &sample(records(2), &[b"abc"])[..];
-        let mut it = Records::new(cut, records(2));
-        it.next_record().unwrap();
+        let cut = sample(records(2), &[b"abc"]);
         assert_eq!(
-            it.next_record(),
+            parse(&cut),
             Err(Violation::RecordOverrun { len: None, left: 0 })
         );
         let mut extra = sample(records(1), &[b"abc"]);
         extra.push(1);
-        let mut it = Records::new(&extra, records(1));
-        it.next_record().unwrap();
-        assert_eq!(it.next_record(), Err(Violation::TrailingBytes { n: 1 }));
+        assert_eq!(parse(&extra), Err(Violation::TrailingBytes { n: 1 }));
     }
 
     #[test]

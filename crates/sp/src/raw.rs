@@ -133,6 +133,49 @@ impl<T: Value> Sender<T> {
     }
 }
 
+impl<T: Value> Sender<T> {
+    /// Sends a value whose encoding, `len` bytes, `fill` writes in place: straight into the
+    /// reserved ring slot (or, above the blob threshold, into the blob's memory). No copy is
+    /// made; the bytes must be the encoding of a `T`, as for
+    /// [`send_encoded`](Self::send_encoded).
+    ///
+    /// # Errors
+    /// As [`send_encoded`](Self::send_encoded); `fill` is not called on error.
+    ///
+    /// # Examples
+    /// ```
+    /// let (mut tx, mut rx) = sp::channel::<sp::Plain<[u8; 4]>>(&sp::Config::new())?;
+    /// tx.send_encoded_with(4, |slot| slot.copy_from_slice(b"abcd"))?;
+    /// assert_eq!(rx.recv()?.0, *b"abcd");
+    /// # Ok::<(), sp::Error>(())
+    /// ```
+    pub fn send_encoded_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
+        self.send_filled(len, fill, Limit::Forever)
+            .map_err(|fail| match fail {
+                Fail::Broken(err) => err,
+                Fail::Wait => Error::Os(std::io::ErrorKind::WouldBlock.into()),
+            })
+    }
+
+    /// As [`send_encoded_with`](Self::send_encoded_with), waiting at most `timeout` for room.
+    /// `fill` is called once if the value is sent and not at all otherwise, so the caller can
+    /// try again with the same `fill`.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Timeout`](sp_core::SendTimeoutError::Timeout) (nothing was sent);
+    /// otherwise as [`send_encoded`](Self::send_encoded).
+    pub fn send_encoded_with_timeout(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(&mut [u8]),
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
+        let limit = Limit::after(timeout);
+        self.send_filled(len, &mut fill, limit)
+            .map_err(|fail| waited(fail, SendTimeoutError::Timeout))
+    }
+}
+
 /// The operation's own error for a failure: `wait` for a "would wait", else its broken form.
 fn waited<E: From<Error>>(fail: Fail, wait: E) -> E {
     match fail {
@@ -185,6 +228,27 @@ mod tests {
         assert_eq!(relay_rx.recv().unwrap(), value);
         // It went as a blob: the ring carried one 24-byte BLOB record.
         assert_eq!(relay_tx.stats().bytes, 24);
+    }
+
+    #[test]
+    fn an_encoding_written_in_place_arrives_as_the_value() {
+        let config = Config::new().blob_threshold(1024);
+        let (mut tx, mut rx) = channel::<Plain<[u8; 4096]>>(&config).unwrap();
+        // Above the threshold: written into the blob's memory.
+        tx.send_encoded_with(4096, |slot| slot.fill(9)).unwrap();
+        let mut calls = 0;
+        tx.send_encoded_with_timeout(
+            4096,
+            |slot| {
+                calls += 1;
+                slot.fill(8);
+            },
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(calls, 1);
+        assert_eq!(rx.recv().unwrap(), Plain([9; 4096]));
+        assert_eq!(rx.recv().unwrap(), Plain([8; 4096]));
     }
 
     #[test]
