@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::io::FdFlags;
@@ -125,6 +126,26 @@ pub fn read_all_at_0(fd: impl AsFd) -> Vec<u8> {
         }
         out.extend_from_slice(&buf[..n]);
     }
+}
+
+/// An unlinked regular file of `size` bytes in the temporary directory (a file that can never be
+/// sealed).
+///
+/// # Errors
+/// The file could not be created or sized.
+pub fn disk_file(size: u64) -> Result<OwnedFd, String> {
+    static N_FILES: AtomicU64 = AtomicU64::new(0);
+    let n = N_FILES.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("sp-test-{}-{n}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    file.set_len(size).map_err(|e| e.to_string())?;
+    Ok(OwnedFd::from(file))
 }
 
 /// The kinds of descriptor a hostile peer hands over where a sealed memfd is expected.

@@ -2,7 +2,6 @@
 //! two sealed memfds and a wake socketpair, offered to the other side, which consumes it.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -105,7 +104,7 @@ impl Ring {
                     .map_err(os("pipe"))?;
                 ring.data = read;
             }
-            Flaw::DiskFile => ring.data = disk_file(capacity)?,
+            Flaw::DiskFile => ring.data = crate::fds::disk_file(capacity)?,
             Flaw::NotSealable => {
                 let fd = rustix::fs::memfd_create("sp-test-peer-unsealable", MemfdFlags::CLOEXEC)
                     .map_err(os("memfd_create"))?;
@@ -187,22 +186,6 @@ fn base_seals() -> SealFlags {
 fn socketpair(kind: SocketType) -> Result<(OwnedFd, OwnedFd), String> {
     rustix::net::socketpair(AddressFamily::UNIX, kind, SocketFlags::CLOEXEC, None)
         .map_err(os("socketpair"))
-}
-
-/// An unlinked regular file of `size` bytes in the temporary directory.
-fn disk_file(size: u64) -> Result<OwnedFd, String> {
-    static N_FILES: AtomicU64 = AtomicU64::new(0);
-    let n = N_FILES.fetch_add(1, Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("sp-test-peer-{}-{n}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let _ = std::fs::remove_file(&path);
-    file.set_len(size).map_err(|e| e.to_string())?;
-    Ok(OwnedFd::from(file))
 }
 
 /// Names a failed system call.
