@@ -29,6 +29,11 @@ pub fn process_state(pid: u32) -> Option<char> {
     stat_fields(pid).map(|(state, _)| state)
 }
 
+/// The state letter and the parent of process `pid`, or `None` once it has been reaped.
+pub fn state_and_parent(pid: u32) -> Option<(char, u32)> {
+    stat_fields(pid)
+}
+
 /// The state and parent of `pid` from `/proc/<pid>/stat`: "pid (comm) state ppid ...", where the
 /// command may hold spaces and parentheses, so the fields are counted from the last `)`.
 fn stat_fields(pid: u32) -> Option<(char, u32)> {

@@ -1,7 +1,7 @@
 //! The crash suite: one side of a pair killed with `SIGKILL` at random points, hundreds of times.
 //!
 //! Each scenario is one trial that runs [`iterations`] rounds (`SP_CRASH_ITERS` per scenario,
-//! default [`DEFAULT_ITERS`]). In the `crash_*` scenarios (`child.rs`, roles in `roles.rs`) a
+//! default [`DEFAULT_ITERS`]; a quarter as many for the parent kills). In the `crash_*` scenarios (`child.rs`, roles in `roles.rs`) a
 //! round spawns this binary as a child, lets it reach a point (in the middle of a reservation,
 //! after a commit, parked in `poll`, holding a read grant, sending descriptors, or streaming both
 //! ways), kills it, and then checks that this side
@@ -13,6 +13,11 @@
 //! - left no child behind (the child is reaped, and no process in `/proc` has this one as its
 //!   parent).
 //!
+//! The `crash_parent_*` scenarios (`parent.rs`) kill the *parent* of a pair instead: this side
+//! starts a child that starts and talks to a grandchild, kills the child, and checks that the
+//! grandchild ends on its own with `PeerGone` within a bound, its descriptors all closed, reaped
+//! and gone from `/proc`.
+//!
 //! The kill is triggered by what this side observes, never by a sleep: a random number of
 //! records received, a control message the child sends on reaching its point, or a thread seen
 //! inside `poll` in `/proc/<pid>/task/<tid>/syscall`. All random choices come from one generator
@@ -20,6 +25,7 @@
 //! result, so `SP_CRASH_SEED=<seed>` replays a failure.
 
 mod child;
+mod parent;
 mod roles;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -43,7 +49,8 @@ const SEED_ENV: &str = "SP_CRASH_SEED";
 const ITERS_ENV: &str = "SP_CRASH_ITERS";
 const PARAM_ENV: &str = "SP_CRASH_PARAM";
 const CAP_ENV: &str = "SP_CRASH_CAP";
-/// Rounds per scenario in the default (CI) configuration: 8 scenarios, 1200 kills.
+/// Rounds per child scenario in the default (CI) configuration (the 6 parent scenarios run a
+/// quarter as many): 1200 + 228 kills.
 const DEFAULT_ITERS: u64 = 150;
 /// The bound on any wait that happens before the kill (the child is alive and working).
 const STEP: Duration = Duration::from_secs(10);
@@ -57,6 +64,8 @@ struct Tally {
     handshakes: u64,
     records: u64,
     messages: u64,
+    /// Grandchildren that ended on their own after their parent was killed.
+    orphans: u64,
     fds_leaked: usize,
     children_left: usize,
 }
@@ -95,7 +104,7 @@ impl Drop for Reaper {
 pub(crate) fn trials() -> Vec<Trial> {
     let iters = iterations();
     let limit = Duration::from_secs(30) + Duration::from_millis(500) * iters as u32;
-    child::POINTS
+    let mut trials: Vec<Trial> = child::POINTS
         .into_iter()
         .map(|point| {
             let name = format!("crash_{}", point.name());
@@ -105,7 +114,18 @@ pub(crate) fn trials() -> Vec<Trial> {
                 })
             })
         })
-        .collect()
+        .collect();
+    // Three processes a round: a quarter as many rounds.
+    let parent_iters = iters.div_ceil(4);
+    trials.extend(parent::POINTS.into_iter().map(|point| {
+        let name = format!("crash_parent_{}", point.name());
+        trial_with_limit(name.clone(), limit, move || {
+            parent::run(point, |round| {
+                run_rounds(&name, 0x100 + point as u64, parent_iters, round)
+            })
+        })
+    }));
+    trials
 }
 
 /// Rounds per scenario: `SP_CRASH_ITERS`, or [`DEFAULT_ITERS`].
@@ -157,11 +177,12 @@ fn run_rounds(
         res.map_err(|e| format!("{name} round {i}: {e} (replay with {SEED_ENV}={seed})"))?;
     }
     eprintln!(
-        "  {name}: {} kills, {} handshakes, {} records and {} messages checked, fds leaked {}, children left {}, hangs 0; {SEED_ENV}={seed}; {:.2?}",
+        "  {name}: {} kills, {} handshakes, {} records and {} messages checked, {} orphans ended on their own, fds leaked {}, children left {}, hangs 0; {SEED_ENV}={seed}; {:.2?}",
         tally.kills,
         tally.handshakes,
         tally.records,
         tally.messages,
+        tally.orphans,
         tally.fds_leaked,
         tally.children_left,
         started.elapsed()

@@ -1,5 +1,6 @@
 //! The crash suite's child roles: each reaches its point, says so (or is seen parked), and waits
-//! to be killed (see `child.rs` for this side's checks).
+//! to be killed (see `child.rs` for this side's checks). The parent-kill roles are in
+//! `parent.rs`.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use sp_shm::Config;
 use sp_test_support::frame::{self, RecvError};
 use sp_test_support::shm::{self, Flaw, Ring};
 
-use super::{CAP_ENV, PARAM_ENV, STEP, send_fds_forever};
+use super::{CAP_ENV, PARAM_ENV, STEP, parent, send_fds_forever};
 use crate::cross::{check_record, consume, produce, record_len, write_record};
 use crate::hostile::{CAPACITY, MAX_PAYLOAD};
 use crate::{TestResult, idle_from};
@@ -26,6 +27,11 @@ pub(crate) fn child_main(role: &str, idle: &str) -> TestResult {
     let param: u64 = env_number(PARAM_ENV, 0);
     let capacity: usize = env_number(CAP_ENV, 64 << 10);
     let config = Config::new().capacity(capacity).idle(idle_from(idle));
+    match role {
+        "crash-parent" => return parent::parent_role(idle, &config, param),
+        "crash-orphan" => return parent::orphan_role(&config, param),
+        _ => {}
+    }
     if role == "crash-handshake" && param < 3 {
         return stop_in_handshake(param);
     }
