@@ -2,7 +2,8 @@
 //! `docs/protocol.md`. Unpublished; every crate uses it as a dev-dependency only, and `fuzz/` by
 //! path.
 //!
-//! The harness (used by the integration binaries of sp-core, sp-shm and sp):
+//! The harness (used by the integration binaries of sp-core, sp-shm and sp; the `harness`
+//! feature, on by default):
 //!
 //! - [`main`] runs a binary's trials through libtest-mimic, one at a time on the main thread, or,
 //!   when the binary was started as a child in a [`role`], plays that role instead. Running on the
@@ -27,8 +28,14 @@ pub mod procs;
 pub mod rng;
 pub mod role;
 pub mod shm;
+#[cfg(feature = "harness")]
 mod trial;
 
-pub use trial::{
-    DEFAULT_TRIAL_LIMIT, TIMEOUT_EXIT_CODE, TestResult, main, trial, trial_with_limit,
-};
+/// What a trial, a role or a check returns: `Ok`, or why it failed, in words.
+///
+/// The harness also takes trial bodies whose error is libtest-mimic's `Failed` (any error
+/// converts into it with `?`); sp-core's trials are written that way.
+pub type TestResult = Result<(), String>;
+
+#[cfg(feature = "harness")]
+pub use trial::{DEFAULT_TRIAL_LIMIT, TIMEOUT_EXIT_CODE, main, trial, trial_with_limit};

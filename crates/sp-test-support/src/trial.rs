@@ -10,12 +10,6 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use crate::fds::{fd_diff, open_fds};
 use crate::role::Role;
 
-/// What a trial, a role or a check returns: `Ok`, or why it failed, in words.
-///
-/// The harness also takes trial bodies whose error is libtest-mimic's `Failed` (any error
-/// converts into it with `?`); sp-core's trials are written that way.
-pub type TestResult = Result<(), String>;
-
 /// The watchdog's limit for a trial made with [`trial`].
 pub const DEFAULT_TRIAL_LIMIT: Duration = Duration::from_secs(30);
 
