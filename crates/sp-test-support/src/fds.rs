@@ -214,3 +214,33 @@ impl FdKind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Other tests of this binary may open descriptors meanwhile, so only the lines about this
+    /// test's memfd are checked.
+    #[test]
+    fn fd_diff_names_a_leaked_and_a_closed_descriptor() {
+        let before = open_fds();
+        let memfd = memfd_with("sp-test-fd-diff", b"x");
+        let during = open_fds();
+        let leaked = fd_diff(&before, &during).expect_err("a new descriptor");
+        assert!(
+            leaked
+                .lines()
+                .any(|l| l.contains("leaked fd") && l.contains("sp-test-fd-diff")),
+            "{leaked}"
+        );
+        drop(memfd);
+        let closed = fd_diff(&during, &open_fds()).expect_err("a closed descriptor");
+        assert!(
+            closed
+                .lines()
+                .any(|l| l.contains("closed fd") && l.contains("sp-test-fd-diff")),
+            "{closed}"
+        );
+        assert_eq!(count_fds_to("sp-test-fd-diff"), 0);
+    }
+}

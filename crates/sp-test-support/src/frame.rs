@@ -211,3 +211,42 @@ fn check(
         fds,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/protocol.md, "Header": the payload `hi` with one descriptor.
+    #[test]
+    fn frame_is_the_documents_example() {
+        assert_eq!(
+            frame(1, b"hi"),
+            [0x50, 0x53, 0x01, 0x01, 0x02, 0x00, 0x00, 0x00, 0x68, 0x69]
+        );
+    }
+
+    #[test]
+    fn check_takes_a_valid_frame_and_refuses_each_broken_field() {
+        let ok = |bytes: &[u8]| check(bytes, bytes.len(), ReturnFlags::empty(), Vec::new());
+        assert_eq!(ok(&frame(0, b"abc")).expect("valid").bytes, b"abc");
+        let mut bad_magic = frame(0, b"abc");
+        bad_magic[0] ^= 1;
+        let mut bad_version = frame(0, b"abc");
+        bad_version[2] = 2;
+        let mut long = frame(0, b"abc");
+        long[4] = 4;
+        for bytes in [
+            bad_magic,
+            bad_version,
+            long,
+            frame(1, b"abc"),
+            header(MAGIC, VERSION, 65, 0).to_vec(),
+            frame(0, b"abc")[..5].to_vec(),
+        ] {
+            assert!(
+                matches!(ok(&bytes), Err(RecvError::Malformed(_))),
+                "{bytes:02x?}"
+            );
+        }
+    }
+}

@@ -79,3 +79,41 @@ pub fn ready_bytes(status: u32) -> [u8; READY_LEN] {
     out[8..12].copy_from_slice(&status.to_le_bytes());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/protocol.md, "Records": `len = 1, kind = 2` is the bytes `01 00 00 80 02 00 00 00`.
+    #[test]
+    fn header_word_is_the_documents_example() {
+        assert_eq!(header(1, 2).to_le_bytes(), [1, 0, 0, 0x80, 2, 0, 0, 0]);
+    }
+
+    /// docs/protocol.md, "Control block": the magic as a u64 and the layout word.
+    #[test]
+    fn control_block_words_are_the_documents() {
+        assert_eq!(u64::from_le_bytes(CTRL_MAGIC), 0x4C54_434D_4853_5053);
+        assert_eq!(LAYOUT, 0x0001_0080);
+        assert_eq!(
+            (RESERVED, HEAD, CONSUMER_WAITING, PRODUCER_WAITING),
+            (128, 256, 384, 512)
+        );
+    }
+
+    /// docs/protocol.md, "OFFER" and "READY": field by field.
+    #[test]
+    fn offer_and_ready_are_laid_out_as_the_document_says() {
+        let offer = offer_bytes(1 << 16, 1024);
+        assert_eq!(&offer[0..8], b"SPSHMOFR");
+        assert_eq!(offer[8..12], 2u32.to_le_bytes());
+        assert_eq!(offer[12..16], 0x0001_0080u32.to_le_bytes());
+        assert_eq!(offer[16..24], (1u64 << 16).to_le_bytes());
+        assert_eq!(offer[24..32], 1024u64.to_le_bytes());
+        assert_eq!(offer[32..40], 4096u64.to_le_bytes());
+        let ready = ready_bytes(0xFFFF);
+        assert_eq!(&ready[0..8], b"SPSHMRDY");
+        assert_eq!(ready[8..12], 0xFFFFu32.to_le_bytes());
+        assert_eq!(ready[12..16], [0; 4]);
+    }
+}
