@@ -211,6 +211,7 @@ fn memcpy(spec: &RunSpec) -> Result<Sample> {
         latency: None,
         wake_bytes: None,
         parks: None,
+        startup_ns: None,
     })
 }
 
@@ -242,6 +243,7 @@ fn pingpong_sample(spec: &RunSpec) -> Result<Sample> {
         }),
         wake_bytes: None,
         parks: None,
+        startup_ns: None,
     })
 }
 

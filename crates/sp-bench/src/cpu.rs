@@ -67,3 +67,13 @@ pub(crate) fn pin_current_thread(cpu: usize) {
     // leaves the thread where the scheduler put it.
     let _ = rustix::thread::sched_setaffinity(None, &set);
 }
+
+/// `sched_setaffinity(0, every CPU at start)`: undoes [`pin_current_thread`] for the calling
+/// thread (the scenarios, whose processes and threads the scheduler places, start from here).
+pub(crate) fn unpin_current_thread() {
+    let mut set = CpuSet::new();
+    for cpu in 0..available_cpus().min(CpuSet::MAX_CPU) {
+        set.set(cpu);
+    }
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}

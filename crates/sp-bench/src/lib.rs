@@ -24,6 +24,7 @@ pub mod plan;
 pub mod report;
 mod round;
 mod run;
+mod scenario;
 pub mod size;
 mod spec;
 pub mod stats;
@@ -35,6 +36,7 @@ pub use cpu::{available_cpus, can_pin};
 pub use error::{Error, Result};
 pub use round::timer_overhead_ns;
 pub use run::{PEER_ARG, measure, peer_main};
+pub use scenario::{SCENARIO_ARG, child_main as scenario_main};
 pub use spec::{Mode, Percentiles, RunSpec, Sample};
 pub use transport::{BASELINE, Placement, Transport};
 

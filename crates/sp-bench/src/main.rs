@@ -64,6 +64,17 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == sp_bench::SCENARIO_ARG)
+    {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        if let Err(err) = sp_bench::scenario_main(&args) {
+            eprintln!("sp-bench scenario child: {err}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let cli = Cli::parse();
     if cli.list {
         for t in Transport::ALL {

@@ -96,6 +96,16 @@ impl Config {
                 if (size > LARGE && !transport.runs_large()) || !transport.carries(size) {
                     continue;
                 }
+                // A scenario's partner runs in the pairs of the scenario it is compared with.
+                if transport.partner() == transport
+                    && transport != BASELINE
+                    && self
+                        .transports
+                        .iter()
+                        .any(|t| *t != transport && t.partner() == transport)
+                {
+                    continue;
+                }
                 for mode in [Mode::Throughput, Mode::Latency] {
                     if !transport.measures(mode == Mode::Latency) {
                         continue;
@@ -116,7 +126,11 @@ impl Config {
 
     /// Measurements a cell takes (for a progress bar).
     pub fn runs_per_cell(&self, cell: &Cell) -> u64 {
-        let per_rep = if cell.transport == BASELINE { 1 } else { 2 };
+        let per_rep = if cell.transport.partner() == cell.transport {
+            1
+        } else {
+            2
+        };
         (self.reps * per_rep) as u64
     }
 
@@ -135,7 +149,7 @@ impl Cell {
             return;
         }
         let spec = config.spec(self.transport, self.size, self.mode);
-        let baseline_spec = config.spec(BASELINE, self.size, self.mode);
+        let baseline_spec = config.spec(self.transport.partner(), self.size, self.mode);
         for _ in 0..config.reps {
             let baseline = run::measure(&baseline_spec, exe);
             on_run();
@@ -146,7 +160,7 @@ impl Cell {
                     continue;
                 }
             };
-            if self.transport == BASELINE {
+            if self.transport.partner() == self.transport {
                 self.pairs.push((baseline.clone(), baseline));
                 continue;
             }

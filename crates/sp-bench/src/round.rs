@@ -56,6 +56,7 @@ pub(crate) fn sample_from(spec: &RunSpec, round: Round) -> Sample {
         latency,
         wake_bytes: idle.map(|c| c.wake_bytes),
         parks: idle.map(|c| c.parks),
+        startup_ns: None,
     }
 }
 

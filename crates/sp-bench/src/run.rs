@@ -69,6 +69,7 @@ pub fn measure(spec: &RunSpec, exe: &Path) -> Result<Sample> {
     match spec.transport.placement() {
         Placement::TwoProcesses => measure_processes(spec, exe),
         Placement::TwoThreads | Placement::OneThread => crate::ceiling::measure(spec),
+        Placement::Scenario => crate::scenario::measure(spec, exe),
     }
 }
 

@@ -69,6 +69,10 @@ pub struct Sample {
     /// Times both sides parked waiting for each other, for transports that count them.
     #[serde(default)]
     pub parks: Option<u64>,
+    /// Median time from starting a child to its first value, in nanoseconds (the start-up
+    /// scenarios).
+    #[serde(default)]
+    pub startup_ns: Option<f64>,
 }
 
 impl RunSpec {

@@ -148,6 +148,22 @@ pub enum Transport {
     Iceoryx2Typed,
     /// ipmpsc's shared ring, the receiver reading in place (peer).
     Ipmpsc,
+    /// Scenario: an [`sp::Pool`] of one worker process, each item read whole and answered.
+    SpPool1,
+    /// Scenario: an [`sp::Pool`] of two worker processes.
+    SpPool2,
+    /// Scenario: the same work on one worker thread fed through crossbeam channels.
+    CrossbeamPool1,
+    /// Scenario: the same work on two worker threads.
+    CrossbeamPool2,
+    /// Scenario: three stages (generate, pass on, check) connected sibling to sibling.
+    SpPipeline,
+    /// Scenario: the same three stages, each connected to the parent, which relays.
+    SpPipelineRelayed,
+    /// Scenario: from `sp::spawn` to the first value received, 100 starts.
+    SpStart,
+    /// Scenario: from `Command::spawn` to the first line read from the child's stdout pipe.
+    SpawnPipe,
     /// Ceiling: a plain fixed-slot ring between the two processes, spinning; the limit the sp-shm
     /// ring rows are compared with.
     RefRing,
@@ -168,6 +184,8 @@ pub enum Placement {
     TwoThreads,
     /// One thread measures on its own.
     OneThread,
+    /// A scenario that starts its own processes or threads (`scenario.rs`).
+    Scenario,
 }
 
 /// The transport every other one is compared with, in interleaved pairs.
@@ -175,7 +193,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 30] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -194,6 +212,14 @@ impl Transport {
         Self::Iceoryx2,
         Self::Iceoryx2Typed,
         Self::Ipmpsc,
+        Self::SpPool1,
+        Self::CrossbeamPool1,
+        Self::SpPool2,
+        Self::CrossbeamPool2,
+        Self::SpPipeline,
+        Self::SpPipelineRelayed,
+        Self::SpStart,
+        Self::SpawnPipe,
         Self::RefRing,
         Self::Crossbeam,
         Self::Memcpy,
@@ -221,6 +247,14 @@ impl Transport {
             Self::Iceoryx2 => "iceoryx2",
             Self::Iceoryx2Typed => "iceoryx2-typed",
             Self::Ipmpsc => "ipmpsc",
+            Self::SpPool1 => "sp-pool-1",
+            Self::SpPool2 => "sp-pool-2",
+            Self::CrossbeamPool1 => "crossbeam-pool-1",
+            Self::CrossbeamPool2 => "crossbeam-pool-2",
+            Self::SpPipeline => "sp-pipeline",
+            Self::SpPipelineRelayed => "sp-pipeline-relayed",
+            Self::SpStart => "sp-start",
+            Self::SpawnPipe => "spawn-pipe",
             Self::RefRing => "ref-ring",
             Self::Crossbeam => "crossbeam",
             Self::Memcpy => "memcpy",
@@ -238,7 +272,48 @@ impl Transport {
         match self {
             Self::Crossbeam | Self::Pingpong => Placement::TwoThreads,
             Self::Memcpy => Placement::OneThread,
+            _ if self.is_scenario() => Placement::Scenario,
             _ => Placement::TwoProcesses,
+        }
+    }
+
+    /// Whether this is a scenario (`scenario.rs`): not one link between two processes.
+    pub fn is_scenario(self) -> bool {
+        matches!(
+            self,
+            Self::SpPool1
+                | Self::SpPool2
+                | Self::CrossbeamPool1
+                | Self::CrossbeamPool2
+                | Self::SpPipeline
+                | Self::SpPipelineRelayed
+                | Self::SpStart
+                | Self::SpawnPipe
+        )
+    }
+
+    /// The transport this one is measured against in interleaved pairs: the socketpair baseline,
+    /// or for a scenario its partner (`crossbeam-pool-N` for `sp-pool-N`, `sp-pipeline-relayed`
+    /// for `sp-pipeline`, `spawn-pipe` for `sp-start`). A partner is paired with itself.
+    pub fn partner(self) -> Self {
+        match self {
+            Self::SpPool1 => Self::CrossbeamPool1,
+            Self::SpPool2 => Self::CrossbeamPool2,
+            Self::SpPipeline => Self::SpPipelineRelayed,
+            Self::SpStart => Self::SpawnPipe,
+            Self::CrossbeamPool1
+            | Self::CrossbeamPool2
+            | Self::SpPipelineRelayed
+            | Self::SpawnPipe => self,
+            _ => BASELINE,
+        }
+    }
+
+    /// Worker processes or threads of a pool scenario.
+    pub fn workers(self) -> usize {
+        match self {
+            Self::SpPool2 | Self::CrossbeamPool2 => 2,
+            _ => 1,
         }
     }
 
@@ -319,6 +394,11 @@ impl Transport {
         match self {
             Self::SpTypedPod | Self::Iceoryx2Typed => typed::carries(true, size),
             Self::SpTypedSerde | Self::IpcChannelTyped => typed::carries(false, size),
+            Self::SpPool1 | Self::SpPool2 | Self::CrossbeamPool1 | Self::CrossbeamPool2 => {
+                size == 64 || size == 64 << 10
+            }
+            Self::SpPipeline | Self::SpPipelineRelayed => size == 64 << 10,
+            Self::SpStart | Self::SpawnPipe => size == 64,
             _ => true,
         }
     }
@@ -328,7 +408,8 @@ impl Transport {
         match self {
             // A batch's round trip is one message each way: the adaptive ring's.
             Self::Memcpy | Self::SpShmBatch => !latency,
-            Self::Pingpong => latency,
+            Self::Pingpong | Self::SpStart | Self::SpawnPipe => latency,
+            _ if self.is_scenario() => !latency,
             _ => true,
         }
     }

@@ -185,8 +185,7 @@ impl Channel {
         (self.tx, self.rx)
     }
 
-    /// Gives back the socket, for a protocol that continues without frames (sp-shm uses the
-    /// socket for wake-ups after its handshake). Returns the channel unchanged if the receiver
+    /// Gives back the socket, for a protocol that continues without frames on it. Returns the channel unchanged if the receiver
     /// still holds bytes or descriptors of an unfinished stream frame, which would be lost.
     ///
     /// # Errors

@@ -437,6 +437,15 @@ impl Receiver {
     }
 }
 
+/// The socket, to wait for readability with `poll`/`epoll` outside sp-core. Readable means a
+/// frame (or part of one, on a stream) or the peer's hang-up is waiting; reading it is the
+/// receiver's business: use `try_recv`.
+impl AsFd for Receiver {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// One `recvmsg` with `MSG_CMSG_CLOEXEC`: bytes into `iov`, descriptors appended to `fds` (even
 /// when the call fails, so each is closed by drop rather than left to a later reader). Returns
 /// the byte count (the whole record's length under `MSG_TRUNC`) and the flags.

@@ -67,16 +67,38 @@ impl Blob {
     /// [fcntl(2) file sealing](https://man7.org/linux/man-pages/man2/fcntl.2.html)
     #[doc(alias = "F_SEAL_WRITE")]
     pub fn build(len: usize, fill: impl FnOnce(&mut [u8])) -> Result<Self> {
-        let fd = region::create_memfd("sp-shm-blob", len, false)?;
-        if len > 0 {
+        Self::build_up_to(len, |bytes| {
+            fill(bytes);
+            bytes.len()
+        })
+    }
+
+    /// As [`build`](Self::build), for a length known only once the bytes are written: `fill`
+    /// gets `max_len` zeroed bytes and returns how many it used; the memfd is cut to that
+    /// length (`ftruncate(2)`, before the seals forbid it), then sealed. Saves a pass over a
+    /// value whose encoded size is costly to compute in advance. A return above `max_len` is
+    /// taken as `max_len`.
+    ///
+    /// # Errors
+    /// When memory or descriptors run out.
+    pub fn build_up_to(max_len: usize, fill: impl FnOnce(&mut [u8]) -> usize) -> Result<Self> {
+        let fd = region::create_memfd("sp-shm-blob", max_len, false)?;
+        let len = if max_len > 0 {
             // SAFETY: the memfd is ours alone and not yet sealed or shared; nobody else can
-            // resize or write it while this private writable mapping lives.
-            let mut map = unsafe { MmapOptions::new().len(len).map_mut(&fd)? };
-            fill(&mut map);
+            // resize or write it while this private writable mapping lives. Populated: the pages
+            // are allocated in one system call instead of one fault each while `fill` writes.
+            let mut map = unsafe { MmapOptions::new().len(max_len).populate().map_mut(&fd)? };
+            let len = fill(&mut map).min(max_len);
             // `F_SEAL_WRITE` fails with EBUSY while a writable shared mapping exists.
             drop(map);
+            len
         } else {
+            // Nothing to write, but `fill` runs, as it does for a non-empty blob.
             fill(&mut []);
+            0
+        };
+        if len < max_len {
+            rustix::fs::ftruncate(&fd, len as u64)?;
         }
         region::add_seals(&fd, BLOB_SEALS)?;
         Self::map(fd, len)
@@ -99,8 +121,9 @@ impl Blob {
         } else {
             // SAFETY: the memfd is sealed against writes, shrinking and growing (checked or
             // applied by the callers), so its `len` bytes can neither change nor disappear while
-            // mapped: a `&[u8]` over them is sound.
-            Some(unsafe { MmapOptions::new().len(len).map(&fd)? })
+            // mapped: a `&[u8]` over them is sound. Populated: a blob is read whole, so its
+            // pages are faulted in by one system call rather than one fault each.
+            Some(unsafe { MmapOptions::new().len(len).populate().map(&fd)? })
         };
         Ok(Self { fd, map, len })
     }
@@ -194,6 +217,26 @@ mod tests {
                 .map_raw(std::os::fd::AsRawFd::as_raw_fd(&blob.fd))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_blob_built_up_to_a_bound_is_cut_to_what_was_written_then_sealed() {
+        let blob = Blob::build_up_to(1 << 20, |bytes| {
+            bytes[..5].copy_from_slice(b"short");
+            5
+        })
+        .unwrap();
+        assert_eq!(&*blob, b"short");
+        let stat = rustix::fs::fstat(&blob).unwrap();
+        assert_eq!(stat.st_size, 5);
+        assert!(rustix::fs::ftruncate(&blob, 0).is_err());
+        assert!(rustix::io::pwrite(&blob, b"X", 0).is_err());
+        // A checked receiver takes it at its real length.
+        let fd = rustix::io::fcntl_dupfd_cloexec(&blob, 0).unwrap();
+        assert_eq!(&*Blob::from_fd(fd, 5).unwrap(), b"short");
+        // A claim past the bound is the bound.
+        assert_eq!(Blob::build_up_to(16, |_| 100).unwrap().len(), 16);
+        assert!(Blob::build_up_to(0, |_| 7).unwrap().is_empty());
     }
 
     #[test]

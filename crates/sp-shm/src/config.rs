@@ -118,6 +118,11 @@ impl Config {
         self.capacity
     }
 
+    /// How this side waits for its peer.
+    pub fn idle_strategy(&self) -> IdleStrategy {
+        self.idle
+    }
+
     /// The largest payload in bytes, after applying the default.
     pub fn max_payload_bytes(&self) -> usize {
         self.max_payload

@@ -34,7 +34,7 @@ pub const OFFER_LEN: usize = 40;
 /// Length of a READY message in bytes.
 pub const READY_LEN: usize = 16;
 /// The status a READY carries when the refusal was not a protocol check (out of memory, say).
-const STATUS_LOCAL_ERROR: u32 = 0xFFFF;
+pub(crate) const STATUS_LOCAL_ERROR: u32 = 0xFFFF;
 
 /// Both directions between two processes: the ring this side produces into, the ring it
 /// consumes from, and the control channel that set them up.
@@ -199,7 +199,7 @@ pub fn adopt(config: &Config) -> Result<Duplex> {
     Duplex::connect(Channel::new(end)?, config)
 }
 
-fn encode_offer(offer: &RingOffer) -> [u8; OFFER_LEN] {
+pub(crate) fn encode_offer(offer: &RingOffer) -> [u8; OFFER_LEN] {
     let mut out = [0u8; OFFER_LEN];
     out[0..8].copy_from_slice(&OFFER_MAGIC);
     out[8..12].copy_from_slice(&layout::VERSION.to_le_bytes());
@@ -211,7 +211,7 @@ fn encode_offer(offer: &RingOffer) -> [u8; OFFER_LEN] {
 }
 
 /// Parses an OFFER; the descriptors are closed on any error.
-fn decode_offer(msg: Message) -> Result<RingOffer> {
+pub(crate) fn decode_offer(msg: Message) -> Result<RingOffer> {
     let Message { bytes, fds } = msg;
     let refuse = |why| Err(Error::Refused(why));
     let Ok(bytes) = <[u8; OFFER_LEN]>::try_from(bytes.as_slice()) else {
@@ -241,21 +241,21 @@ fn decode_offer(msg: Message) -> Result<RingOffer> {
 }
 
 /// A handshake step that did not arrive in time is [`Error::HandshakeTimedOut`].
-fn handshake_error(err: RecvTimeoutError) -> Error {
+pub(crate) fn handshake_error(err: RecvTimeoutError) -> Error {
     match err {
         RecvTimeoutError::Timeout => Error::HandshakeTimedOut,
         RecvTimeoutError::Broken(err) => err.into(),
     }
 }
 
-fn encode_ready(status: u32) -> [u8; READY_LEN] {
+pub(crate) fn encode_ready(status: u32) -> [u8; READY_LEN] {
     let mut out = [0u8; READY_LEN];
     out[0..8].copy_from_slice(&READY_MAGIC);
     out[8..12].copy_from_slice(&status.to_le_bytes());
     out
 }
 
-fn decode_ready(msg: &Message) -> Result<u32> {
+pub(crate) fn decode_ready(msg: &Message) -> Result<u32> {
     if msg.bytes.len() != READY_LEN || msg.bytes[0..8] != READY_MAGIC || !msg.fds.is_empty() {
         return Err(Error::Rejected(RefuseReason::BadMagic));
     }

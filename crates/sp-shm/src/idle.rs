@@ -62,18 +62,35 @@ impl IdleStrategy {
         Self::new(u32::MAX, 0, false)
     }
 
-    /// Spin a while, yield a little, then park (the default): 20,000 spin steps, a few tens of
-    /// microseconds here, long enough to cover the gap between two 1 MiB records so that a
-    /// streaming side does not park and need a wake-up byte for each one (sp-bench, 1 MiB:
-    /// 17.9 wake bytes per 1,000 records and 11.7 GB/s with 2,000 steps; 0.25 and 35.5 GB/s with
-    /// 20,000), then 64 yields, then park.
+    /// Spin a while, then park (the default): 20,000 spin steps, long enough to cover the gap
+    /// between two 1 MiB records of a stream, so that a streaming side does not park and need a
+    /// wake-up byte for each one (docs/benchmarks.md has the measurements behind the number).
+    ///
+    /// No yield phase: on a core shared with another runnable process, one `sched_yield` can hand
+    /// the core away for a whole time slice (milliseconds), and a wait that ended in the yields
+    /// cost more than a park would have.
     pub const fn adaptive() -> Self {
-        Self::new(20_000, 64, true)
+        Self::new(20_000, 0, true)
     }
 
     /// Park at once: no CPU while idle, a wake-up byte per idle period.
     pub const fn park() -> Self {
         Self::new(0, 0, true)
+    }
+
+    /// Busy-wait steps before yielding.
+    pub const fn spins(&self) -> u32 {
+        self.spins
+    }
+
+    /// Calls to `sched_yield` after the spins, before parking.
+    pub const fn yields(&self) -> u32 {
+        self.yields
+    }
+
+    /// Whether a wait parks in `poll` after the spins and yields (else it keeps spinning).
+    pub const fn parks(&self) -> bool {
+        self.park
     }
 }
 

@@ -8,6 +8,9 @@
 //! - [`spawn`] starts a child and [`adopt`] (in the child) completes the handshake; or
 //!   [`Duplex::connect`] runs it over any sp-core [`Channel`](sp_core::Channel). Each side gets
 //!   a [`Producer`] for one direction and a [`Consumer`] for the other.
+//! - One ring, one way: [`offer_ring`] gives a producer's OFFER, which may be relayed by a third
+//!   process, [`accept_ring`] attaches the consumer and answers READY ([`produce_over`] and
+//!   [`consume_over`] do both steps over one channel).
 //! - [`Producer::reserve`] / [`WriteGrant::commit`] write in place; [`Consumer::read`] returns a
 //!   [`ReadGrant`] that releases the record on drop. [`Producer::send`] and
 //!   [`Consumer::recv_into`] copy; the `*_batch` forms publish once per batch. Every operation
@@ -50,6 +53,8 @@ mod region;
 mod ring;
 #[cfg(not(sp_loom))]
 mod setup;
+#[cfg(not(sp_loom))]
+mod simplex;
 mod sync;
 mod wake;
 
@@ -66,4 +71,8 @@ pub use idle::IdleStrategy;
 pub use ring::{Consumer, Producer, ReadGrant, ReadGrantRef, Stats, WaitPrep, WriteGrant};
 #[cfg(not(sp_loom))]
 pub use setup::channel;
+#[cfg(not(sp_loom))]
+pub use simplex::{
+    PendingProducer, accept_ring, consume_over, offer_ring, produce_over, refusal_for,
+};
 pub use sync::NO_MEMBARRIER_ENV;

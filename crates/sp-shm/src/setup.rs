@@ -120,7 +120,10 @@ pub(crate) fn accept_consumer(offer: RingOffer, config: &Config) -> Result<Consu
     }
     region::check_memfd(&ctrl_fd, BASE_SEALS, CTRL_SIZE as u64)?;
     region::check_memfd(&data_fd, BASE_SEALS | SealFlags::FUTURE_WRITE, capacity)?;
-    if wake.kind().ok() != Some(SocketKind::SeqPacket) {
+    // Both: a seqpacket socket of another family (SCTP, say) would pass the type check alone.
+    if wake.kind().ok() != Some(SocketKind::SeqPacket)
+        || rustix::net::sockopt::socket_domain(&wake).ok() != Some(rustix::net::AddressFamily::UNIX)
+    {
         return Err(Error::Refused(RefuseReason::BadWakeSocket));
     }
     let wake = WakeSocket::new(wake)?;

@@ -28,12 +28,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: sp-shm's ring defaults (1 MiB, largest record 128 KiB, adaptive waiting), values
-    /// larger than the largest record go as blobs, blobs up to 4 GiB, 1 s for announced descriptors,
-    /// 10 s for each step of setting up, children get `SIGKILL` when the thread that spawned them exits.
+    /// Defaults: sp-shm's ring defaults (1 MiB, largest record 128 KiB, adaptive waiting) except
+    /// that the rings are not pre-faulted (`populate(false)`: a start pays no page faults for 2 MiB
+    /// up front, each page faults once on first use instead), values larger than the largest
+    /// record go as blobs, blobs up to 4 GiB, 1 s for announced descriptors, 10 s for each step of
+    /// setting up, children get `SIGKILL` when the thread that spawned them exits.
     pub fn new() -> Self {
         Self {
-            ring: sp_shm::Config::new(),
+            ring: sp_shm::Config::new().populate(false),
             blob_threshold: None,
             max_blob_len: 4 << 30,
             attachment_timeout: Duration::from_secs(1),

@@ -114,7 +114,67 @@ fn from_duplex<Out: Value, In: Value>(
         sends: Out::ENCODING,
         receives: In::ENCODING,
     };
+    send_hello(&control, ours)?;
+    check_hello(&mut control, ours, config)?;
+    let poll_fd = control_sender(&control)?;
+    let (tx, rx) = control.split();
+    Ok((
+        Sender::new(producer, Control::new(tx, poll_fd), config),
+        Receiver::new(consumer, rx, config),
+    ))
+}
+
+/// One direction of a typed channel, from this side's end: a ring it produces into (handed over
+/// one way) and a control channel to the consumer (for ATTACH), over which the HELLO has been
+/// sent ([`send_hello`] with [`one_way_sender`]) and is now checked.
+pub(crate) fn sender_over<T: Value>(
+    producer: sp_shm::Producer,
+    mut control: Channel,
+    config: &Config,
+) -> Result<Sender<T>> {
+    check_hello(&mut control, one_way_sender::<T>(), config)?;
+    let poll_fd = control_sender(&control)?;
+    let (tx, _) = control.split();
+    Ok(Sender::new(producer, Control::new(tx, poll_fd), config))
+}
+
+/// The other end of [`sender_over`]: a ring this side consumes and the control channel from the
+/// producer, whose HELLO ([`one_way_receiver`]) has been sent and is now checked.
+pub(crate) fn receiver_over<T: Value>(
+    consumer: sp_shm::Consumer,
+    mut control: Channel,
+    config: &Config,
+) -> Result<Receiver<T>> {
+    check_hello(&mut control, one_way_receiver::<T>(), config)?;
+    let (_, rx) = control.split();
+    Ok(Receiver::new(consumer, rx, config))
+}
+
+/// The HELLO of a side that only sends `T` (the direction it does not use is not compared).
+pub(crate) fn one_way_sender<T: Value>() -> Hello {
+    Hello {
+        sends: T::ENCODING,
+        receives: crate::value::Encoding::Custom,
+    }
+}
+
+/// The HELLO of a side that only receives `T`.
+pub(crate) fn one_way_receiver<T: Value>() -> Hello {
+    Hello {
+        sends: crate::value::Encoding::Custom,
+        receives: T::ENCODING,
+    }
+}
+
+/// Sends this side's HELLO. The peer's is read by [`check_hello`]; sending first on both sides
+/// means neither waits for the other to start.
+pub(crate) fn send_hello(control: &Channel, ours: Hello) -> Result<()> {
     control.send(&wire::encode_hello(ours), &[])?;
+    Ok(())
+}
+
+/// Receives the peer's HELLO (within the handshake time limit) and checks it against ours.
+fn check_hello(control: &mut Channel, ours: Hello, config: &Config) -> Result<()> {
     let reply = control
         .recv_timeout(config.handshake_timeout)
         .map_err(|err| match err {
@@ -126,13 +186,7 @@ fn from_duplex<Out: Value, In: Value>(
     if !reply.fds.is_empty() {
         return Err(Error::Protocol(Violation::Hello(HelloMismatch::NotHello)));
     }
-    wire::check_hello(&reply.bytes, ours).map_err(|why| Error::Protocol(Violation::Hello(why)))?;
-    let poll_fd = control_sender(&control)?;
-    let (tx, rx) = control.split();
-    Ok((
-        Sender::new(producer, Control::new(tx, poll_fd), config),
-        Receiver::new(consumer, rx, config),
-    ))
+    wire::check_hello(&reply.bytes, ours).map_err(|why| Error::Protocol(Violation::Hello(why)))
 }
 
 /// Makes the control socket non-blocking (a full socket buffer becomes a wait the sender can

@@ -48,6 +48,14 @@ pub enum Error {
     /// The control channel failed in a way not covered above (for example, this process is at its
     /// open-file limit, `FdLimit`).
     Core(sp_core::Error),
+    /// A stage of a [`Pipeline`](crate::Pipeline) ended in failure (a non-zero exit or a signal):
+    /// the first stage that did, by its index from 0, and how it ended.
+    StageFailed {
+        /// The stage's index in the pipeline.
+        stage: usize,
+        /// How its process ended.
+        status: std::process::ExitStatus,
+    },
     /// Any other operating-system error.
     Os(io::Error),
 }
@@ -93,6 +101,15 @@ pub enum Violation {
     /// At set-up, the peer's HELLO: not a HELLO, another version of the typed protocol, or
     /// encodings that disagree with this side's types.
     Hello(HelloMismatch),
+    /// A pool worker answered an item it does not hold (an id never given to it, or answered
+    /// already).
+    UnexpectedReply {
+        /// The id in the answer.
+        id: u64,
+    },
+    /// A pipeline set-up or supervision message that is not one (length, magic, version,
+    /// fields, descriptors), or one out of turn.
+    BadSetup,
 }
 
 /// How a peer's HELLO disagreed with this side (see [`Violation::Hello`]).
@@ -204,6 +221,9 @@ impl fmt::Display for Error {
             Self::Protocol(why) => write!(f, "the peer broke the typed protocol: {why}"),
             Self::Shm(err) => write!(f, "ring: {err}"),
             Self::Core(err) => write!(f, "control channel: {err}"),
+            Self::StageFailed { stage, status } => {
+                write!(f, "pipeline stage {stage} failed ({status})")
+            }
             Self::Os(err) => write!(f, "{err}"),
         }
     }
@@ -245,6 +265,10 @@ impl fmt::Display for Violation {
                 write!(f, "shared memory corrupt: {cause} (value {value:#x})")
             }
             Self::Hello(why) => write!(f, "HELLO refused: {why}"),
+            Self::UnexpectedReply { id } => {
+                write!(f, "an answer for item {id}, which the worker does not hold")
+            }
+            Self::BadSetup => f.write_str("a pipeline set-up message that is not one"),
         }
     }
 }

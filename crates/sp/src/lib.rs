@@ -45,6 +45,9 @@ mod config;
 mod connect;
 mod error;
 mod limit;
+pub mod pipeline;
+pub mod pool;
+mod reap;
 mod receiver;
 mod select;
 mod sender;
@@ -57,6 +60,8 @@ pub use error::{
     DecodeError, EncodeError, Error, HelloMismatch, RecvTimeoutError, Result, SendTimeoutError,
     TryRecvError, TrySendError, Violation,
 };
+pub use pipeline::Pipeline;
+pub use pool::{Pool, PoolConfig};
 pub use receiver::Receiver;
 pub use select::Select;
 pub use sender::Sender;

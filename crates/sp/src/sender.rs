@@ -51,6 +51,10 @@ pub struct Sender<T> {
     max_blob_len: u64,
     /// How much to reserve for a postcard value before its length is known.
     guess: usize,
+    /// The encoded length of the last postcard value sent as a blob, 0 if the last one went in
+    /// the ring. While values come large, the next is encoded straight into a blob of up to
+    /// one and a half times this, without a pass to compute its length first.
+    last_blob_len: usize,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -92,6 +96,7 @@ impl<T: Value> Sender<T> {
             threshold,
             max_blob_len: config.max_blob_len,
             guess: MIN_GUESS,
+            last_blob_len: 0,
             _type: PhantomData,
         }
     }
@@ -218,6 +223,12 @@ impl<T: Value> Sender<T> {
         let prefix = if fds.is_empty() { 0 } else { FDS_PREFIX_LEN };
         // The longest encoding that still goes in the ring.
         let room = self.threshold.saturating_sub(prefix);
+        if self.last_blob_len > 0 && T::ENCODING == Encoding::Postcard {
+            let bound = self.last_blob_len.saturating_add(self.last_blob_len / 2);
+            if self.send_blob_up_to(bound, value, fds, limit)? {
+                return Ok(());
+            }
+        }
         let first_try = match T::ENCODING {
             Encoding::Plain { size } => (size <= room).then_some(size),
             _ => (room > 0).then_some(self.guess.min(room)),
@@ -242,6 +253,7 @@ impl<T: Value> Sender<T> {
         }
         let len = value.encoded_len().map_err(Error::Encode)?;
         if len <= room {
+            self.last_blob_len = 0;
             self.guess = len.next_power_of_two().max(MIN_GUESS);
             let mut grant = reserve(&mut self.producer, prefix + len, limit)?;
             let used = value.encode(&mut grant[prefix..]).map_err(Error::Encode)?;
@@ -254,7 +266,45 @@ impl<T: Value> Sender<T> {
                 limit,
             );
         }
+        if T::ENCODING == Encoding::Postcard {
+            self.last_blob_len = len;
+        }
         self.send_blob(len, |bytes| value.encode(bytes).map(|_| ()), fds, limit)
+    }
+
+    /// Encodes `value` straight into a blob of at most `bound` bytes (cut to the encoding's
+    /// length) and sends it; `Ok(false)`, with nothing sent, if the encoding is longer, or
+    /// shorter than a ring record can carry (the value goes the usual way then).
+    fn send_blob_up_to(
+        &mut self,
+        bound: usize,
+        value: &T,
+        fds: &[BorrowedFd<'_>],
+        limit: Limit,
+    ) -> Result<bool, Fail> {
+        let bound = bound.min(usize::try_from(self.max_blob_len).unwrap_or(usize::MAX));
+        // The record first: a try that finds no room must not have built a blob for nothing.
+        let grant = reserve(&mut self.producer, BLOB_RECORD_LEN, limit)?;
+        let mut encoded = Ok(0);
+        let blob = Blob::build_up_to(bound, |bytes| {
+            encoded = value.encode(bytes);
+            *encoded.as_ref().unwrap_or(&0)
+        })
+        .map_err(Error::from)?;
+        match encoded {
+            Ok(len) if len > self.threshold => {
+                self.last_blob_len = len;
+                announce_blob(grant, blob, fds, &self.control, &mut self.seq, limit)?;
+                Ok(true)
+            }
+            // Small enough for the ring after all: the next value goes the usual way.
+            Ok(_) => {
+                self.last_blob_len = 0;
+                Ok(false)
+            }
+            Err(EncodeError::BufferFull) => Ok(false),
+            Err(err) => Err(Error::Encode(err).into()),
+        }
     }
 
     /// Sends a value of `len` encoded bytes as a blob that `fill` writes.
@@ -273,26 +323,39 @@ impl<T: Value> Sender<T> {
             .into());
         }
         // The record first: a try that finds no room must not have built a blob for nothing.
-        let mut grant = reserve(&mut self.producer, BLOB_RECORD_LEN, limit)?;
+        let grant = reserve(&mut self.producer, BLOB_RECORD_LEN, limit)?;
         let mut filled = Ok(());
         let blob = Blob::build(len, |bytes| filled = fill(bytes)).map_err(Error::from)?;
         filled.map_err(Error::Encode)?;
-        let announce = Announce {
-            seq: self.seq,
-            n_fds: fds.len() as u32,
-            blob: Some(len as u64),
-        };
-        let mut all_fds = Vec::with_capacity(fds.len() + 1);
-        all_fds.push(blob.as_fd());
-        all_fds.extend_from_slice(fds);
-        self.control
-            .send(&wire::encode_attach(announce), &all_fds, limit)?;
-        self.seq += 1;
-        wire::encode_blob_record(announce.seq, announce.n_fds, len as u64, &mut grant);
-        grant.set_kind(wire::KIND_BLOB)?;
-        grant.commit(BLOB_RECORD_LEN)?;
-        Ok(())
+        announce_blob(grant, blob, fds, &self.control, &mut self.seq, limit)
     }
+}
+
+/// Sends the ATTACH with `blob`'s memfd (and `fds`), then commits the reserved record that
+/// announces it.
+fn announce_blob(
+    mut grant: WriteGrant<'_>,
+    blob: Blob,
+    fds: &[BorrowedFd<'_>],
+    control: &Control,
+    seq: &mut u64,
+    limit: Limit,
+) -> Result<(), Fail> {
+    let len = blob.len() as u64;
+    let announce = Announce {
+        seq: *seq,
+        n_fds: fds.len() as u32,
+        blob: Some(len),
+    };
+    let mut all_fds = Vec::with_capacity(fds.len() + 1);
+    all_fds.push(blob.as_fd());
+    all_fds.extend_from_slice(fds);
+    control.send(&wire::encode_attach(announce), &all_fds, limit)?;
+    *seq += 1;
+    wire::encode_blob_record(announce.seq, announce.n_fds, len, &mut grant);
+    grant.set_kind(wire::KIND_BLOB)?;
+    grant.commit(BLOB_RECORD_LEN)?;
+    Ok(())
 }
 
 impl<T: PlainData + FromZeros> Sender<T> {

@@ -21,8 +21,9 @@ impl Results {
     ) -> Self {
         let mut records = Vec::new();
         let mut notes = Vec::new();
-        // The baseline's own samples, pooled over every cell of the same size and mode.
-        let mut baseline: BTreeMap<(usize, bool), Vec<&Sample>> = BTreeMap::new();
+        // The samples of each cell's partner (the baseline, or a scenario's partner), pooled over
+        // every cell of the same partner, size and mode.
+        let mut baseline: BTreeMap<(Transport, usize, bool), Vec<&Sample>> = BTreeMap::new();
         // The probes taken before the latency cells of each transport and size.
         let mut probes: BTreeMap<(&str, u64), Vec<f64>> = BTreeMap::new();
         for cell in cells {
@@ -34,7 +35,11 @@ impl Results {
                     cell.mode
                 ));
             }
-            let key = (cell.size, cell.mode == Mode::Latency);
+            let key = (
+                cell.transport.partner(),
+                cell.size,
+                cell.mode == Mode::Latency,
+            );
             baseline
                 .entry(key)
                 .or_default()
@@ -53,7 +58,7 @@ impl Results {
             }
         }
         for cell in cells {
-            if cell.transport == BASELINE {
+            if cell.transport.partner() == cell.transport {
                 continue;
             }
             for metric in Metric::ALL.into_iter().filter(|m| m.mode() == cell.mode) {
@@ -75,13 +80,13 @@ impl Results {
                 }
             }
         }
-        for ((size, latency), samples) in &baseline {
+        for ((partner, size, latency), samples) in &baseline {
             for metric in Metric::ALL {
                 if (metric.mode() == Mode::Latency) != *latency {
                     continue;
                 }
                 let values: Vec<f64> = samples.iter().filter_map(|s| metric.of(s)).collect();
-                if let Some(record) = record(BASELINE, *size, metric, &values) {
+                if let Some(record) = record(*partner, *size, metric, &values) {
                     records.push(Record {
                         vs_baseline: Some(1.0),
                         ..record

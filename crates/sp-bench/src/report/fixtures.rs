@@ -71,5 +71,6 @@ pub(super) fn sample(transport: Transport, mode: Mode, n_msgs: u64, p50: f64) ->
         }),
         wake_bytes: None,
         parks: None,
+        startup_ns: None,
     }
 }

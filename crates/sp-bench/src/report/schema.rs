@@ -156,6 +156,8 @@ pub enum Metric {
     WakeBytes,
     /// Times either side parked, per 1,000 messages.
     Parks,
+    /// From starting a child to its first value, median over the starts (start-up scenarios).
+    StartupP50,
 }
 
 impl Limit {
@@ -172,7 +174,7 @@ impl Limit {
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Throughput,
         Self::MessageRate,
         Self::RttP50,
@@ -182,6 +184,7 @@ impl Metric {
         Self::CpuRx,
         Self::WakeBytes,
         Self::Parks,
+        Self::StartupP50,
     ];
 
     /// The name in the results file.
@@ -196,6 +199,7 @@ impl Metric {
             Self::CpuRx => "cpu_rx",
             Self::WakeBytes => "wake_bytes",
             Self::Parks => "parks",
+            Self::StartupP50 => "startup_p50",
         }
     }
 
@@ -204,7 +208,7 @@ impl Metric {
         match self {
             Self::Throughput => "B/s",
             Self::MessageRate => "msg/s",
-            Self::RttP50 | Self::RttP99 | Self::RttP999 => "ns",
+            Self::RttP50 | Self::RttP99 | Self::RttP999 | Self::StartupP50 => "ns",
             Self::CpuTx | Self::CpuRx => "s/GB",
             Self::WakeBytes => "B/1k msgs",
             Self::Parks => "/1k msgs",
@@ -241,7 +245,7 @@ impl Metric {
 
     pub(super) fn mode(self) -> Mode {
         match self {
-            Self::RttP50 | Self::RttP99 | Self::RttP999 => Mode::Latency,
+            Self::RttP50 | Self::RttP99 | Self::RttP999 | Self::StartupP50 => Mode::Latency,
             _ => Mode::Throughput,
         }
     }
@@ -255,14 +259,15 @@ impl Metric {
             Self::RttP50 => latency?.p50,
             Self::RttP99 => latency?.p99,
             Self::RttP999 => latency?.p999,
+            Self::StartupP50 => sample.startup_ns?,
             Self::CpuTx => {
-                if sample.spec.transport.is_ceiling() {
+                if sample.spec.transport.is_ceiling() || sample.spec.transport.is_scenario() {
                     return None;
                 }
                 sample.cpu_tx_s_per_gb()
             }
             Self::CpuRx => {
-                if sample.spec.transport.is_ceiling() {
+                if sample.spec.transport.is_ceiling() || sample.spec.transport.is_scenario() {
                     return None;
                 }
                 sample.cpu_rx_s_per_gb()

@@ -31,7 +31,10 @@ impl Results {
         let _ = writeln!(
             out,
             "{} interleaved pairs per cell, {} ms warm-up + {} ms per measurement; ratios are \
-             against {} measured just before each run (×base) and against the machine limit \
+             against {} measured just before each run (×base; the scenario rows against their \
+             partner: sp-pool-N against crossbeam-pool-N, sp-pipeline against \
+             sp-pipeline-relayed, sp-start against spawn-pipe, its ratio in brackets in the \
+             `start p50` column) and against the machine limit \
              (×limit, named in the `limit` column: for throughput ref-ring of the same size for \
              the sp-shm ring rows, memcpy for the others; for round trips the cache-line probe \
              taken before the cell plus the message copied each way at memcpy speed).",
@@ -121,6 +124,7 @@ impl Results {
             "cpu tx s/GB",
             "cpu rx s/GB",
             "wake B/1k",
+            "start p50",
         ]);
         let mut rows: Vec<(usize, u64, &str)> = self
             .records
@@ -161,6 +165,9 @@ impl Results {
                 right(get(Metric::CpuTx).map_or(String::new(), |r| fmt_num(r.median))),
                 right(get(Metric::CpuRx).map_or(String::new(), |r| fmt_num(r.median))),
                 right(get(Metric::WakeBytes).map_or(String::new(), |r| fmt_num(r.median))),
+                right(get(Metric::StartupP50).map_or(String::new(), |r| {
+                    format!("{} ({})", fmt_ns(r.median), fmt_ratio(r.vs_baseline))
+                })),
             ]);
         }
         table
@@ -213,7 +220,7 @@ fn fmt_value(metric: Metric, v: f64) -> String {
     match metric {
         Metric::Throughput => fmt_rate(v),
         Metric::MessageRate => format!("{} msg/s", fmt_count(v)),
-        Metric::RttP50 | Metric::RttP99 | Metric::RttP999 => fmt_ns(v),
+        Metric::RttP50 | Metric::RttP99 | Metric::RttP999 | Metric::StartupP50 => fmt_ns(v),
         Metric::CpuTx | Metric::CpuRx | Metric::WakeBytes | Metric::Parks => fmt_num(v),
     }
 }

@@ -25,7 +25,7 @@
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use crate::layout::{ControlBlock, HEADER_LEN, record_size};
+use crate::layout::{ControlBlock, HEADER_LEN};
 use crate::sync::{AtomicU64, Ordering};
 
 /// The consumer's view: the data area is mapped `PROT_READ`.
@@ -41,17 +41,18 @@ pub(crate) enum ReadWrite {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WordAt(usize);
 
-/// The payload of a record: `len` bytes after the header at an 8-aligned offset, the record's
-/// slot (`record_size(len)` bytes from the header, ending at `end`) inside the data area.
+/// The payload of a record: `len` bytes after the header at an 8-aligned offset, inside the data
+/// area (`header + 8 + len <= capacity`; the whole words they touch are inside it too, the
+/// capacity being a multiple of 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Payload {
     header: usize,
     len: usize,
-    end: usize,
 }
 
 impl WordAt {
     /// The offset in bytes.
+    #[inline]
     pub(crate) fn offset(self) -> usize {
         self.0
     }
@@ -59,41 +60,34 @@ impl WordAt {
 
 impl Payload {
     /// An empty record at offset 0: inside any data area (which is at least 8 bytes).
-    pub(crate) const EMPTY: Self = Self {
-        header: 0,
-        len: 0,
-        end: HEADER_LEN,
-    };
+    pub(crate) const EMPTY: Self = Self { header: 0, len: 0 };
 
     /// Where the record's header is.
+    #[inline]
     pub(crate) fn header(self) -> WordAt {
         WordAt(self.header)
     }
 
     /// The payload length in bytes.
+    #[inline]
     pub(crate) fn len(self) -> usize {
         self.len
     }
 
-    /// The same record with only its first `len` bytes (at most `self.len()`): a shorter slot
-    /// that starts at the same header, so it lies in the area too.
+    /// The same record with only its first `len` bytes (at most `self.len()`): a shorter
+    /// payload from the same header, so it lies in the area too.
+    #[inline]
     pub(crate) fn truncated(self, len: usize) -> Self {
-        let len = len.min(self.len);
         Self {
             header: self.header,
-            len,
-            end: self.header + record_size(len),
+            len: len.min(self.len),
         }
     }
 
     /// Offset of the first payload byte.
+    #[inline]
     fn start(self) -> usize {
         self.header + HEADER_LEN
-    }
-
-    /// Offset just past the record's slot (the payload rounded up to 8).
-    pub(crate) fn slot_end(self) -> usize {
-        self.end
     }
 }
 
@@ -156,6 +150,9 @@ impl<A> Shared<A> {
 pub(crate) struct DataArea<A> {
     base: NonNull<u8>,
     capacity: usize,
+    /// `(capacity - 1) & !7`: a byte position masked with it is an 8-aligned word offset in the
+    /// area.
+    word_mask: usize,
     /// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8: `PRFCHW`); older Intel
     /// CPUs lack it.
     prefetchw: bool,
@@ -168,6 +165,7 @@ pub(crate) struct DataArea<A> {
 pub(crate) struct DataArea<A> {
     words: std::sync::Arc<Vec<AtomicU64>>,
     capacity: usize,
+    word_mask: usize,
     _access: PhantomData<A>,
 }
 
@@ -176,19 +174,17 @@ impl<A> DataArea<A> {
     /// not), wrapped into the area.
     #[inline]
     pub(crate) fn word_at(&self, pos: u64) -> WordAt {
-        WordAt((pos as usize) & (self.capacity - 1) & !7)
+        WordAt((pos as usize) & self.word_mask)
     }
 
-    /// The payload of a record of `len` bytes whose header is at `header`, if its slot fits
-    /// before the end of the area.
+    /// The payload of a record of `len` bytes whose header is at `header`, if it fits before the
+    /// end of the area. (The record's slot, rounded up to 8, then fits too.)
     #[inline]
     pub(crate) fn payload(&self, header: WordAt, len: usize) -> Option<Payload> {
-        // `header.0 < capacity` and `len <= capacity` keep the sum far from overflowing.
-        let end = header.0 + record_size(len.min(self.capacity + 1));
-        (len <= self.capacity && end <= self.capacity).then_some(Payload {
+        // `header.0 <= capacity - 8`: a word offset in the area.
+        (len <= self.capacity - HEADER_LEN - header.0).then_some(Payload {
             header: header.0,
             len,
-            end,
         })
     }
 
@@ -197,7 +193,7 @@ impl<A> DataArea<A> {
     #[inline]
     fn check(&self, payload: Payload) {
         assert!(
-            payload.end <= self.capacity,
+            payload.header + HEADER_LEN + payload.len <= self.capacity,
             "a payload made for another data area"
         );
     }
@@ -221,6 +217,7 @@ impl<A> DataArea<A> {
         Self {
             base,
             capacity,
+            word_mask: (capacity - 1) & !7,
             prefetchw,
             _access: PhantomData,
         }
@@ -229,7 +226,7 @@ impl<A> DataArea<A> {
     /// The 8-byte word at `at` as an atomic.
     #[inline]
     fn word(&self, at: WordAt) -> &AtomicU64 {
-        let off = at.0 & (self.capacity - 1) & !7;
+        let off = at.0 & self.word_mask;
         // An atomic access is defined while the peer writes the word, and a load is allowed on a
         // read-only mapping (`std::sync::atomic`, "Atomic accesses to read-only memory"); only
         // `DataArea<ReadWrite>` stores through it.
@@ -287,22 +284,19 @@ impl<A> DataArea<A> {
 
 #[cfg(not(sp_loom))]
 impl DataArea<ReadWrite> {
-    /// Asks the cache for the first lines of a record's slot and its next slot with the intent
-    /// to write them (`prefetchw`), so that their ownership requests start together, before the
-    /// payload is written. A hint only: it never faults and changes no memory.
+    /// Asks the cache for the first two lines of a record's slot with the intent to write them
+    /// (`prefetchw`), so that their ownership requests start together, before the payload is
+    /// written: a small record and its next slot mostly lie in those two lines, and a larger one
+    /// streams anyway. A hint only: it never faults and changes no memory.
     #[inline]
     pub(crate) fn prefetch_for_write(&self, payload: Payload) {
         #[cfg(target_arch = "x86_64")]
         if self.prefetchw {
-            /// Lines asked for: a small record and its next slot; a large one streams anyway.
-            const MAX_LINES: usize = 4;
-            let first = payload.header & !63;
-            let end = (payload.slot_end() + HEADER_LEN).min(first + MAX_LINES * 64);
-            for line in (first..end).step_by(64) {
-                let ptr = self.base.as_ptr().wrapping_add(line & (self.capacity - 1));
+            let line = self.base.as_ptr().wrapping_add(payload.header & !63);
+            for ptr in [line, line.wrapping_add(64)] {
                 // SAFETY: `prefetchw` is a hint: it never faults and writes nothing, whatever the
-                // address (the address is inside the mapping anyway); this CPU has it
-                // (`self.prefetchw`).
+                // address (the second line may lie just past the mapping when the record starts
+                // in its last line); this CPU has it (`self.prefetchw`).
                 unsafe {
                     std::arch::asm!(
                         "prefetchw [{ptr}]",
@@ -369,18 +363,20 @@ impl<A> DataArea<A> {
             DataArea {
                 words: std::sync::Arc::clone(&words),
                 capacity,
+                word_mask: (capacity - 1) & !7,
                 _access: PhantomData,
             },
             DataArea {
                 words,
                 capacity,
+                word_mask: (capacity - 1) & !7,
                 _access: PhantomData,
             },
         )
     }
 
     fn word(&self, at: WordAt) -> &AtomicU64 {
-        &self.words[(at.0 & (self.capacity - 1)) / 8]
+        &self.words[(at.0 & self.word_mask) / 8]
     }
 
     pub(crate) fn load_header(&self, at: WordAt) -> u64 {

@@ -416,6 +416,7 @@ impl Consumer {
 
     /// `fast_end` for the head's lap and the head last published. The first record of a lap
     /// always takes the slow path: `fast_end` is at most the end of the previous lap.
+    #[inline]
     fn set_fast_end(&mut self) {
         let lap_end = (self.head | (self.capacity - 1)) + 1;
         self.fast_end = lap_end.min(self.head_published + self.capacity - HEADER_LEN as u64);
@@ -436,29 +437,34 @@ impl Consumer {
         self.advance();
         if self.head - self.head_published > self.publish_every {
             // A failure here means the producer is gone; the next wait reports it.
-            let _ = self.publish();
+            let _ = self.publish_head();
         }
     }
 
-    /// Publishes the head and wakes the producer if it is parked. Once the producer is gone
-    /// nothing is published: nobody reads the head, and the frozen `head_published` caps what
-    /// is left to drain at one ring (see `poll_record`).
+    /// Publishes the head, if it moved, and wakes the producer if it is parked.
     #[inline]
     pub(super) fn publish(&mut self) -> Result<()> {
-        if self.head == self.head_published || self.peer_gone {
+        if self.head == self.head_published {
             return Ok(());
         }
+        self.publish_head()
+    }
+
+    /// Stores the head and wakes the producer if it is parked. Once the producer is gone nothing
+    /// is published: nobody reads the head, and the frozen `head_published` caps what is left to
+    /// drain at one ring (see `poll_record`). `fast_end` is not moved here: it only grows with
+    /// the published head, and the slow path recomputes it when a record reaches it.
+    #[inline]
+    fn publish_head(&mut self) -> Result<()> {
+        if self.peer_gone {
+            return Ok(());
+        }
+        let ctrl = self.shared.ctrl();
         // SYNC: (C) Release pairs with the producer's Acquire load of the head in
         // `Producer::reload_head`: our reads of the released records happen before its writes.
-        self.shared
-            .ctrl()
-            .head
-            .word
-            .store(self.head, Ordering::Release);
+        ctrl.head.word.store(self.head, Ordering::Release);
         self.head_published = self.head;
-        self.set_fast_end();
         self.stats.publications += 1;
-        let ctrl = self.shared.ctrl();
         wake_if_waiting(&ctrl.producer_waiting.word, &self.wake, &mut self.stats)
     }
 
@@ -579,6 +585,7 @@ impl ReadGrantRef<'_> {
     }
 
     /// Copies the payload into `dst`; returns `min(len, dst.len())`.
+    #[inline]
     pub fn copy_to_slice(&self, dst: &mut [u8]) -> usize {
         self.data.copy_out(self.rec.payload, dst)
     }
@@ -588,5 +595,21 @@ impl ReadGrantRef<'_> {
         let mut bytes = vec![0; self.len()];
         self.data.copy_out(self.rec.payload, &mut bytes);
         bytes
+    }
+
+    /// The payload as a plain slice, in place; see [`ReadGrant::as_slice_trusted`].
+    ///
+    /// # Safety
+    /// As [`ReadGrant::as_slice_trusted`]: the caller trusts the producer's process not to write
+    /// these bytes while the slice lives.
+    #[cfg(not(sp_loom))]
+    #[allow(unsafe_code)] // The trusted-peer view; its contract is the caller's.
+    #[inline]
+    pub unsafe fn as_slice_trusted(&self) -> &[u8] {
+        let ptr = self.data.payload_ptr(self.rec.payload);
+        // SAFETY: the range is inside the read-only data mapping (`Payload` lies in the area),
+        // kept mapped by the consumer this reference borrows; the caller promises no concurrent
+        // writes.
+        unsafe { std::slice::from_raw_parts(ptr, self.len()) }
     }
 }

@@ -122,6 +122,38 @@ impl Producer {
         Ok(self.grant())
     }
 
+    /// Writes one record of `n_bytes` in place and publishes it, waiting for space: `fill` gets
+    /// the reserved bytes (as [`reserve`](Self::reserve) gives them, not zeroed) and returns how
+    /// many it used (at most `n_bytes`; more is clamped). The one-call form of `reserve`, fill,
+    /// `commit`, with no grant in between.
+    ///
+    /// # Errors
+    /// As [`reserve`](Self::reserve); `fill` is not called then.
+    ///
+    /// # Examples
+    /// ```
+    /// let (mut tx, mut rx) = sp_shm::channel(&sp_shm::Config::new())?;
+    /// tx.send_with(5, |slot| {
+    ///     slot.copy_from_slice(b"hello");
+    ///     5
+    /// })?;
+    /// assert_eq!(rx.read()?.to_vec(), b"hello");
+    /// # Ok::<(), sp_shm::Error>(())
+    /// ```
+    #[cfg(not(sp_loom))]
+    #[inline]
+    pub fn send_with(
+        &mut self,
+        n_bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<()> {
+        self.wait_claim(n_bytes, Limit::Forever)
+            .map_err(WaitError::forever)?;
+        let used = fill(self.shared.data.payload_mut(self.claimed));
+        self.finish(used, 0);
+        self.announce()
+    }
+
     /// Copies `bytes` into one record (kind 0) and publishes it, waiting for space.
     ///
     /// # Errors
@@ -131,7 +163,7 @@ impl Producer {
         self.wait_claim(bytes.len(), Limit::Forever)
             .map_err(WaitError::forever)?;
         self.write_claimed(bytes);
-        self.publish()
+        self.announce()
     }
 
     /// Sends if there is space now.
@@ -142,7 +174,7 @@ impl Producer {
     pub fn try_send(&mut self, bytes: &[u8]) -> Result<(), TrySendError> {
         if self.try_claim(bytes.len())? {
             self.write_claimed(bytes);
-            Ok(self.publish()?)
+            Ok(self.announce()?)
         } else {
             Err(self.full())
         }
@@ -161,7 +193,7 @@ impl Producer {
         self.wait_claim(bytes.len(), Limit::After(timeout))
             .map_err(WaitError::into_send)?;
         self.write_claimed(bytes);
-        Ok(self.publish()?)
+        Ok(self.announce()?)
     }
 
     /// Sends as many of `records` as fit now, checking for a parked consumer once; returns how
@@ -407,6 +439,13 @@ impl Producer {
         if self.tail == self.tail_announced {
             return Ok(());
         }
+        self.announce()
+    }
+
+    /// The wake-up check for every record committed since the last one (the caller knows there
+    /// is at least one).
+    #[inline]
+    fn announce(&mut self) -> Result<()> {
         self.tail_announced = self.tail;
         self.stats.publications += 1;
         let ctrl = self.shared.ctrl();
@@ -496,7 +535,7 @@ impl WriteGrant<'_> {
     pub fn commit(self, used: usize) -> Result<()> {
         let Self { producer, kind } = self;
         producer.finish(used, kind);
-        producer.publish()
+        producer.announce()
     }
 
     /// Commits like [`commit`](Self::commit) but skips the check for a parked consumer: a

@@ -17,6 +17,10 @@ pub(crate) fn trials() -> Vec<Trial> {
         trial("local_round_trip_both_encodings", round_trip_both_encodings),
         trial("local_would_wait_outcomes", would_wait_outcomes),
         trial("local_blob_threshold_straddle", blob_threshold_straddle),
+        trial(
+            "local_large_values_skip_the_size_pass_and_fall_back",
+            large_values_skip_the_size_pass_and_fall_back,
+        ),
         trial("local_plain_blob_in_place", plain_blob_in_place),
         trial("local_fds_with_their_values", fds_with_their_values),
         trial(
@@ -132,6 +136,37 @@ fn blob_threshold_straddle() -> TestResult {
     tx.send(&big).map_err(|e| e.to_string())?;
     if rx.recv().map_err(|e| e.to_string())? != big {
         return Err("8 MiB value differs".into());
+    }
+    Ok(())
+}
+
+/// After a value sent as a blob, the next is encoded straight into a blob of up to one and a half
+/// times its size: a value within that bound, one beyond it (the sender falls back to measuring
+/// it), one small enough for the ring (it goes there, and the guess is dropped) and a large one
+/// again all arrive intact, each by the route its size calls for (counted in ring bytes: a blob
+/// costs the ring one 24-byte record).
+fn large_values_skip_the_size_pass_and_fall_back() -> TestResult {
+    let (mut tx, mut rx) = sp::channel::<Vec<u8>>(&small_ring()).map_err(|e| e.to_string())?;
+    let sizes = [
+        (64 << 10, true),
+        (64 << 10, true),
+        ((64 << 10) + (32 << 10) - 64, true),
+        (192 << 10, true),
+        (100, false),
+        (100, false),
+        (128 << 10, true),
+    ];
+    for (seq, (len, as_blob)) in sizes.into_iter().enumerate() {
+        let value = bytes_for(seq as u64, len);
+        let before = tx.stats().bytes;
+        tx.send(&value).map_err(|e| e.to_string())?;
+        let in_ring = tx.stats().bytes - before;
+        if (in_ring == 24) != as_blob {
+            return Err(format!("value {seq} of {len} bytes: {in_ring} ring bytes"));
+        }
+        if rx.recv().map_err(|e| e.to_string())? != value {
+            return Err(format!("value {seq} of {len} bytes differs"));
+        }
     }
     Ok(())
 }

@@ -7,8 +7,11 @@
 //! default). Nothing sleeps to synchronise.
 
 mod cross;
+mod fifo;
 mod hostile;
 mod local;
+mod pipeline;
+mod pool;
 mod select;
 mod types;
 
@@ -18,6 +21,7 @@ use std::time::Duration;
 use libtest_mimic::Trial;
 pub(crate) use sp_test_support::TestResult;
 pub(crate) use sp_test_support::fds::open_fds;
+pub(crate) use sp_test_support::procs::children_of_this_process;
 /// A role's parameter (a scenario name, a count).
 pub(crate) use sp_test_support::role::ROLE_ARG_ENV as ARG_ENV;
 pub(crate) use sp_test_support::role::command as child_command;
@@ -42,6 +46,20 @@ fn main() -> ExitCode {
                     .parse()
                     .map_err(|_| "index".to_string())
                     .and_then(select::pong_child),
+                "pool-worker" => pool::worker(),
+                "pool-stall" => pool::stall_worker(),
+                "pool-stubborn" => pool::stubborn_worker(),
+                "stage-gen" => arg
+                    .parse()
+                    .map_err(|_| "count".to_string())
+                    .and_then(pipeline::gen_stage),
+                "stage-xor" => pipeline::xor_stage(),
+                "stage-verify" => arg
+                    .parse()
+                    .map_err(|_| "count".to_string())
+                    .and_then(pipeline::verify_stage),
+                "simplex-producer" => pipeline::simplex_producer(),
+                "simplex-consumer" => pipeline::simplex_consumer(),
                 other => Err(format!("unknown role {other}")),
             };
             role.exit(res)
@@ -52,6 +70,8 @@ fn main() -> ExitCode {
             trials.extend(cross::trials());
             trials.extend(hostile::trials());
             trials.extend(select::trials());
+            trials.extend(pool::trials());
+            trials.extend(pipeline::trials());
             trials
         },
     )
