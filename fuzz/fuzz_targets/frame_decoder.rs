@@ -6,7 +6,6 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use libfuzzer_sys::fuzz_target;
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use sp_core::{Channel, Error, SocketKind, TryRecvError};
 use sp_fuzz::Input;
 
@@ -28,13 +27,7 @@ fuzz_target!(|bytes: &[u8]| {
         }
         let fds: Vec<OwnedFd> = (0..n_fds).map(|i| sp_fuzz::any_fd(i as u8)).collect();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
-        let mut cmsg = SendAncillaryBuffer::new(&mut space);
-        if !borrowed.is_empty() {
-            assert!(cmsg.push(SendAncillaryMessage::ScmRights(&borrowed)));
-        }
-        let iov = [std::io::IoSlice::new(&record)];
-        if rustix::net::sendmsg(&raw, &iov, &mut cmsg, SendFlags::NOSIGNAL).is_err() {
+        if sp_test_support::frame::send_raw(&raw, &record, &borrowed).is_err() {
             return;
         }
         loop {

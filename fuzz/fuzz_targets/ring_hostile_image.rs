@@ -1,4 +1,4 @@
-//! A hand-made peer rewrites any word of its ring (control block and data area) and the head of
+//! The independent peer (sp-test-support) rewrites any word of its ring (control block and data area) and the head of
 //! ours between our calls; our consumer and producer must return only in-bounds records or
 //! errors, and never panic or fault. Protocol version 2: a record is published by its header
 //! word (commit bit set), so the interesting words are headers; the control block's word at
@@ -18,19 +18,19 @@ fuzz_target!(|bytes: &[u8]| {
         match input.u8() % 8 {
             // Control words of the peer's ring: header, reserved (v1's tail), head, flags (80
             // words).
-            0 => peer.ctrl.poke(usize::from(input.u8()) % 80, input.u64()),
-            1 => peer.data.poke(
+            0 => peer.ctrl().poke(usize::from(input.u8()) % 80, input.u64()),
+            1 => peer.data().poke(
                 usize::from(input.u8()) * 2 + usize::from(input.u8() & 1),
                 input.u64(),
             ),
-            2 => peer.their_ctrl.poke(32, input.u64()),
+            2 => peer.their_ctrl().poke(32, input.u64()),
             // A committed header (a record of up to 2040 bytes, or padding) at any data word:
             // random words rarely carry the commit bit.
             3 => {
                 let idx = usize::from(input.u8()) * 2 + usize::from(input.u8() & 1);
-                let len = u32::from(input.u8()) * 8;
+                let len = u64::from(input.u8()) * 8;
                 let kind = if input.u8() & 1 == 0 { 0 } else { PADDING };
-                peer.data.poke(idx, sp_fuzz::header(len, kind));
+                peer.data().poke(idx, sp_fuzz::header(len, kind));
             }
             4 => match duplex.consumer().try_read() {
                 Ok(rec) => {

@@ -174,6 +174,18 @@ fn ci() -> Result<()> {
         .env("CARGO_TARGET_DIR", target_dir().join("loom"));
     run("loom models (sp-shm)", loom)?;
 
+    // fuzz/ is its own workspace and builds on sp-test-support's peer: check it on stable, so
+    // that a change to the peer cannot leave the (nightly-only) fuzz targets broken unseen.
+    let mut fuzz = cargo();
+    fuzz.args([
+        "check",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--all-targets",
+    ])
+    .env("CARGO_TARGET_DIR", target_dir().join("fuzz"));
+    run("cargo check (fuzz/)", fuzz)?;
+
     let mut doc = cargo();
     doc.args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings");

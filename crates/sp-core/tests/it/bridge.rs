@@ -181,12 +181,12 @@ fn drop_while_blocked() -> TestResult {
 }
 
 fn forwards_errors() -> TestResult {
-    use crate::hostile::{header, send_raw};
+    use sp_test_support::frame::{MAGIC, VERSION, header, send_raw};
     let (raw, b) = pair(SocketKind::SeqPacket)?;
     let (_b_tx, b_rx) = Channel::new(b)?.split();
     let bridge = b_rx.into_crossbeam(4)?;
     let memfd = memfd_with("sp-it-bridge-bad", b"bad");
-    let mut bad = header(0x5350, 1, 1, 3).to_vec();
+    let mut bad = header(MAGIC, VERSION, 1, 3).to_vec();
     bad.extend_from_slice(b"bad");
     send_raw(&raw, &bad, &[memfd.as_fd(), memfd.as_fd()])?;
     drop(memfd);
@@ -202,7 +202,7 @@ fn forwards_errors() -> TestResult {
         0,
         "the bad message's fds were closed"
     );
-    let mut good = header(0x5350, 1, 0, 4).to_vec();
+    let mut good = header(MAGIC, VERSION, 0, 4).to_vec();
     good.extend_from_slice(b"good");
     send_raw(&raw, &good, &[])?;
     match bridge.receiver().recv_timeout(RECV_LIMIT) {

@@ -14,12 +14,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use sp_core::{Channel, Error, HEADER_LEN, MAX_FDS, SocketKind, TryRecvError};
 
-use crate::hostile::{header, send_raw};
 use crate::messages::MSG_KINDS;
 use crate::pairs::kind_name;
 use crate::{TestResult, count_fds_to, memfd_with, trial};
+use sp_test_support::frame::{MAGIC, header, send_raw};
 
-const MAGIC: u16 = 0x5350;
 const FD_NAME: &str = "sp-it-decoder";
 
 pub fn trials() -> Vec<Trial> {

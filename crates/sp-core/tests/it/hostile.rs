@@ -1,23 +1,18 @@
-//! Trials with a hostile peer: raw frames written with `sendmsg(2)` on a plain `End`, using the
-//! documented 8-byte header (magic `0x5350` LE, version 1, `n_fds`, `n_bytes` LE), against a
-//! `Channel` on the other end. The receiver must answer with an error, close every descriptor that
-//! arrived (checked by name while the channel is still alive), never panic, and on a seqpacket
-//! pair keep working.
+//! Trials with a hostile peer: raw frames written with `sendmsg(2)` on a plain `End` by the
+//! independent peer (`sp_test_support::frame`: the documented 8-byte header, magic `0x5350` LE,
+//! version 1, `n_fds`, `n_bytes` LE), against a `Channel` on the other end. The receiver must
+//! answer with an error, close every descriptor that arrived (checked by name while the channel
+//! is still alive), never panic, and on a seqpacket pair keep working.
 
-use std::io::IoSlice;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use libtest_mimic::Trial;
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use sp_core::{Channel, End, Error, HEADER_LEN, MAX_FDS, Malformed, SocketKind, TryRecvError};
+use sp_test_support::frame::{MAGIC, VERSION, frame, header, send_raw};
 
 use crate::messages::MSG_KINDS;
 use crate::pairs::kind_name;
 use crate::{RecvWithin, TestResult, XorShift, count_fds_to, memfd_with, read_all_at_0, trial};
-
-const MAGIC: u16 = 0x5350;
-const VERSION: u8 = 1;
 
 pub fn trials() -> Vec<Trial> {
     let mut trials = trials_for::<Channel>("");
@@ -112,35 +107,6 @@ impl HostileRx for Channel {
     }
 }
 
-/// The documented frame header.
-pub fn header(magic: u16, version: u8, n_fds: u8, n_bytes: u32) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[0..2].copy_from_slice(&magic.to_le_bytes());
-    h[2] = version;
-    h[3] = n_fds;
-    h[4..8].copy_from_slice(&n_bytes.to_le_bytes());
-    h
-}
-
-/// One `sendmsg(2)` of `bytes` with `fds` attached as `SCM_RIGHTS`, as a hostile peer would.
-pub fn send_raw(end: &End, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<usize> {
-    let mut space =
-        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
-    let mut cmsg = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(
-            cmsg.push(SendAncillaryMessage::ScmRights(fds)),
-            "cmsg buffer too small"
-        );
-    }
-    Ok(rustix::net::sendmsg(
-        end,
-        &[IoSlice::new(bytes)],
-        &mut cmsg,
-        SendFlags::NOSIGNAL,
-    )?)
-}
-
 /// An empty seqpacket record reads like end of file in `recvmsg` (zero bytes); the receiver
 /// tells them apart by the peer still being connected: `Malformed`, then the next good message;
 /// only when the peer really closes, `PeerGone`.
@@ -183,12 +149,6 @@ fn seqpacket_empty_record<R: HostileRx>() -> TestResult {
 fn hostile_pair<R: HostileRx>(kind: SocketKind) -> sp_core::Result<(End, R)> {
     let (raw, rx) = sp_core::pair(kind)?;
     Ok((raw, R::over(rx)))
-}
-
-fn frame(n_fds: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = header(MAGIC, VERSION, n_fds, payload.len() as u32).to_vec();
-    out.extend_from_slice(payload);
-    out
 }
 
 /// After an error: a seqpacket channel delivers the next good message, a stream channel refuses.

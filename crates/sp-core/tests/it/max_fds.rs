@@ -10,12 +10,12 @@ use std::process::ExitCode;
 use libtest_mimic::Trial;
 use sp_core::{Channel, End, Error, FRAME_MAGIC, FRAME_VERSION, MAX_FDS, SocketKind};
 
-use crate::hostile::{header, send_raw};
 use crate::pairs::kind_name;
 use crate::{
     RecvWithin, TestResult, assert_cloexec, count_fds_to, memfd_with, read_all_at_0, role_command,
     trial,
 };
+use sp_test_support::frame::{header, send_raw};
 
 const N_FDS_ENV: &str = "SP_IT_N_FDS";
 

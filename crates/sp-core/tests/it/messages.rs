@@ -569,11 +569,11 @@ fn seqpacket_nonblocking_full() -> TestResult {
 }
 
 fn stream_partial_frame() -> TestResult {
-    use crate::hostile::{header, send_raw};
+    use sp_test_support::frame::{MAGIC, VERSION, header, send_raw};
     let (raw, b) = sp_core::pair(SocketKind::Stream)?;
     let mut b = Channel::new(b)?;
     let memfd = memfd_with("sp-it-partial", b"partial");
-    let mut first = header(0x5350, 1, 1, 10).to_vec();
+    let mut first = header(MAGIC, VERSION, 1, 10).to_vec();
     first.extend_from_slice(b"0123");
     send_raw(&raw, &first, &[memfd.as_fd()])?;
     drop(memfd);

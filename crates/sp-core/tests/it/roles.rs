@@ -8,6 +8,7 @@ use std::process::{ExitCode, Stdio};
 
 use rustix::process::{Resource, Rlimit};
 use sp_core::{Channel, Error, SocketKind, pair};
+use sp_test_support::frame;
 
 use crate::{RECV_LIMIT, RecvWithin, memfd_with, open_fds, spawn_role};
 
@@ -172,9 +173,9 @@ fn role_list_fds() -> RoleResult {
 fn role_partial_frame_then_block() -> RoleResult {
     let end = sp_core::adopt().map_err(|e| format!("adopt: {e}"))?;
     let memfd = memfd_with("sp-it-child-partial", b"partial");
-    let mut bytes = crate::hostile::header(0x5350, 1, 1, 100).to_vec();
+    let mut bytes = frame::header(frame::MAGIC, frame::VERSION, 1, 100).to_vec();
     bytes.extend_from_slice(b"ten bytes!");
-    crate::hostile::send_raw(&end, &bytes, &[memfd.as_fd()]).map_err(|e| e.to_string())?;
+    frame::send_raw(&end, &bytes, &[memfd.as_fd()]).map_err(|e| e.to_string())?;
     loop {
         std::thread::park();
     }
@@ -242,7 +243,7 @@ fn role_emfile() -> RoleResult {
     let after = open_fds();
     let unchanged = match crate::fd_diff(&before, &after) {
         Ok(()) => "fds unchanged".to_owned(),
-        Err(failed) => format!("{failed:?}"),
+        Err(why) => why,
     };
     let second = match channel.recv_within() {
         Ok(msg) => format!("second ok with {} fd", msg.fds.len()),

@@ -4,7 +4,7 @@
 
 #![allow(unsafe_code)] // Keeps a writable shared mapping of a would-be blob alive.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use libtest_mimic::Trial;
@@ -14,8 +14,11 @@ use rustix::process::{Pid, Resource, Rlimit};
 use sp_core::{Channel, Message, Signal, SocketKind, SpawnOptions};
 use sp_shm::{BLOB_MAGIC, Blob, Config, Error, RefuseReason};
 
-use crate::cross::{TestResult, child_command, open_fds, spawn_child, trial};
-use crate::hostile::{self, Flaw};
+use sp_test_support::fds::disk_file;
+use sp_test_support::shm::{self, Flaw, Ring};
+
+use crate::hostile::{self, CAPACITY, MAX_PAYLOAD};
+use crate::{TestResult, child_command, open_fds, spawn_child, trial};
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -198,7 +201,7 @@ fn blob_not_a_memfd() -> TestResult {
         RefuseReason::MissingSeals,
         "memfd without MFD_ALLOW_SEALING",
     )?;
-    let file = hostile::disk_file(4096)?;
+    let file = disk_file(4096)?;
     expect_refused(
         send_and_receive(&blob_msg(4096), &[&file])?,
         RefuseReason::MissingSeals,
@@ -312,13 +315,13 @@ fn handshake_at_fd_limit() -> TestResult {
             },
         )
         .map_err(|e| format!("prlimit: {e}"))?;
-        let mut ring = hostile::manual_ring(Flaw::None)?;
-        hostile::send_offer(&channel, &mut ring)?;
+        let mut ring = Ring::new(CAPACITY, MAX_PAYLOAD, Flaw::None)?;
+        ring.send_offer(&channel)?;
         // The child refuses the offer it could not receive whole with the local-error status.
         let ready = channel
             .recv_timeout(STEP)
             .map_err(|e| format!("child's READY: {e}"))?;
-        if ready.bytes != hostile::ready_bytes(0xFFFF) || !ready.fds.is_empty() {
+        if ready.bytes != shm::ready_bytes(0xFFFF) || !ready.fds.is_empty() {
             return Err(format!("child's READY: {:?}", ready.bytes));
         }
         Ok(())
@@ -381,7 +384,10 @@ pub(crate) fn child_main(role: &str) -> TestResult {
 
 fn child_handshake_emfile() -> TestResult {
     let before = open_fds();
-    let adopted = std::env::var(sp_core::FD_ENV).unwrap_or_default();
+    let adopted: i32 = std::env::var(sp_core::FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or("no adopted descriptor")?;
     let old = rustix::process::getrlimit(Resource::Nofile);
     let res = sp_shm::adopt(&Config::new().capacity(64 << 10));
     rustix::process::setrlimit(Resource::Nofile, old).map_err(|e| format!("restore: {e}"))?;
@@ -406,13 +412,7 @@ fn child_blob_emfile() -> TestResult {
         sp_shm::adopt(&Config::new().capacity(64 << 10)).map_err(|e| format!("adopt: {e}"))?;
     let control = duplex.control();
     let before = open_fds();
-    let mut in_use: std::collections::BTreeSet<i32> =
-        before.iter().filter_map(|n| n.parse().ok()).collect();
-    // `open_fds` lists the descriptor it read the directory with; that number is free again,
-    // and the lowest free one, so a probe lands on it.
-    let probe = rustix::io::fcntl_dupfd_cloexec(control.as_fd(), 0).map_err(|e| e.to_string())?;
-    in_use.remove(&probe.as_raw_fd());
-    drop(probe);
+    let in_use: std::collections::BTreeSet<i32> = before.keys().copied().collect();
     let old = rustix::process::getrlimit(Resource::Nofile);
     rustix::process::setrlimit(
         Resource::Nofile,

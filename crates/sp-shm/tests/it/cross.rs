@@ -1,147 +1,18 @@
-//! The trials and child roles of the cross-process tests (see `main.rs`).
+//! Streams, kills and blobs across processes: records with sequence numbers and checksums, the
+//! trials that use them, and their child roles.
 
-use std::collections::BTreeSet;
-use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::{attacks, crash, decoders, hostile};
-use libtest_mimic::{Arguments, Failed, Trial};
-use sp_core::{Signal, SpawnOptions};
-use sp_shm::{Blob, Config, Consumer, Duplex, Error, IdleStrategy, Producer, RefuseReason};
+use sp_shm::{Blob, Config, Consumer, Error, Producer};
+use sp_test_support::fds::FdTable;
+use sp_test_support::procs::wait_until_thread_in_poll;
 
-const ROLE_ENV: &str = "SP_SHM_IT_ROLE";
-pub(crate) const IDLE_ENV: &str = "SP_SHM_IT_IDLE";
+use crate::{PROMPT, TestResult, child_command, idle_from, open_fds, spawn_child};
+
 pub(crate) const COUNT_ENV: &str = "SP_SHM_IT_COUNT";
-const TRIAL_LIMIT: Duration = Duration::from_secs(30);
-/// How soon a side must report a killed peer.
-pub(crate) const PROMPT: Duration = Duration::from_secs(3);
-
-pub(crate) type TestResult = Result<(), String>;
-
-pub(crate) fn main() {
-    if let Ok(role) = std::env::var(ROLE_ENV) {
-        std::process::exit(child_main(&role));
-    }
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let mut trials = Vec::new();
-    for idle in ["spin", "adaptive", "park"] {
-        trials.push(trial(&format!("stream_both_ways_{idle}"), move || {
-            stream_both_ways(idle, false)
-        }));
-        trials.push(trial(&format!("consumer_sees_kill_{idle}"), move || {
-            consumer_sees_kill(idle)
-        }));
-        trials.push(trial(
-            &format!("full_producer_sees_kill_{idle}"),
-            move || full_producer_sees_kill(idle),
-        ));
-    }
-    for idle in ["adaptive", "park"] {
-        trials.push(trial(
-            &format!("stream_both_ways_child_without_membarrier_{idle}"),
-            move || stream_both_ways(idle, true),
-        ));
-    }
-    trials.push(trial("writer_killed_mid_record", writer_killed_mid_record));
-    trials.push(trial(
-        "hostile_peer_control_block",
-        hostile::hostile_peer_control_block,
-    ));
-    trials.push(trial(
-        "hostile_peer_garbage_many_seeds",
-        hostile::hostile_peer_garbage_many_seeds,
-    ));
-    trials.push(trial("seals_stop_the_peer", hostile::seals_stop_the_peer));
-    trials.push(trial("unsealed_memfd_refused", || {
-        hostile::bad_offer_refused("bad-offer-unsealed", RefuseReason::MissingSeals)
-    }));
-    trials.push(trial("short_memfd_refused", || {
-        hostile::bad_offer_refused("bad-offer-short", RefuseReason::SizeMismatch)
-    }));
-    trials.push(trial("no_future_write_seal_refused", || {
-        hostile::bad_offer_refused("bad-offer-writable", RefuseReason::MissingSeals)
-    }));
-    trials.push(trial("blob_zero_copy", blob_zero_copy));
-    trials.extend(crash::trials());
-    trials.extend(attacks::trials());
-    trials.extend(decoders::trials());
-    #[cfg(feature = "tokio")]
-    trials.extend(crate::tokio::trials());
-    libtest_mimic::run(&args, trials).exit();
-}
-
-/// A trial run under a watchdog and an fd-leak check.
-pub(crate) fn trial(name: &str, f: impl FnOnce() -> TestResult + Send + 'static) -> Trial {
-    trial_with_limit(name, TRIAL_LIMIT, f)
-}
-
-/// As [`trial`], with the watchdog set to `limit` (for trials whose length is configurable).
-pub(crate) fn trial_with_limit(
-    name: &str,
-    limit: Duration,
-    f: impl FnOnce() -> TestResult + Send + 'static,
-) -> Trial {
-    let name_owned = name.to_owned();
-    Trial::test(name, move || {
-        let before = open_fds();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let watchdog_name = name_owned.clone();
-        let watchdog = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(limit) {
-                eprintln!("watchdog: {watchdog_name} ran longer than {limit:?}; failing");
-                std::process::exit(3);
-            }
-        });
-        let started = Instant::now();
-        let res = f();
-        drop(done_tx);
-        let _ = watchdog.join();
-        eprintln!("{name_owned}: {:.2?}", started.elapsed());
-        res.map_err(Failed::from)?;
-        let after = open_fds();
-        if before != after {
-            return Err(format!("fd leak: before {before:?}, after {after:?}").into());
-        }
-        Ok(())
-    })
-}
-
-pub(crate) fn open_fds() -> BTreeSet<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub(crate) fn idle_from(name: &str) -> IdleStrategy {
-    match name {
-        "spin" => IdleStrategy::spin(),
-        "park" => IdleStrategy::park(),
-        _ => IdleStrategy::adaptive(),
-    }
-}
 
 pub(crate) fn config_for(idle: &str) -> Config {
     Config::new().capacity(64 << 10).idle(idle_from(idle))
-}
-
-pub(crate) fn child_command(role: &str, idle: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.env(ROLE_ENV, role).env(IDLE_ENV, idle);
-    cmd
-}
-
-pub(crate) fn spawn_child(
-    cmd: &mut Command,
-    config: &Config,
-) -> Result<(sp_core::Child, Duplex), String> {
-    let opts = SpawnOptions::new().parent_death_signal(Signal::KILL);
-    sp_shm::spawn(cmd, opts, config).map_err(|e| format!("spawn: {e}"))
 }
 
 fn record_count() -> u64 {
@@ -223,7 +94,7 @@ pub(crate) fn consume(consumer: &mut Consumer, n: u64) -> TestResult {
 /// while this process keeps the asymmetric fences. The stream must still arrive whole and
 /// promptly (a lost wake-up costs at most a millisecond, never a hang), and the child checks that
 /// every one of its parks took the re-checking path.
-fn stream_both_ways(idle: &str, no_membarrier: bool) -> TestResult {
+pub(crate) fn stream_both_ways(idle: &str, no_membarrier: bool) -> TestResult {
     let n = if no_membarrier {
         record_count() / 4
     } else {
@@ -265,7 +136,7 @@ fn stream_both_ways(idle: &str, no_membarrier: bool) -> TestResult {
 
 /// The child is killed while this side waits for data (parked, or spinning); `PeerGone` follows
 /// promptly.
-fn consumer_sees_kill(idle: &str) -> TestResult {
+pub(crate) fn consumer_sees_kill(idle: &str) -> TestResult {
     let (mut child, mut duplex) = spawn_child(&mut child_command("idle", idle), &config_for(idle))?;
     let mut buf = Vec::new();
     duplex
@@ -290,7 +161,7 @@ fn consumer_sees_kill(idle: &str) -> TestResult {
 }
 
 /// The child never reads; this side fills the ring, blocks in `send`, and the child is killed.
-fn full_producer_sees_kill(idle: &str) -> TestResult {
+pub(crate) fn full_producer_sees_kill(idle: &str) -> TestResult {
     let (mut child, mut duplex) = spawn_child(&mut child_command("idle", idle), &config_for(idle))?;
     let mut buf = Vec::new();
     duplex
@@ -328,21 +199,9 @@ pub(crate) fn kill_when_waiting(
     let tid = rustix::thread::gettid();
     let parks = idle != "spin";
     std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let path = format!("/proc/self/task/{}/syscall", tid.as_raw_nonzero());
         if parks {
-            loop {
-                let syscall = std::fs::read_to_string(&path).unwrap_or_default();
-                let nr = syscall.split_whitespace().next().unwrap_or("");
-                // x86-64: 7 = poll, 271 = ppoll; aarch64: 73 = ppoll.
-                if ["7", "271", "73"].contains(&nr) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("thread never parked (syscall: {syscall})"));
-                }
-                std::thread::yield_now();
-            }
+            let tid = tid.as_raw_nonzero().get() as u32;
+            wait_until_thread_in_poll(std::process::id(), tid, Duration::from_secs(10))?;
         }
         let pid = rustix::process::Pid::from_raw(pid as i32).ok_or("bad pid")?;
         rustix::process::kill_process(pid, rustix::process::Signal::KILL)
@@ -353,7 +212,7 @@ pub(crate) fn kill_when_waiting(
 
 /// The child commits a record, reserves a second and half-writes it, then is killed: only the
 /// first record is delivered, then `PeerGone`.
-fn writer_killed_mid_record() -> TestResult {
+pub(crate) fn writer_killed_mid_record() -> TestResult {
     let (mut child, duplex) = spawn_child(
         &mut child_command("mid-record", "park"),
         &config_for("park"),
@@ -382,7 +241,7 @@ fn writer_killed_mid_record() -> TestResult {
 
 /// A blob far larger than the ring goes by descriptor; the child checks it and answers with its
 /// checksum.
-fn blob_zero_copy() -> TestResult {
+pub(crate) fn blob_zero_copy() -> TestResult {
     let len: usize = if cfg!(debug_assertions) {
         16 << 20
     } else {
@@ -417,34 +276,7 @@ fn blob_zero_copy() -> TestResult {
 
 // --- child roles --------------------------------------------------------------------------
 
-fn child_main(role: &str) -> i32 {
-    let idle = std::env::var(IDLE_ENV).unwrap_or_default();
-    let res = match role {
-        "stream" => child_stream(&idle),
-        "idle" => child_idle(&idle),
-        "mid-record" => child_mid_record(),
-        "blob" => child_blob(),
-        #[cfg(feature = "tokio")]
-        "tokio_echo" => crate::tokio::child_tokio_echo(&idle),
-        #[cfg(feature = "tokio")]
-        "bursts" => crate::tokio::child_bursts(),
-        "hostile" => hostile::child_hostile(),
-        "seal-probe" => hostile::child_seal_probe(),
-        other if other.starts_with("bad-offer-") => hostile::child_bad_offer(other),
-        other if other.starts_with("crash-") => crash::child_main(other, &idle),
-        other if other.starts_with("attack-") => attacks::child_main(other),
-        _ => Err(format!("unknown role {role}")),
-    };
-    match res {
-        Ok(()) => 0,
-        Err(err) => {
-            eprintln!("child {role}: {err}");
-            1
-        }
-    }
-}
-
-fn child_stream(idle: &str) -> TestResult {
+pub(crate) fn child_stream(idle: &str) -> TestResult {
     let n: u64 = std::env::var(COUNT_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -479,33 +311,22 @@ fn child_stream(idle: &str) -> TestResult {
 /// close-on-exec, so no grandchild can inherit one and keep a hang-up from being seen.
 /// Descriptors this process inherited from its own parent (a test runner's jobserver, say) are
 /// not ours to judge, except the adopted socket.
-fn new_fds_cloexec(inherited: &BTreeSet<String>) -> TestResult {
-    let adopted = std::env::var(sp_core::FD_ENV).unwrap_or_default();
-    for name in open_fds() {
-        if inherited.contains(&name) && name != adopted {
+fn new_fds_cloexec(inherited: &FdTable) -> TestResult {
+    let adopted: Option<i32> = std::env::var(sp_core::FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for fd in open_fds().into_keys() {
+        if inherited.contains_key(&fd) && Some(fd) != adopted {
             continue;
         }
-        let Ok(raw) = name.parse::<i32>() else {
-            continue;
-        };
-        let path = format!("/proc/self/fdinfo/{raw}");
-        let Ok(info) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let flags = info
-            .lines()
-            .find_map(|line| line.strip_prefix("flags:"))
-            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-            .ok_or_else(|| format!("no flags in {path}"))?;
-        // O_CLOEXEC is 0o2000000 in fdinfo flags.
-        if flags & 0o200_0000 == 0 {
-            return Err(format!("fd {raw} is not close-on-exec ({info})"));
+        if !sp_test_support::fds::cloexec_by_number(fd) {
+            return Err(format!("fd {fd} is not close-on-exec"));
         }
     }
     Ok(())
 }
 
-fn child_idle(idle: &str) -> TestResult {
+pub(crate) fn child_idle(idle: &str) -> TestResult {
     let mut duplex = sp_shm::adopt(&config_for(idle)).map_err(|e| format!("adopt: {e}"))?;
     duplex
         .producer()
@@ -516,7 +337,7 @@ fn child_idle(idle: &str) -> TestResult {
     Ok(())
 }
 
-fn child_mid_record() -> TestResult {
+pub(crate) fn child_mid_record() -> TestResult {
     let duplex = sp_shm::adopt(&config_for("park")).map_err(|e| format!("adopt: {e}"))?;
     let (mut producer, mut consumer, control) = duplex.into_parts();
     producer.send(b"before").map_err(|e| e.to_string())?;
@@ -527,7 +348,7 @@ fn child_mid_record() -> TestResult {
     grant.commit(64).map_err(|e| e.to_string())
 }
 
-fn child_blob() -> TestResult {
+pub(crate) fn child_blob() -> TestResult {
     let duplex = sp_shm::adopt(&config_for("adaptive")).map_err(|e| format!("adopt: {e}"))?;
     let (mut producer, mut consumer, mut control) = duplex.into_parts();
     let blob = Blob::recv_timeout(&mut control, Duration::from_secs(20))

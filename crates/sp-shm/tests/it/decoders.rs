@@ -13,12 +13,14 @@ use std::time::Duration;
 use libtest_mimic::Trial;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
-use rustix::fs::{MemfdFlags, SealFlags};
 use sp_core::{Channel, SocketKind};
-use sp_shm::{BLOB_MAGIC, Blob, Config, Duplex, Error, OFFER_MAGIC, READY_MAGIC};
+use sp_shm::{BLOB_MAGIC, Blob, Config, Duplex, Error, READY_MAGIC};
 
-use crate::cross::{TestResult, trial};
-use crate::hostile::{self, Flaw};
+use sp_test_support::fds::FdKind;
+use sp_test_support::shm::{self, Flaw, Ring};
+
+use crate::hostile::{CAPACITY, MAX_PAYLOAD};
+use crate::{TestResult, trial};
 
 pub(crate) fn trials() -> Vec<Trial> {
     vec![
@@ -48,17 +50,6 @@ fn run<S: Strategy>(
     runner.run(&strategy, test).map_err(|e| e.to_string())
 }
 
-/// A kind of descriptor a hostile peer can attach.
-#[derive(Debug, Clone, Copy)]
-enum FdKind {
-    SealedMemfd(u64),
-    FutureWriteMemfd(u64),
-    UnsealedMemfd(u64),
-    Pipe,
-    SeqPacket,
-    Stream,
-}
-
 fn fd_kind() -> impl Strategy<Value = FdKind> {
     let size = prop_oneof![Just(0u64), Just(4096), Just(8192), 1u64..20_000];
     prop_oneof![
@@ -69,32 +60,6 @@ fn fd_kind() -> impl Strategy<Value = FdKind> {
         Just(FdKind::SeqPacket),
         Just(FdKind::Stream),
     ]
-}
-
-fn make_fd(kind: FdKind) -> OwnedFd {
-    let memfd = |size: u64, seals: SealFlags| {
-        let fd =
-            rustix::fs::memfd_create("decoder", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-                .expect("memfd_create");
-        rustix::fs::ftruncate(&fd, size).expect("ftruncate");
-        if !seals.is_empty() {
-            rustix::fs::fcntl_add_seals(&fd, seals).expect("seals");
-        }
-        fd
-    };
-    let base = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
-    match kind {
-        FdKind::SealedMemfd(size) => memfd(size, base | SealFlags::WRITE),
-        FdKind::FutureWriteMemfd(size) => memfd(size, base | SealFlags::FUTURE_WRITE),
-        FdKind::UnsealedMemfd(size) => memfd(size, SealFlags::empty()),
-        FdKind::Pipe => {
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .expect("pipe")
-                .0
-        }
-        FdKind::SeqPacket => OwnedFd::from(sp_core::pair(SocketKind::SeqPacket).expect("pair").0),
-        FdKind::Stream => OwnedFd::from(sp_core::pair(SocketKind::Stream).expect("pair").0),
-    }
 }
 
 /// A message: a valid one with a few bytes changed, or arbitrary bytes.
@@ -112,16 +77,9 @@ fn message(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A valid OFFER, from the independent peer's reading of the protocol document.
 fn valid_offer(capacity: u64, max_payload: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40);
-    out.extend_from_slice(&OFFER_MAGIC);
-    // Protocol version 2 (records published by their header words).
-    out.extend_from_slice(&2u32.to_le_bytes());
-    out.extend_from_slice(&(128u32 | (1 << 16)).to_le_bytes());
-    out.extend_from_slice(&capacity.to_le_bytes());
-    out.extend_from_slice(&max_payload.to_le_bytes());
-    out.extend_from_slice(&4096u64.to_le_bytes());
-    out
+    shm::offer_bytes(capacity, max_payload).to_vec()
 }
 
 fn config() -> Config {
@@ -139,7 +97,7 @@ fn offer_decoder() -> TestResult {
     );
     run(256, strategy, |(bytes, kinds)| {
         let (peer, ours) = Channel::pair(SocketKind::SeqPacket).expect("pair");
-        let fds: Vec<OwnedFd> = kinds.iter().map(|&k| make_fd(k)).collect();
+        let fds: Vec<OwnedFd> = kinds.iter().map(|&k| k.make()).collect();
         let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
         if peer.send(&bytes, &borrowed).is_err() {
             return Ok(());
@@ -156,10 +114,7 @@ fn offer_decoder() -> TestResult {
 }
 
 fn ready(status: u32) -> Vec<u8> {
-    let mut out = READY_MAGIC.to_vec();
-    out.extend_from_slice(&status.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out
+    shm::ready_bytes(status).to_vec()
 }
 
 /// A peer sends a valid OFFER, then an arbitrary READY (with 0 to 2 descriptors): the handshake
@@ -171,9 +126,9 @@ fn ready_decoder() -> TestResult {
     );
     run(128, strategy, |(bytes, kinds)| {
         let (mut peer, ours) = Channel::pair(SocketKind::SeqPacket).expect("pair");
-        let mut ring = hostile::manual_ring(Flaw::None).map_err(TestCaseError::fail)?;
-        hostile::send_offer(&peer, &mut ring).map_err(TestCaseError::fail)?;
-        let fds: Vec<OwnedFd> = kinds.iter().map(|&k| make_fd(k)).collect();
+        let mut ring = Ring::new(CAPACITY, MAX_PAYLOAD, Flaw::None).map_err(TestCaseError::fail)?;
+        ring.send_offer(&peer).map_err(TestCaseError::fail)?;
+        let fds: Vec<OwnedFd> = kinds.iter().map(|&k| k.make()).collect();
         let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
         if peer.send(&bytes, &borrowed).is_err() {
             return Ok(());
@@ -212,7 +167,7 @@ fn blob_decoder() -> TestResult {
     );
     run(256, strategy, |(bytes, kinds)| {
         let (peer, mut ours) = Channel::pair(SocketKind::SeqPacket).expect("pair");
-        let fds: Vec<OwnedFd> = kinds.iter().map(|&k| make_fd(k)).collect();
+        let fds: Vec<OwnedFd> = kinds.iter().map(|&k| k.make()).collect();
         let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
         if peer.send(&bytes, &borrowed).is_err() {
             return Ok(());

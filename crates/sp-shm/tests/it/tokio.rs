@@ -13,10 +13,9 @@ use sp_shm::Error;
 use sp_shm::tokio::{AsyncConsumer, AsyncProducer};
 use tokio::runtime::{Builder, Runtime};
 
-use crate::cross::{
-    COUNT_ENV, PROMPT, TestResult, check_record, child_command, config_for, record_len,
-    spawn_child, trial, write_record,
-};
+use crate::cross::{COUNT_ENV, check_record, config_for, record_len, write_record};
+use crate::{PROMPT, TestResult, child_command, spawn_child, trial};
+use sp_test_support::rng::XorShift;
 
 const FLAVOURS: [&str; 2] = ["current_thread", "multi_thread"];
 /// The bound on one awaited record in these trials.
@@ -30,29 +29,33 @@ pub(crate) fn trials() -> Vec<Trial> {
     for flavour in FLAVOURS {
         for idle in ["adaptive", "park"] {
             trials.push(trial(
-                &format!("tokio_{flavour}_stream_both_ways_{idle}"),
-                move || runtime(flavour).block_on(stream_both_ways(idle)),
+                format!("tokio_{flavour}_stream_both_ways_{idle}"),
+                move || runtime(flavour).block_on(stream_both_ways(idle, false)),
             ));
             trials.push(trial(
-                &format!("tokio_{flavour}_consumer_sees_kill_while_awaiting_{idle}"),
+                format!("tokio_{flavour}_consumer_sees_kill_while_awaiting_{idle}"),
                 move || runtime(flavour).block_on(consumer_sees_kill(idle)),
             ));
         }
         trials.push(trial(
-            &format!("tokio_{flavour}_full_producer_sees_kill_while_awaiting"),
+            format!("tokio_{flavour}_stream_both_ways_read_many_park"),
+            move || runtime(flavour).block_on(stream_both_ways("park", true)),
+        ));
+        trials.push(trial(
+            format!("tokio_{flavour}_full_producer_sees_kill_while_awaiting"),
             move || runtime(flavour).block_on(full_producer_sees_kill()),
         ));
         trials.push(trial(
-            &format!("tokio_{flavour}_ping_pong_parked_loses_no_wakeup"),
+            format!("tokio_{flavour}_ping_pong_parked_loses_no_wakeup"),
             move || runtime(flavour).block_on(ping_pong(false)),
         ));
         trials.push(trial(
-            &format!("tokio_{flavour}_idle_consumer_and_full_producer_cost_no_cpu"),
+            format!("tokio_{flavour}_idle_consumer_and_full_producer_cost_no_cpu"),
             move || runtime(flavour).block_on(idle_costs_no_cpu()),
         ));
         for idle in ["adaptive", "park"] {
             trials.push(trial(
-                &format!(
+                format!(
                     "tokio_{flavour}_recv_cancelled_at_random_loses_and_repeats_nothing_{idle}"
                 ),
                 move || runtime(flavour).block_on(recv_cancelled_at_random(idle)),
@@ -92,8 +95,9 @@ fn record_count() -> u64 {
 }
 
 /// A child streams records each way with the blocking calls (role `stream`); this side sends and
-/// receives with the async ones, each in its own task.
-async fn stream_both_ways(idle: &str) -> TestResult {
+/// receives with the async ones, each in its own task. With `many`, this side receives with
+/// `read_many_with`, up to a random 1 to 64 records per await.
+async fn stream_both_ways(idle: &str, many: bool) -> TestResult {
     let n = record_count();
     let mut cmd = child_command("stream", idle);
     cmd.env(COUNT_ENV, n.to_string());
@@ -112,11 +116,39 @@ async fn stream_both_ways(idle: &str) -> TestResult {
         Ok::<_, Error>(tx)
     });
     let mut buf = Vec::new();
-    for seq in 0..n {
-        within("record", rx.recv_into(&mut buf))
+    if many {
+        let (mut seq, mut rng, mut awaits) = (0, XorShift::new(0x5eed), 0u64);
+        while seq < n {
+            let max = 1 + rng.below(64) as usize;
+            let mut res = Ok(());
+            let got = within(
+                "records",
+                rx.read_many_with(max, |rec| {
+                    if res.is_ok() {
+                        buf.clear();
+                        buf.resize(rec.len(), 0);
+                        rec.copy_to_slice(&mut buf);
+                        res = check_record(seq, &buf);
+                        seq += 1;
+                    }
+                }),
+            )
             .await?
-            .map_err(|e| format!("recv {seq}: {e}"))?;
-        check_record(seq, &buf)?;
+            .map_err(|e| format!("recv at {seq}: {e}"))?;
+            res?;
+            if got == 0 || got > max {
+                return Err(format!("read_many_with({max}) took {got} records"));
+            }
+            awaits += 1;
+        }
+        eprintln!("  {n} records in {awaits} awaits");
+    } else {
+        for seq in 0..n {
+            within("record", rx.recv_into(&mut buf))
+                .await?
+                .map_err(|e| format!("recv {seq}: {e}"))?;
+            check_record(seq, &buf)?;
+        }
     }
     let tx = sender
         .await
@@ -410,11 +442,16 @@ async fn recv_cancelled_at_random(idle: &str) -> TestResult {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let limit = match rng % 3 {
-            0 => Duration::from_micros(rng % 2000),
-            _ => Duration::ZERO,
+        // A third of the receives run under a timer (cancelled on a timer tick, ~1 ms), the rest
+        // are polled once and dropped if that poll is pending (cancelled at once).
+        let got = if rng.is_multiple_of(3) {
+            tokio::time::timeout(Duration::from_micros(rng % 200), rx.recv_into(&mut buf))
+                .await
+                .map_err(|_| ())
+        } else {
+            sp_test_support::poll_once(rx.recv_into(&mut buf)).await
         };
-        match tokio::time::timeout(limit, rx.recv_into(&mut buf)).await {
+        match got {
             Ok(res) => {
                 res.map_err(|e| format!("recv {next}: {e}"))?;
                 // The sequence number and length (the checksum too, now and then: a debug build

@@ -1,10 +1,10 @@
 //! Tests of sp across real processes: this binary re-executes itself as the child process.
 //!
-//! With `SP_IT_ROLE` set, `main` runs that child role and exits with its status; otherwise it
-//! runs the trials through libtest-mimic, one at a time (`test_threads = 1`), each under a
-//! watchdog that fails the whole run after its time limit and with a check that no file
-//! descriptor leaked (`/proc/self/fd` before and after). Children get `PR_SET_PDEATHSIG(SIGKILL)`
-//! (sp's default). Nothing sleeps to synchronise.
+//! The harness is the workspace's one (`sp-test-support`): started in a role, `main` plays that
+//! child role and exits with its status; otherwise it runs the trials one at a time, each under
+//! the watchdog, which fails the whole run after the trial's time limit, and the descriptor-leak
+//! guard (`/proc/self/fd` before and after). Children get `PR_SET_PDEATHSIG(SIGKILL)` (sp's
+//! default). Nothing sleeps to synchronise.
 
 mod cross;
 mod fifo;
@@ -17,134 +17,73 @@ mod select;
 mod tokio;
 mod types;
 
-use std::collections::BTreeSet;
-use std::process::Command;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use libtest_mimic::{Arguments, Failed, Trial};
-
-const ROLE_ENV: &str = "SP_IT_ROLE";
+use libtest_mimic::Trial;
+pub(crate) use sp_test_support::TestResult;
+pub(crate) use sp_test_support::fds::open_fds;
+pub(crate) use sp_test_support::procs::children_of_this_process;
 /// A role's parameter (a scenario name, a count).
-const ARG_ENV: &str = "SP_IT_ARG";
+pub(crate) use sp_test_support::role::ROLE_ARG_ENV as ARG_ENV;
+pub(crate) use sp_test_support::role::command as child_command;
+
 const TRIAL_LIMIT: Duration = Duration::from_secs(60);
 
-type TestResult = Result<(), String>;
-
-fn main() {
-    if let Ok(role) = std::env::var(ROLE_ENV) {
-        let arg = std::env::var(ARG_ENV).unwrap_or_default();
-        let res = match role.as_str() {
-            "echo-serde" => cross::echo_serde(),
-            "echo-plain" => cross::echo_plain(),
-            "echo-bytes" => cross::echo_bytes(),
-            "fds" => cross::fds_child(),
-            "hostile" => hostile::child(&arg),
-            "stream" => arg
-                .parse()
-                .map_err(|_| "count".to_string())
-                .and_then(select::stream_child),
-            "pong" => arg
-                .parse()
-                .map_err(|_| "index".to_string())
-                .and_then(select::pong_child),
-            "pool-worker" => pool::worker(),
-            "pool-stall" => pool::stall_worker(),
-            "pool-stubborn" => pool::stubborn_worker(),
-            "stage-gen" => arg
-                .parse()
-                .map_err(|_| "count".to_string())
-                .and_then(pipeline::gen_stage),
-            "stage-xor" => pipeline::xor_stage(),
-            "stage-verify" => arg
-                .parse()
-                .map_err(|_| "count".to_string())
-                .and_then(pipeline::verify_stage),
-            "simplex-producer" => pipeline::simplex_producer(),
-            "simplex-consumer" => pipeline::simplex_consumer(),
-            other => Err(format!("unknown role {other}")),
-        };
-        if let Err(err) = &res {
-            eprintln!("child {role} {arg}: {err}");
-        }
-        std::process::exit(i32::from(res.is_err()));
-    }
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let mut trials = Vec::new();
-    trials.extend(local::trials());
-    trials.extend(cross::trials());
-    trials.extend(hostile::trials());
-    trials.extend(select::trials());
-    trials.extend(pool::trials());
-    trials.extend(pipeline::trials());
-    #[cfg(feature = "tokio")]
-    trials.extend(tokio::trials());
-    libtest_mimic::run(&args, trials).exit();
+fn main() -> ExitCode {
+    sp_test_support::main(
+        |role| {
+            let arg = role.arg.as_str();
+            let res = match role.name.as_str() {
+                "echo-serde" => cross::echo_serde(),
+                "echo-plain" => cross::echo_plain(),
+                "echo-bytes" => cross::echo_bytes(),
+                "fds" => cross::fds_child(),
+                "hostile" => hostile::child(arg),
+                "stream" => arg
+                    .parse()
+                    .map_err(|_| "count".to_string())
+                    .and_then(select::stream_child),
+                "pong" => arg
+                    .parse()
+                    .map_err(|_| "index".to_string())
+                    .and_then(select::pong_child),
+                "pool-worker" => pool::worker(),
+                "pool-stall" => pool::stall_worker(),
+                "pool-stubborn" => pool::stubborn_worker(),
+                "stage-gen" => arg
+                    .parse()
+                    .map_err(|_| "count".to_string())
+                    .and_then(pipeline::gen_stage),
+                "stage-xor" => pipeline::xor_stage(),
+                "stage-verify" => arg
+                    .parse()
+                    .map_err(|_| "count".to_string())
+                    .and_then(pipeline::verify_stage),
+                "simplex-producer" => pipeline::simplex_producer(),
+                "simplex-consumer" => pipeline::simplex_consumer(),
+                other => Err(format!("unknown role {other}")),
+            };
+            role.exit(res)
+        },
+        || {
+            let mut trials = Vec::new();
+            trials.extend(local::trials());
+            trials.extend(cross::trials());
+            trials.extend(hostile::trials());
+            trials.extend(select::trials());
+            trials.extend(pool::trials());
+            trials.extend(pipeline::trials());
+            #[cfg(feature = "tokio")]
+            trials.extend(tokio::trials());
+            trials
+        },
+    )
 }
 
-/// A trial run under a watchdog and a descriptor-leak check.
+/// A trial run under the watchdog (with this binary's limit) and the descriptor-leak guard.
 fn trial(name: &str, f: impl FnOnce() -> TestResult + Send + 'static) -> Trial {
-    let name_owned = name.to_owned();
-    Trial::test(name, move || {
-        let before = open_fds();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let watchdog_name = name_owned.clone();
-        let watchdog = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(TRIAL_LIMIT) {
-                eprintln!("watchdog: {watchdog_name} ran longer than {TRIAL_LIMIT:?}; failing");
-                std::process::exit(3);
-            }
-        });
-        let started = Instant::now();
-        let res = f();
-        drop(done_tx);
-        let _ = watchdog.join();
-        eprintln!("{name_owned}: {:.2?}", started.elapsed());
-        res.map_err(Failed::from)?;
-        let after = open_fds();
-        if before != after {
-            return Err(format!("fd leak: before {before:?}, after {after:?}").into());
-        }
-        Ok(())
-    })
-}
-
-fn open_fds() -> BTreeSet<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The processes whose parent is this one (zombies included), from /proc.
-fn children_of_this_process() -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // After the command name (in parentheses): state, then the parent's pid.
-                    let rest = stat.rsplit_once(')')?.1;
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(me)
-        })
-        .collect()
-}
-
-fn child_command(role: &str, arg: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.env(ROLE_ENV, role).env(ARG_ENV, arg);
-    cmd
+    sp_test_support::trial_with_limit(name, TRIAL_LIMIT, f)
 }
 
 /// Waits for the child and requires a clean exit.
