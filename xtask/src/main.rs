@@ -88,7 +88,7 @@ struct BenchArgs {
     /// Compare with a saved baseline and flag figures more than 10% worse.
     #[arg(long, value_name = "NAME")]
     baseline: Option<String>,
-    /// Build without the peer crates (ipc-channel, iceoryx2, ipmpsc).
+    /// Build without the peer crates (ipc-channel, iceoryx2, ipmpsc) and zenoh.
     #[arg(long)]
     no_peers: bool,
     /// Further sp-bench options, after `--` (see `sp-bench --help`).
@@ -140,6 +140,8 @@ fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        "sp-bench/zenoh",
         "--",
         "-D",
         "warnings",
@@ -195,7 +197,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let mut build = cargo();
     build.args(["build", "--release", "-p", "sp-bench"]);
     if !args.no_peers {
-        build.args(["--features", "peers"]);
+        build.args(["--features", "peers,zenoh"]);
     }
     run("cargo build --release -p sp-bench", build)?;
 

@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 
 mod fd;
 mod msg;
+#[cfg(feature = "zenoh")]
+mod over_zenoh;
 #[cfg(feature = "peers")]
 mod peers;
 mod ref_ring;
@@ -146,6 +148,12 @@ pub enum Transport {
     SpTypedPod,
     /// sp typed channel of a serde struct (postcard; blobs above the ring's largest record).
     SpTypedSerde,
+    /// zenoh's own publisher and subscriber over TCP on localhost (feature `zenoh`).
+    Zenoh,
+    /// The same stream as typed sp values through the sp-zenoh gateways: a ring, a publishing
+    /// gateway, zenoh over TCP on localhost, a subscribing gateway, a ring (feature `zenoh`;
+    /// measured against `zenoh`).
+    SpZenoh,
     /// ipc-channel's bytes channel (peer).
     IpcChannel,
     /// ipc-channel's `IpcSharedMemory`, one region per message (peer).
@@ -203,7 +211,7 @@ pub const BASELINE: Transport = Transport::SocketpairStream;
 
 impl Transport {
     /// Every transport, in the order the table lists them.
-    pub const ALL: [Self; 33] = [
+    pub const ALL: [Self; 35] = [
         Self::Pipe,
         Self::SocketpairStream,
         Self::Seqpacket,
@@ -219,6 +227,8 @@ impl Transport {
         Self::TokioUds,
         Self::SpTypedPod,
         Self::SpTypedSerde,
+        Self::Zenoh,
+        Self::SpZenoh,
         Self::IpcChannel,
         Self::IpcChannelShm,
         Self::IpcChannelTyped,
@@ -257,6 +267,8 @@ impl Transport {
             Self::TokioUds => "tokio-uds",
             Self::SpTypedPod => "sp-typed-pod",
             Self::SpTypedSerde => "sp-typed-serde",
+            Self::Zenoh => "zenoh",
+            Self::SpZenoh => "sp-zenoh",
             Self::IpcChannel => "ipc-channel",
             Self::IpcChannelShm => "ipc-channel-shm",
             Self::IpcChannelTyped => "ipc-channel-typed",
@@ -317,7 +329,9 @@ impl Transport {
             Self::SpPool2 => Self::CrossbeamPool2,
             Self::SpPipeline => Self::SpPipelineRelayed,
             Self::SpStart => Self::SpawnPipe,
-            Self::CrossbeamPool1
+            Self::SpZenoh => Self::Zenoh,
+            Self::Zenoh
+            | Self::CrossbeamPool1
             | Self::CrossbeamPool2
             | Self::SpPipelineRelayed
             | Self::SpawnPipe => self,
@@ -405,6 +419,9 @@ impl Transport {
         {
             return Some("built without the `tokio` feature".to_owned());
         }
+        if matches!(self, Self::Zenoh | Self::SpZenoh) && !cfg!(feature = "zenoh") {
+            return Some("built without the `zenoh` feature".to_owned());
+        }
         if self.spins() && !crate::cpu::can_pin() {
             return Some("spins while waiting and needs two cores".to_owned());
         }
@@ -462,6 +479,10 @@ pub(crate) fn offer(transport: Transport, size: usize, latency: bool) -> Result<
         Transport::SpShmAsyncPark => tokio::offer_ring(size, IdleStrategy::park()),
         #[cfg(feature = "tokio")]
         Transport::TokioUds => tokio::offer_uds(size),
+        #[cfg(feature = "zenoh")]
+        Transport::Zenoh => over_zenoh::offer(size, false),
+        #[cfg(feature = "zenoh")]
+        Transport::SpZenoh => over_zenoh::offer(size, true),
         Transport::RefRing => ref_ring::offer(size),
         Transport::SpTypedPod => typed::offer(size, true),
         Transport::SpTypedSerde => typed::offer(size, false),
@@ -511,6 +532,10 @@ pub(crate) fn accept(
         Transport::SpShmAsyncPark => tokio::accept_ring(size, IdleStrategy::park(), fds),
         #[cfg(feature = "tokio")]
         Transport::TokioUds => tokio::accept_uds(size, fds),
+        #[cfg(feature = "zenoh")]
+        Transport::Zenoh => over_zenoh::accept(size, false, extra),
+        #[cfg(feature = "zenoh")]
+        Transport::SpZenoh => over_zenoh::accept(size, true, extra),
         Transport::RefRing => ref_ring::accept(size, fds),
         Transport::SpTypedPod => typed::accept(size, true, fds),
         Transport::SpTypedSerde => typed::accept(size, false, fds),

@@ -16,6 +16,8 @@
 //!   ([`sp_shm::Blob`]) by itself; the receiver gets the same `T` ([`Config::blob_threshold`]).
 //! - **Descriptors travel with values**: [`Sender::send_with_fds`] and
 //!   [`Receiver::recv_with_fds`]; the receiver gets them with that value and no other.
+//! - **Relaying without decoding**: [`Receiver::recv_encoded`] lends a value's encoding and
+//!   [`Sender::send_encoded`] sends one, for gateways that carry a typed stream elsewhere.
 //! - **Waiting on many peers**: [`Select`] spins over any number of receivers and sp-core
 //!   channels, then sleeps on all of them at once with `epoll`.
 //! - **Async**: with the `tokio` feature, the `tokio` module wraps a sender as a
@@ -49,6 +51,7 @@ mod error;
 mod limit;
 pub mod pipeline;
 pub mod pool;
+mod raw;
 mod reap;
 mod receiver;
 mod select;

@@ -212,7 +212,7 @@ impl<T: Value> Receiver<T> {
 
     /// Takes the next value within `limit` and hands its encoding and descriptors to `f`.
     #[inline(always)]
-    fn take<R>(
+    pub(crate) fn take<R>(
         &mut self,
         limit: Limit,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,

@@ -216,6 +216,26 @@ impl<T: Value> Sender<T> {
         self.producer.stats()
     }
 
+    /// Sends a value of `len` encoded bytes that `fill` writes, inline or above the threshold as
+    /// a blob, without descriptors (for [`send_encoded`](Self::send_encoded) in `raw.rs`).
+    pub(crate) fn send_filled(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        limit: Limit,
+    ) -> Result<(), Fail> {
+        if len > self.threshold {
+            let fill = |bytes: &mut [u8]| {
+                fill(bytes);
+                Ok(())
+            };
+            return self.send_blob(len, fill, &[], limit);
+        }
+        let mut grant = reserve(&mut self.producer, &mut self.wanted, len, limit)?;
+        fill(&mut grant[..len]);
+        commit(grant, len, &[], &self.control, &mut self.seq, limit)
+    }
+
     /// The ring, the space the last reservation asked for, and the control socket's descriptor
     /// (for the async sender's wait, `crate::tokio`).
     #[cfg(feature = "tokio")]

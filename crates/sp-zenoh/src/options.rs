@@ -1,0 +1,177 @@
+//! A gateway's settings, and the zenoh configuration the tests and examples use: peers on
+//! explicit endpoints, multicast scouting off.
+
+use std::time::Duration;
+
+use crate::error::Result;
+
+/// What a gateway does when its remote side disappears before the stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLoss {
+    /// End with [`Error::RemoteGone`](crate::Error::RemoteGone) (the default).
+    End,
+    /// Wait at most `within` for a new remote side on the key (a restarted process, say) and go
+    /// on with it; past that, end with [`Error::NoRemote`](crate::Error::NoRemote).
+    ///
+    /// Records the lost side had not yet passed on are lost with it: a publishing gateway goes
+    /// on with the next record of its local stream, a subscribing one with the first record of
+    /// the new publisher's stream. [`Summary::resumes`](crate::Summary::resumes) counts the
+    /// losses survived.
+    Resume {
+        /// How long to wait for the new remote side.
+        within: Duration,
+    },
+}
+
+/// Settings of a gateway ([`publish`](crate::publish), [`subscribe`](crate::subscribe)).
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// let options = sp_zenoh::Options::new()
+///     .connect_timeout(Duration::from_secs(30))
+///     .on_loss(sp_zenoh::OnLoss::Resume { within: Duration::from_secs(5) });
+/// assert_eq!(options.max_value_len_bytes(), 256 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) on_loss: OnLoss,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_value_len: usize,
+    pub(crate) batch_bytes: usize,
+    pub(crate) linger: Duration,
+}
+
+impl Options {
+    /// Defaults: end on loss, 10 s for the remote side to appear, values up to 256 MiB, samples
+    /// of up to 64 KiB of records when several are waiting, 5 s of lingering after the end.
+    pub fn new() -> Self {
+        Self {
+            on_loss: OnLoss::End,
+            connect_timeout: Duration::from_secs(10),
+            max_value_len: 256 << 20,
+            batch_bytes: 64 << 10,
+            linger: Duration::from_secs(5),
+        }
+    }
+
+    /// What to do when the remote side disappears mid-stream.
+    #[must_use]
+    pub fn on_loss(mut self, on_loss: OnLoss) -> Self {
+        self.on_loss = on_loss;
+        self
+    }
+
+    /// How long a gateway waits for its remote side to appear before it ends with
+    /// [`Error::NoRemote`](crate::Error::NoRemote).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest encoding a publishing gateway sends (default 256 MiB); a longer value is
+    /// refused with [`Refusal::TooLarge`](crate::Refusal::TooLarge) before anything of it is
+    /// sent. The receiving zenoh must accept samples this large
+    /// (`transport/link/rx/max_message_size`, 1 GiB by default).
+    #[must_use]
+    pub fn max_value_len(mut self, n_bytes: usize) -> Self {
+        self.max_value_len = n_bytes;
+        self
+    }
+
+    /// The most bytes of records a publishing gateway puts in one sample when several records
+    /// are already waiting in its ring (default 64 KiB; a larger record goes alone). It never
+    /// waits for a record to fill a sample, so batching adds no delay; 0 sends one record per
+    /// sample.
+    #[must_use]
+    pub fn batch_bytes(mut self, n_bytes: usize) -> Self {
+        self.batch_bytes = n_bytes;
+        self
+    }
+
+    /// After the end of the stream, how long a subscribing gateway waits for the publisher to
+    /// see that everything arrived (default 5 s). The stream is complete either way; the wait
+    /// only spares the publisher a [`RemoteGone`](crate::Error::RemoteGone) when this process
+    /// exits at once.
+    #[must_use]
+    pub fn linger(mut self, timeout: Duration) -> Self {
+        self.linger = timeout;
+        self
+    }
+
+    /// The longest encoding a publishing gateway sends.
+    pub fn max_value_len_bytes(&self) -> usize {
+        self.max_value_len
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A zenoh configuration for a peer that listens on `listen` and connects to `connect` (zenoh
+/// endpoints such as `tcp/127.0.0.1:7447`), with multicast scouting off: it meets exactly the
+/// peers it is told of. Anything else is set on the result with zenoh's own
+/// [`insert_json5`](zenoh::Config::insert_json5) (the lease after which a silent peer counts as
+/// gone is `transport/link/tx/lease`, in milliseconds).
+///
+/// # Errors
+/// [`Error::Zenoh`](crate::Error::Zenoh) for an endpoint zenoh cannot parse.
+///
+/// # Examples
+/// ```
+/// let mut config = sp_zenoh::peer_config(&["tcp/127.0.0.1:7447"], &[])?;
+/// config.insert_json5("transport/link/tx/lease", "2000")?;
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
+pub fn peer_config(listen: &[&str], connect: &[&str]) -> Result<zenoh::Config> {
+    let mut config = zenoh::Config::default();
+    config.insert_json5("mode", "\"peer\"")?;
+    config.insert_json5("scouting/multicast/enabled", "false")?;
+    config.insert_json5("listen/endpoints", &json_list(listen))?;
+    config.insert_json5("connect/endpoints", &json_list(connect))?;
+    Ok(config)
+}
+
+/// `["a", "b"]`, each endpoint quoted as a JSON string.
+fn json_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|item| {
+            let escaped = item.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("\"{escaped}\"")
+        })
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_config_sets_endpoints_and_turns_scouting_off() {
+        let config = peer_config(&["tcp/127.0.0.1:7447"], &["tcp/127.0.0.1:7448"]).unwrap();
+        assert_eq!(config.get_json("mode").unwrap(), "\"peer\"");
+        assert_eq!(
+            config.get_json("scouting/multicast/enabled").unwrap(),
+            "false"
+        );
+        assert!(
+            config
+                .get_json("listen/endpoints")
+                .unwrap()
+                .contains("tcp/127.0.0.1:7447")
+        );
+        assert!(
+            config
+                .get_json("connect/endpoints")
+                .unwrap()
+                .contains("tcp/127.0.0.1:7448")
+        );
+        assert!(peer_config(&["no-such-protocol"], &[]).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! Tests of sp-zenoh across real processes over zenoh TCP on localhost: this binary re-executes
+//! itself as the remote side.
+//!
+//! With `SP_ZENOH_IT_ROLE` set, `main` runs that role (a sink, a source, a remote stage) and exits
+//! with its status; otherwise it runs the trials through libtest-mimic, one at a time, each under
+//! a watchdog that fails the run after its time limit and with a check that no descriptor
+//! leaked. Every zenoh session uses explicit `tcp/127.0.0.1:PORT` endpoints (ports picked free
+//! at run time) with multicast scouting off. Nothing sleeps to synchronise; the slow remote
+//! sleeps to be slow. A child gives up after [`CHILD_LIMIT`], so none outlives a failed run.
+
+mod faults;
+mod items;
+mod pipeline;
+mod refusals;
+mod roles;
+mod streams;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use zenoh::Wait;
+
+const ROLE_ENV: &str = "SP_ZENOH_IT_ROLE";
+/// The role's parameters, `name=value` pairs separated by spaces.
+const ARGS_ENV: &str = "SP_ZENOH_IT_ARGS";
+const TRIAL_LIMIT: Duration = Duration::from_secs(90);
+const CHILD_LIMIT: Duration = Duration::from_secs(120);
+
+type TestResult = Result<(), String>;
+
+fn main() {
+    // `RUST_LOG=zenoh=debug` shows what zenoh does, in the trials and the children.
+    zenoh::try_init_log_from_env();
+    // Started by `sp_zenoh::remote_stage` as a pipeline's proxy stage.
+    if let Some(proxy) = sp_zenoh::Proxy::from_env() {
+        let options = sp_zenoh::Options::new().connect_timeout(Duration::from_secs(20));
+        let res = proxy
+            .and_then(|proxy| proxy.run::<items::Item, items::Item>(&sp::Config::new(), &options));
+        if let Err(err) = &res {
+            eprintln!("proxy: {err}");
+        }
+        std::process::exit(i32::from(res.is_err()));
+    }
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        let args = std::env::var(ARGS_ENV).unwrap_or_default();
+        std::thread::spawn(|| {
+            std::thread::sleep(CHILD_LIMIT);
+            eprintln!("child: ran longer than {CHILD_LIMIT:?}; exiting");
+            std::process::exit(4);
+        });
+        let res = roles::run(&role, &roles::Args::parse(&args));
+        if let Err(err) = &res {
+            eprintln!("child {role} {args}: {err}");
+        }
+        std::process::exit(i32::from(res.is_err()));
+    }
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    // zenoh's runtime threads and their descriptors live as long as the process: start them
+    // before the first trial's descriptor count.
+    warm_up();
+    let mut trials = Vec::new();
+    trials.extend(streams::trials());
+    trials.extend(faults::trials());
+    trials.extend(refusals::trials());
+    trials.extend(pipeline::trials());
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// Two sessions, connected, pass one sample: every runtime zenoh starts lazily is running.
+fn warm_up() {
+    let port = free_port();
+    let a = open_session(Some(port), &[], None);
+    let b = open_session(None, &[port], None);
+    let subscriber = b
+        .declare_subscriber("it/warm-up")
+        .wait()
+        .expect("subscriber");
+    let publisher = a.declare_publisher("it/warm-up").wait().expect("publisher");
+    while !publisher
+        .matching_status()
+        .wait()
+        .expect("matching")
+        .matching()
+    {
+        std::thread::yield_now();
+    }
+    publisher.put("hello").wait().expect("put");
+    subscriber
+        .recv_timeout(Duration::from_secs(10))
+        .expect("warm-up sample")
+        .expect("warm-up sample in time");
+    drop((subscriber, publisher));
+    a.close().wait().expect("close");
+    b.close().wait().expect("close");
+}
+
+/// A trial run under a watchdog and a descriptor-leak check.
+fn trial(name: &str, f: impl FnOnce() -> TestResult + Send + 'static) -> Trial {
+    let name_owned = name.to_owned();
+    Trial::test(name, move || {
+        let before = open_fds();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let watchdog_name = name_owned.clone();
+        let watchdog = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(TRIAL_LIMIT) {
+                eprintln!("watchdog: {watchdog_name} ran longer than {TRIAL_LIMIT:?}; failing");
+                std::process::exit(3);
+            }
+        });
+        let started = Instant::now();
+        let res = f();
+        drop(done_tx);
+        let _ = watchdog.join();
+        eprintln!("{name_owned}: {:.2?}", started.elapsed());
+        res.map_err(Failed::from)?;
+        let after = open_fds();
+        if before != after {
+            return Err(format!("fd leak: before {before:?}, after {after:?}").into());
+        }
+        Ok(())
+    })
+}
+
+fn open_fds() -> BTreeSet<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound with port 0, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local_addr").port()
+}
+
+fn endpoint(port: u16) -> String {
+    format!("tcp/127.0.0.1:{port}")
+}
+
+/// A zenoh session that listens on `listen` and connects to each of `connect`.
+fn open_session(listen: Option<u16>, connect: &[u16], lease_ms: Option<u64>) -> zenoh::Session {
+    let listen: Vec<String> = listen.into_iter().map(endpoint).collect();
+    let connect: Vec<String> = connect.iter().copied().map(endpoint).collect();
+    let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+    let connect: Vec<&str> = connect.iter().map(String::as_str).collect();
+    let mut config = sp_zenoh::peer_config(&listen, &connect).expect("config");
+    if let Some(lease) = lease_ms {
+        // A silent peer is gone after the lease; a `put` blocked on it gives up (and closes the
+        // link) after `wait_before_close`, which would otherwise hold the close for 5 s.
+        config
+            .insert_json5("transport/link/tx/lease", &lease.to_string())
+            .expect("lease");
+        config
+            .insert_json5(
+                "transport/link/tx/queue/congestion_control/block/wait_before_close",
+                &(lease * 1000).to_string(),
+            )
+            .expect("wait_before_close");
+    }
+    zenoh::open(config).wait().expect("zenoh session")
+}
+
+/// A child process, killed and reaped when dropped (on every early return of a trial).
+#[derive(Debug)]
+struct Kid(Option<Child>);
+
+impl Kid {
+    fn pid(&self) -> rustix::process::Pid {
+        let child = self.0.as_ref().expect("the child is there until reaped");
+        rustix::process::Pid::from_child(child)
+    }
+
+    /// Waits for the child to exit.
+    fn wait(&mut self) -> Result<std::process::ExitStatus, String> {
+        let child = self.0.as_mut().expect("the child is there until reaped");
+        child.wait().map_err(|e| e.to_string())
+    }
+
+    /// Waits for the child to exit and takes what it printed.
+    fn output(mut self) -> Result<std::process::Output, String> {
+        let child = self.0.take().expect("the child is there until reaped");
+        child.wait_with_output().map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// This binary as the child `role` with `args` (`name=value` pairs).
+fn child_command(role: &str, args: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("current_exe"));
+    command.env(ROLE_ENV, role).env(ARGS_ENV, args);
+    command
+}
+
+/// Starts this binary as the child `role` with `args`; its stdout is a pipe for its report.
+fn spawn_child(role: &str, args: &str) -> Kid {
+    let child = child_command(role, args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    Kid(Some(child))
+}
+
+/// Waits for a child (bounded by its own [`CHILD_LIMIT`]) and requires a clean exit; its report.
+fn reap(child: Kid) -> Result<String, String> {
+    let out = child.output()?;
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("child failed: {} (report {report:?})", out.status));
+    }
+    Ok(report)
+}
+
+/// How many values the long trials send: fewer in a debug build.
+fn count(release: u64) -> u64 {
+    if cfg!(debug_assertions) {
+        release / 5
+    } else {
+        release
+    }
+}
+
+/// A named value from a report line `name=value ...`.
+fn report_value(report: &str, name: &str) -> Result<u64, String> {
+    report
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .ok_or_else(|| format!("no {name} in report {report:?}"))?
+        .parse()
+        .map_err(|_| format!("bad {name} in report {report:?}"))
+}
+
+/// Requires `res` to be an error whose text says `what`.
+fn expect_err<T: std::fmt::Debug>(
+    res: Result<T, sp_zenoh::Error>,
+    matches: impl FnOnce(&sp_zenoh::Error) -> bool,
+) -> TestResult {
+    match res {
+        Err(err) if matches(&err) => {
+            eprintln!("  as expected: {err}");
+            Ok(())
+        }
+        other => Err(format!("unexpected outcome: {other:?}")),
+    }
+}
