@@ -196,9 +196,15 @@ fn ci() -> Result<()> {
 fn bench(args: &BenchArgs) -> Result<()> {
     let mut build = cargo();
     build.args(["build", "--release", "-p", "sp-bench"]);
-    if !args.no_peers {
-        build.args(["--features", "peers,zenoh"]);
-    }
+    // The async rows (tokio) are ours and light; the peers and zenoh are the long part of a build.
+    build.args([
+        "--features",
+        if args.no_peers {
+            "tokio"
+        } else {
+            "tokio,peers,zenoh"
+        },
+    ]);
     run("cargo build --release -p sp-bench", build)?;
 
     let target = target_dir();
