@@ -12,7 +12,7 @@
 //!   takes it with [`adopt`]; the parent's copy is closed at once, so the parent sees end of file
 //!   when the child dies.
 //! - [`Bridge`] feeds received messages into a `crossbeam_channel::Receiver` for `select!`.
-//! - With the `tokio` feature, [`tokio`](mod@crate::tokio) has the same channel waiting in tokio's
+//! - With the `tokio` feature, the `tokio` module has the same channel waiting in tokio's
 //!   reactor (`AsyncFd`), and spawn/adopt for `tokio::process`.
 //!
 //! ```

@@ -21,7 +21,7 @@
 //!   records or [`Error::Corrupt`], never panics and never touches memory outside its mappings.
 //!   The consumer maps the data read-only (`F_SEAL_FUTURE_WRITE`).
 //! - [`Blob`] hands over an immutable sealed memfd for data larger than a ring.
-//! - With the `tokio` feature, [`tokio`](mod@crate::tokio) has an async producer and consumer
+//! - With the `tokio` feature, the `tokio` module has an async producer and consumer
 //!   whose waits end in tokio's reactor (the wake socket under an `AsyncFd`).
 //!
 //! The wire format, the handshake and the trust model are specified in `docs/protocol.md`.

@@ -49,7 +49,7 @@ use ::tokio::time::Sleep;
 
 use crate::error::{Result, TryRecvError, TrySendError};
 use crate::idle::{Backoff, IdleStrategy, Step};
-use crate::ring::{Consumer, Producer, ReadGrant, WaitPrep, WriteGrant};
+use crate::ring::{Consumer, Producer, ReadGrant, ReadGrantRef, WaitPrep, WriteGrant};
 
 /// Spin hints per spin step of a waiting consumer and producer: those of the blocking waits
 /// (`ring/wait.rs`): a consumer checks after every pause, a producer reads the consumer's head
@@ -224,16 +224,23 @@ impl RingWait {
 
     /// After a try succeeded (or broke): ends the wait, disarming the side if a dropped future
     /// left it armed. The next wait starts with a full idle budget again.
+    #[inline]
     pub fn done_consumer(&mut self, consumer: &mut Consumer) {
         self.done(consumer);
     }
 
     /// As [`done_consumer`](Self::done_consumer), for a producer.
+    #[inline]
     pub fn done_producer(&mut self, producer: &mut Producer) {
         self.done(&mut Room(producer, 0));
     }
 
+    #[inline]
     fn done(&mut self, side: &mut dyn Park) {
+        // The common case, a try that succeeded at once, touches nothing.
+        if matches!(self.state, State::Idle) {
+            return;
+        }
         if let State::Armed { .. } = std::mem::replace(&mut self.state, State::Idle) {
             // Only clears the flag and drains wake-up bytes; a hang-up it notes is reported by
             // the side's next call anyway.
@@ -361,6 +368,27 @@ impl AsyncConsumer {
             })
         })
         .await
+    }
+
+    /// Awaits at least one record, then lends up to `max` committed records to `f` in place,
+    /// one after the other, and publishes the head once; returns how many (at least 1 when
+    /// `max > 0`). The batch form of [`read_with`](Self::read_with), as tokio's `recv_many`:
+    /// while records flow, one await takes all that are there.
+    ///
+    /// **Cancellation:** cancel-safe. `f` runs only in the poll that returns, so a dropped future
+    /// has neither called `f` nor taken a record.
+    ///
+    /// # Errors
+    /// As [`recv_into`](Self::recv_into).
+    pub async fn read_many_with(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&ReadGrantRef<'_>),
+    ) -> Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        poll_fn(|cx| self.poll_take(cx, |c| c.try_for_each_available(max, &mut f))).await
     }
 
     /// The poll behind every receive: `take` (a `try_*` call) until it does not say `Empty`.

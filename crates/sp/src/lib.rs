@@ -18,7 +18,7 @@
 //!   [`Receiver::recv_with_fds`]; the receiver gets them with that value and no other.
 //! - **Waiting on many peers**: [`Select`] spins over any number of receivers and sp-core
 //!   channels, then sleeps on all of them at once with `epoll`.
-//! - **Async**: with the `tokio` feature, [`tokio`](mod@crate::tokio) wraps a sender as a
+//! - **Async**: with the `tokio` feature, the `tokio` module wraps a sender as a
 //!   `futures::Sink` and a receiver as a `futures::Stream` whose waits end in tokio's reactor.
 //! - **Errors split** "would wait" from "broken" per operation ([`TrySendError`],
 //!   [`RecvTimeoutError`], ...); the peer's misbehaviour is [`Error::Decode`] or

@@ -5,13 +5,16 @@
 //!
 //! The harness drives a `Link` one call at a time; each call is one `block_on` of the async
 //! operations. In throughput mode the calls carry a batch ([`batch_len`](super::shm::batch_len)
-//! messages, the same for every transport here): each message is still its own `await`ed send or
-//! receive, and the batch only spreads the cost of entering the runtime, as a task's loop would.
-//! The driver always sends whole batches, so the receiver awaits exactly `max` messages per call.
+//! messages, the same for every transport here), and the ring rows do what the blocking ring's
+//! rows do with a batch: the sender awaits room for each record (`reserve_with`), commits it
+//! without the check for a parked consumer and checks once at the end (`flush`); the receiver
+//! awaits records and takes every one that is there in one poll (`read_many_with`, the async
+//! `for_each_available`), publishing the head once. tokio-uds awaits each frame.
+//! The driver always sends whole batches, so the receiver takes exactly `max` messages per call.
 //!
 //! Ring records are read in place through
-//! [`ReadGrant::as_slice_trusted`](sp_shm::ReadGrant::as_slice_trusted), as the blocking ring's
-//! rows are (the producer is the other half of this benchmark).
+//! [`ReadGrantRef::as_slice_trusted`](sp_shm::ReadGrantRef::as_slice_trusted), as the blocking
+//! ring's rows are (the producer is the other half of this benchmark).
 
 #![allow(unsafe_code)] // `ReadGrant::as_slice_trusted`, see above.
 
@@ -134,33 +137,49 @@ impl Link for AsyncRingLink {
     fn send_batch(&mut self, n: usize, fill: &mut Fill<'_>) -> Result<()> {
         let (producer, size) = (&mut self.producer, self.size);
         self.rt.block_on(async {
+            // As the blocking ring's batch: each record committed without the check for a
+            // parked consumer, then one check for the whole batch.
             for _ in 0..n {
                 producer
                     .reserve_with(size, |mut grant| {
                         fill(&mut grant);
-                        grant.commit(size)
+                        grant.commit_deferred(size);
                     })
-                    .await??;
+                    .await?;
             }
+            producer.flush()?;
             Ok(())
         })
     }
 
     fn recv_batch(&mut self, max: usize, check: &mut Check<'_>) -> Result<usize> {
-        let consumer = &mut self.consumer;
+        let (consumer, size) = (&mut self.consumer, self.size);
         self.rt.block_on(async {
-            for _ in 0..max {
-                consumer
-                    .read_with(|grant| {
-                        // SAFETY: the producer is the other half of this benchmark, an sp-shm
-                        // producer that writes only space this consumer has released; the slice
-                        // lives only while the grant holds the record.
-                        let bytes = unsafe { grant.as_slice_trusted() };
-                        check(bytes)
+            // As the blocking ring's batch: every record that is there, in place, the head
+            // published once; awaiting whenever none is (the driver sends exactly `max`).
+            let mut taken = 0;
+            let mut res = Ok(());
+            while taken < max && res.is_ok() {
+                taken += consumer
+                    .read_many_with(max - taken, |rec| {
+                        if res.is_err() {
+                            return;
+                        }
+                        res = if rec.len() == size {
+                            // SAFETY: the producer is the other half of this benchmark, an
+                            // sp-shm producer that writes only space this consumer has
+                            // released; the slice lives only while `f` holds the record.
+                            check(unsafe { rec.as_slice_trusted() })
+                        } else {
+                            Err(Error::Corrupt(format!(
+                                "a record of {} bytes, expected {size}",
+                                rec.len()
+                            )))
+                        };
                     })
-                    .await??;
+                    .await?;
             }
-            Ok(max)
+            res.map(|()| max)
         })
     }
 }

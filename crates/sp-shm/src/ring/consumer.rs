@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::area::{DataArea, Payload, ReadOnly, Shared};
+use super::area::{Payload, ReadOnly, Shared};
 use super::wait::{Limit, RecordWait, WaitError, wait_for, wake_if_waiting};
 use super::{Stats, corrupt};
 use crate::error::{Corruption, Error, RecvTimeoutError, Result, TryRecvError};
@@ -11,6 +11,9 @@ use crate::idle::IdleStrategy;
 use crate::layout::{self, HEADER_LEN, PADDING, Slot};
 use crate::sync::Ordering;
 use crate::wake::{WakeSocket, deadline_after};
+
+mod grant;
+pub use grant::{ReadGrant, ReadGrantRef};
 
 /// The reading side of a ring.
 ///
@@ -36,28 +39,6 @@ pub struct Consumer {
     pub(super) stats: Stats,
     /// A wait saw the producer's process hang up: deliver what is left, then `PeerGone`.
     pub(super) peer_gone: bool,
-}
-
-/// One committed record, borrowed from the ring until dropped (which releases it).
-///
-/// The bytes live in the producer's memory. A well-behaved producer never touches them while
-/// this grant exists, but a hostile one can: copy-out methods ([`copy_to_slice`](Self::copy_to_slice),
-/// [`to_vec`](Self::to_vec)) are always defined behaviour and stay inside the record, though the
-/// copy may then be torn. A `&[u8]` view is available only through the `unsafe`
-/// [`as_slice_trusted`](Self::as_slice_trusted), whose contract is that the peer is trusted.
-/// See `docs/protocol.md`, "Trust model".
-#[derive(Debug)]
-pub struct ReadGrant<'a> {
-    /// The record is the consumer's `current` one: kept there rather than in the grant so that
-    /// the hot path stores and loads it with matching widths.
-    pub(super) consumer: &'a mut Consumer,
-}
-
-/// A record seen by [`Consumer::for_each_available`]: copy-out access only.
-#[derive(Debug)]
-pub struct ReadGrantRef<'a> {
-    data: &'a DataArea<ReadOnly>,
-    rec: Record,
 }
 
 /// A validated record: its payload (inside the data area) and kind.
@@ -258,6 +239,23 @@ impl Consumer {
         }
         self.publish()?;
         Ok(n)
+    }
+
+    /// As [`for_each_available`](Self::for_each_available), but finding no record is
+    /// [`TryRecvError::Empty`](sp_core::TryRecvError::Empty), or `Broken(PeerGone)` once the
+    /// producer is gone and every record it committed has been taken.
+    ///
+    /// # Errors
+    /// As [`try_read`](Self::try_read).
+    pub fn try_for_each_available(
+        &mut self,
+        max: usize,
+        f: impl FnMut(&ReadGrantRef<'_>),
+    ) -> Result<usize, TryRecvError> {
+        match self.for_each_available(max, f)? {
+            0 if max > 0 => Err(self.empty()),
+            n => Ok(n),
+        }
     }
 
     /// Publishes the head now (records released but not yet published under
@@ -495,127 +493,5 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         let _ = self.publish();
-    }
-}
-
-impl ReadGrant<'_> {
-    /// The payload length.
-    pub fn len(&self) -> usize {
-        self.consumer.current.payload.len()
-    }
-
-    /// Whether the payload is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The record's kind.
-    pub fn kind(&self) -> u32 {
-        self.consumer.current.kind
-    }
-
-    /// Copies the payload into `dst[..len]`; returns how many bytes were copied
-    /// (`min(len, dst.len())`).
-    #[inline]
-    pub fn copy_to_slice(&self, dst: &mut [u8]) -> usize {
-        self.consumer
-            .shared
-            .data
-            .copy_out(self.consumer.current.payload, dst)
-    }
-
-    /// The payload, copied.
-    pub fn to_vec(&self) -> Vec<u8> {
-        self.consumer.copy_current()
-    }
-
-    /// A raw pointer to the first payload byte; `len()` bytes are readable, never writable.
-    /// Read them with `read_volatile` or atomics: the producer's process can write them.
-    #[cfg(not(sp_loom))]
-    #[inline]
-    pub fn as_ptr(&self) -> *const u8 {
-        self.consumer
-            .shared
-            .data
-            .payload_ptr(self.consumer.current.payload)
-    }
-
-    /// The payload as a plain slice, in place.
-    ///
-    /// # Safety
-    /// The caller trusts the producer's process not to write these bytes while the slice lives
-    /// (a well-behaved sp-shm producer never does: it writes only space the consumer has
-    /// released). A hostile producer that does would make this a data race. Bounds are always
-    /// guaranteed: the slice lies inside the record and the mapping whatever the peer does.
-    #[cfg(not(sp_loom))]
-    #[allow(unsafe_code)] // The trusted-peer view; its contract is the caller's.
-    #[inline]
-    pub unsafe fn as_slice_trusted(&self) -> &[u8] {
-        // SAFETY: the range is inside the read-only data mapping (`Payload` lies in the area) and
-        // kept mapped by the borrowed consumer; the caller promises no concurrent writes.
-        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
-    }
-
-    fn copy_into_vec(self, buf: &mut Vec<u8>) -> u32 {
-        buf.clear();
-        buf.resize(self.len(), 0);
-        self.consumer
-            .shared
-            .data
-            .copy_out(self.consumer.current.payload, buf);
-        self.consumer.current.kind
-    }
-}
-
-impl Drop for ReadGrant<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        self.consumer.release();
-    }
-}
-
-impl ReadGrantRef<'_> {
-    /// The payload length.
-    pub fn len(&self) -> usize {
-        self.rec.payload.len()
-    }
-
-    /// Whether the payload is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The record's kind.
-    pub fn kind(&self) -> u32 {
-        self.rec.kind
-    }
-
-    /// Copies the payload into `dst`; returns `min(len, dst.len())`.
-    #[inline]
-    pub fn copy_to_slice(&self, dst: &mut [u8]) -> usize {
-        self.data.copy_out(self.rec.payload, dst)
-    }
-
-    /// The payload, copied.
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut bytes = vec![0; self.len()];
-        self.data.copy_out(self.rec.payload, &mut bytes);
-        bytes
-    }
-
-    /// The payload as a plain slice, in place; see [`ReadGrant::as_slice_trusted`].
-    ///
-    /// # Safety
-    /// As [`ReadGrant::as_slice_trusted`]: the caller trusts the producer's process not to write
-    /// these bytes while the slice lives.
-    #[cfg(not(sp_loom))]
-    #[allow(unsafe_code)] // The trusted-peer view; its contract is the caller's.
-    #[inline]
-    pub unsafe fn as_slice_trusted(&self) -> &[u8] {
-        let ptr = self.data.payload_ptr(self.rec.payload);
-        // SAFETY: the range is inside the read-only data mapping (`Payload` lies in the area),
-        // kept mapped by the consumer this reference borrows; the caller promises no concurrent
-        // writes.
-        unsafe { std::slice::from_raw_parts(ptr, self.len()) }
     }
 }

@@ -15,6 +15,7 @@ use tokio::runtime::{Builder, Runtime};
 
 use crate::cross::{COUNT_ENV, check_record, config_for, record_len, write_record};
 use crate::{PROMPT, TestResult, child_command, spawn_child, trial};
+use sp_test_support::rng::XorShift;
 
 const FLAVOURS: [&str; 2] = ["current_thread", "multi_thread"];
 /// The bound on one awaited record in these trials.
@@ -29,13 +30,17 @@ pub(crate) fn trials() -> Vec<Trial> {
         for idle in ["adaptive", "park"] {
             trials.push(trial(
                 format!("tokio_{flavour}_stream_both_ways_{idle}"),
-                move || runtime(flavour).block_on(stream_both_ways(idle)),
+                move || runtime(flavour).block_on(stream_both_ways(idle, false)),
             ));
             trials.push(trial(
                 format!("tokio_{flavour}_consumer_sees_kill_while_awaiting_{idle}"),
                 move || runtime(flavour).block_on(consumer_sees_kill(idle)),
             ));
         }
+        trials.push(trial(
+            format!("tokio_{flavour}_stream_both_ways_read_many_park"),
+            move || runtime(flavour).block_on(stream_both_ways("park", true)),
+        ));
         trials.push(trial(
             format!("tokio_{flavour}_full_producer_sees_kill_while_awaiting"),
             move || runtime(flavour).block_on(full_producer_sees_kill()),
@@ -90,8 +95,9 @@ fn record_count() -> u64 {
 }
 
 /// A child streams records each way with the blocking calls (role `stream`); this side sends and
-/// receives with the async ones, each in its own task.
-async fn stream_both_ways(idle: &str) -> TestResult {
+/// receives with the async ones, each in its own task. With `many`, this side receives with
+/// `read_many_with`, up to a random 1 to 64 records per await.
+async fn stream_both_ways(idle: &str, many: bool) -> TestResult {
     let n = record_count();
     let mut cmd = child_command("stream", idle);
     cmd.env(COUNT_ENV, n.to_string());
@@ -110,11 +116,39 @@ async fn stream_both_ways(idle: &str) -> TestResult {
         Ok::<_, Error>(tx)
     });
     let mut buf = Vec::new();
-    for seq in 0..n {
-        within("record", rx.recv_into(&mut buf))
+    if many {
+        let (mut seq, mut rng, mut awaits) = (0, XorShift::new(0x5eed), 0u64);
+        while seq < n {
+            let max = 1 + rng.below(64) as usize;
+            let mut res = Ok(());
+            let got = within(
+                "records",
+                rx.read_many_with(max, |rec| {
+                    if res.is_ok() {
+                        buf.clear();
+                        buf.resize(rec.len(), 0);
+                        rec.copy_to_slice(&mut buf);
+                        res = check_record(seq, &buf);
+                        seq += 1;
+                    }
+                }),
+            )
             .await?
-            .map_err(|e| format!("recv {seq}: {e}"))?;
-        check_record(seq, &buf)?;
+            .map_err(|e| format!("recv at {seq}: {e}"))?;
+            res?;
+            if got == 0 || got > max {
+                return Err(format!("read_many_with({max}) took {got} records"));
+            }
+            awaits += 1;
+        }
+        eprintln!("  {n} records in {awaits} awaits");
+    } else {
+        for seq in 0..n {
+            within("record", rx.recv_into(&mut buf))
+                .await?
+                .map_err(|e| format!("recv {seq}: {e}"))?;
+            check_record(seq, &buf)?;
+        }
     }
     let tx = sender
         .await
