@@ -213,7 +213,7 @@ fn broken(err: &sp::RecvTimeoutError) -> Option<&Error> {
 pub(crate) fn child(scenario: &str) -> TestResult {
     let ring = sp::sp_shm::Config::new().capacity(64 << 10);
     let duplex = sp::sp_shm::adopt(&ring).map_err(|e| e.to_string())?;
-    let (mut producer, _consumer, mut control) = duplex.into_parts();
+    let (mut producer, mut consumer, mut control) = duplex.into_parts();
     // HELLO: mirror the parent's, so that it finds our types compatible with its own.
     let theirs = control
         .recv_timeout(Duration::from_secs(10))
@@ -315,6 +315,20 @@ pub(crate) fn child(scenario: &str) -> TestResult {
             let fd = memfd(4096, seals)?;
             attach(0, 0, Some(1 << 40), &[fd.as_fd()])?;
             record(KIND_BLOB, &blob_record(0, 0, 1 << 40))?;
+            record(KIND_VALUE, &encode(&Rec::new(1)))?;
+        }
+        "late-attach" => {
+            // The parent's async receives of this value are cancelled while its ATTACH is
+            // missing; the parent sends one value when it is done with that, and then the
+            // ATTACH comes, and a plain value after it.
+            let fd = memfd(4096, SealFlags::empty())?;
+            record(KIND_VALUE_FDS, &with_prefix(0, 1, &encode(&Rec::new(0))))?;
+            drop(
+                consumer
+                    .read_timeout(Duration::from_secs(10))
+                    .map_err(|e| format!("the parent's go-ahead: {e}"))?,
+            );
+            attach(0, 1, None, &[fd.as_fd()])?;
             record(KIND_VALUE, &encode(&Rec::new(1)))?;
         }
         "unknown-kind" => {

@@ -59,11 +59,8 @@ pub(crate) fn trials() -> Vec<Trial> {
                 move || runtime(flavour).block_on(kill::killed_while_sending(idle)),
             ));
         }
-        trials.extend(crate::hostile::trials_for(
-            &format!("tokio_{flavour}_"),
-            hostile::Async(flavour),
-        ));
     }
+    trials.extend(hostile::trials());
     trials
 }
 
