@@ -14,7 +14,8 @@
 //!   (`/proc/self/fd` before and after, [`fds::fd_diff`]).
 //! - [`fds`] and [`procs`] read `/proc`: descriptor tables and flags, child processes and
 //!   zombies, a thread seen waiting in `poll`; [`rng::XorShift`] is the deterministic generator
-//!   of the randomised trials.
+//!   of the randomised trials; [`future`] polls the async trials' futures by hand (once, or until
+//!   they wait in the reactor).
 //!
 //! The peer ([`frame`] and [`shm`]) follows the protocol document byte by byte and depends on
 //! nothing of sp-core or sp-shm: raw `sendmsg`/`recvmsg` of sp-core frames, memfds sealed and
@@ -24,6 +25,7 @@
 
 pub mod fds;
 pub mod frame;
+pub mod future;
 pub mod procs;
 pub mod rng;
 pub mod role;
@@ -40,16 +42,4 @@ pub type TestResult = Result<(), String>;
 #[cfg(feature = "harness")]
 pub use trial::{DEFAULT_TRIAL_LIMIT, TIMEOUT_EXIT_CODE, main, trial, trial_with_limit};
 
-/// Polls `fut` once: its output if that poll is ready, else `Err(())` with `fut` dropped. The
-/// async trials cancel receives with it at once, where a timer would wait for its next tick.
-pub async fn poll_once<F: std::future::Future>(fut: F) -> Result<F::Output, ()> {
-    use std::task::Poll;
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        Poll::Ready(match fut.as_mut().poll(cx) {
-            Poll::Ready(out) => Ok(out),
-            Poll::Pending => Err(()),
-        })
-    })
-    .await
-}
+pub use future::poll_once;

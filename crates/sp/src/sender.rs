@@ -469,7 +469,7 @@ fn fill_in_place<T: PlainData + FromZeros>(bytes: &mut [u8], fill: impl FnOnce(&
 }
 
 /// Reserves `n_bytes` in the ring within `limit`. Inlined, like sp-shm's own `reserve`, so that
-/// the grant stays in registers (see `read` in receiver.rs).
+/// the grant stays in registers (see `read` in receiver/mod.rs).
 #[inline(always)]
 fn reserve<'a>(
     producer: &'a mut Producer,

@@ -8,6 +8,15 @@
 //! retry). A send that finds no room waits for the ring the same way, or, when it was the control
 //! socket that was full (descriptors and blobs travel there), for the socket's writability.
 //!
+//! A record that announces an attachment (descriptors, a blob) is taken off the ring and kept in
+//! the receiver until its ATTACH message comes on the control socket; meanwhile the receive waits
+//! in the reactor for the socket's readability and for the record's deadline,
+//! [`Config::attachment_timeout`](crate::Config::attachment_timeout) after it was taken. An sp
+//! sender queues the ATTACH before the record becomes visible, so against sp peers this never
+//! waits; a peer that announces an attachment and never sends it costs the awaiting task (not its
+//! thread) that timeout, then
+//! [`Violation::MissingAttachment`](crate::Violation::MissingAttachment) as in the blocking API.
+//!
 //! # Many receivers
 //!
 //! Every receive is cancel-safe, so `tokio::select!` over several receivers' `recv()` simply
@@ -19,19 +28,12 @@
 //! # Cancellation
 //!
 //! Dropping a receive future never loses a value: a ring record is taken only by the poll that
-//! returns its value. Dropping a send future never sends a value twice and never half-sends one:
-//! the value is encoded, attached and committed within the one poll that finds room, which then
-//! returns; a dropped future has sent nothing.
-//!
-//! # Known limit
-//!
-//! A record that announces an attachment (descriptors, a blob) is completed by the blocking
-//! receiver's own code, which waits for the ATTACH message on the control socket at most
-//! [`Config::attachment_timeout`](crate::Config::attachment_timeout). An sp sender queues the
-//! ATTACH before the record becomes visible, so against sp peers this never waits; a peer that
-//! announces an attachment and never sends it holds the task's thread for up to that timeout,
-//! then gets [`Violation::MissingAttachment`](crate::Violation::MissingAttachment) as in the
-//! blocking API.
+//! returns its value, or, for a record whose ATTACH has not come yet, kept in the receiver, where
+//! the next receive (or the blocking receiver, after
+//! [`into_inner`](AsyncReceiver::into_inner)) resumes it, within the same deadline. Dropping a
+//! send future never sends a value twice and never half-sends one: the value is encoded, attached
+//! and committed within the one poll that finds room, which then returns; a dropped future has
+//! sent nothing.
 
 #![allow(unsafe_code)] // Registering the control socket with tokio's reactor (`AsyncFd::register`).
 
@@ -48,6 +50,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result, TryRecvError, TrySendError};
+use crate::limit::Limit;
 use crate::receiver::Receiver;
 use crate::sender::Sender;
 use crate::value::Value;
@@ -81,6 +84,10 @@ pub struct AsyncSender<T> {
 pub struct AsyncReceiver<T> {
     rx: Receiver<T>,
     ring: RingWait,
+    /// A duplicate of the control socket, registered for readability (an ATTACH awaited).
+    control: AsyncFd<OwnedFd>,
+    /// The deadline of the record awaiting its ATTACH, once a receive has waited for it.
+    attach_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The stream has ended (the peer is gone, or the receiver is broken for good).
     ended: bool,
 }
@@ -96,11 +103,7 @@ impl<T: Value> AsyncSender<T> {
     pub fn new(mut tx: Sender<T>) -> Result<Self> {
         let (producer, _, control) = tx.wait_parts();
         let ring = RingWait::for_producer(producer)?;
-        let dup = rustix::io::fcntl_dupfd_cloexec(control, 0).map_err(|e| Error::Os(e.into()))?;
-        // SAFETY: the `AsyncFd` owns `dup`, so the descriptor stays open and names the same
-        // socket until the `AsyncFd` is dropped, and `OwnedFd::as_raw_fd` always returns it.
-        let control = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
-            .map_err(|e| Error::Os(e.into()))?;
+        let control = register(control, Interest::WRITABLE)?;
         Ok(Self {
             tx,
             ring,
@@ -186,9 +189,29 @@ impl<T: Value> AsyncSender<T> {
     }
 }
 
+/// A duplicate of `fd`, close-on-exec, registered with the current runtime's reactor for
+/// `interest`.
+fn register(fd: BorrowedFd<'_>, interest: Interest) -> Result<AsyncFd<OwnedFd>> {
+    let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| Error::Os(e.into()))?;
+    // SAFETY: the `AsyncFd` owns `dup`, so the descriptor stays open and names the same socket
+    // until the `AsyncFd` is dropped, and `OwnedFd::as_raw_fd` always returns it.
+    unsafe { AsyncFd::register_with_interest(dup, interest) }.map_err(|e| Error::Os(e.into()))
+}
+
 /// `poll(2)` with a zero timeout: whether a send on `fd` would find room.
 fn writable_now(fd: BorrowedFd<'_>) -> Result<bool> {
-    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::OUT)];
+    ready_now(fd, PollFlags::OUT)
+}
+
+/// `poll(2)` with a zero timeout: whether a receive on `fd` would find a message (or the peer's
+/// hang-up).
+fn readable_now(fd: BorrowedFd<'_>) -> Result<bool> {
+    ready_now(fd, PollFlags::IN)
+}
+
+/// `poll(2)` on `fd` for `events` with a zero timeout.
+fn ready_now(fd: BorrowedFd<'_>, events: PollFlags) -> Result<bool> {
+    let mut fds = [PollFd::from_borrowed_fd(fd, events)];
     loop {
         match rustix::event::poll(&mut fds, Some(&Timespec::default())) {
             Ok(n) => return Ok(n > 0),
@@ -233,18 +256,21 @@ impl<T: Value + Unpin> Sink<T> for AsyncSender<T> {
 }
 
 impl<T: Value> AsyncReceiver<T> {
-    /// Registers the receiver's ring with the current runtime's reactor.
+    /// Registers the receiver's ring and control socket with the current runtime's reactor.
     ///
     /// # Errors
-    /// `EMFILE` when no descriptor is free for the duplicate the reactor watches.
+    /// `EMFILE` when no descriptor is free for the two duplicates the reactor watches.
     ///
     /// # Panics
     /// Outside a tokio runtime with its I/O and time drivers.
     pub fn new(rx: Receiver<T>) -> Result<Self> {
         let ring = RingWait::for_consumer(rx.consumer_ref())?;
+        let control = register(rx.control_fd(), Interest::READABLE)?;
         Ok(Self {
             rx,
             ring,
+            control,
+            attach_timer: None,
             ended: false,
         })
     }
@@ -253,7 +279,8 @@ impl<T: Value> AsyncReceiver<T> {
     /// [`recv_with_fds`](Self::recv_with_fds)).
     ///
     /// **Cancellation:** cancel-safe. A value is taken from the ring only by the poll that
-    /// returns it, so a dropped future (a losing `select!` branch, an expired timeout) takes none.
+    /// returns it, so a dropped future (a losing `select!` branch, an expired timeout) takes none;
+    /// a record whose ATTACH had not come yet stays in the receiver for the next receive.
     ///
     /// # Errors
     /// As [`Receiver::recv`]: [`Error::PeerGone`] after every value the peer sent.
@@ -268,7 +295,7 @@ impl<T: Value> AsyncReceiver<T> {
     /// # Errors
     /// As [`Receiver::recv_with_fds`].
     pub async fn recv_with_fds(&mut self) -> Result<(T, Vec<OwnedFd>)> {
-        poll_fn(|cx| self.poll_take(cx, Receiver::try_recv_with_fds)).await
+        poll_fn(|cx| self.poll_take(cx, Receiver::try_recv_with_fds_resumable)).await
     }
 
     /// The poll form of [`recv`](Self::recv).
@@ -276,7 +303,7 @@ impl<T: Value> AsyncReceiver<T> {
     /// # Errors
     /// As [`recv`](Self::recv).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        self.poll_take(cx, Receiver::try_recv)
+        self.poll_take(cx, Receiver::try_recv_resumable)
     }
 
     fn poll_take<R>(
@@ -290,13 +317,51 @@ impl<T: Value> AsyncReceiver<T> {
                 Ok(value) => Ok(value),
                 Err(TryRecvError::Broken(err)) => Err(err),
                 Err(TryRecvError::Empty) => {
-                    ready!(self.ring.poll_consumer(cx, self.rx.consumer())).map_err(Error::from)?;
+                    match self.rx.attach_limit() {
+                        None => ready!(self.ring.poll_consumer(cx, self.rx.consumer()))
+                            .map_err(Error::from)?,
+                        Some(limit) => {
+                            // A record was taken: the wait for the ring is over.
+                            self.ring.done_consumer(self.rx.consumer());
+                            ready!(self.poll_attach(cx, limit))?;
+                        }
+                    }
                     continue;
                 }
             };
             self.ring.done_consumer(self.rx.consumer());
             coop.made_progress();
             return Poll::Ready(res);
+        }
+    }
+
+    /// After a receive found the ATTACH of the record it took missing: waits for the control
+    /// socket's readability or the record's deadline. `Ready` means "try again" (which completes
+    /// the record, or, past the deadline, answers `MissingAttachment`).
+    fn poll_attach(&mut self, cx: &mut Context<'_>, limit: Limit) -> Poll<Result<()>> {
+        if let Limit::Until(deadline) = limit {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let timer = match &mut self.attach_timer {
+                Some(timer) => {
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    timer
+                }
+                None => self
+                    .attach_timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        loop {
+            let mut guard = ready!(self.control.poll_read_ready(cx)).map_err(Error::Os)?;
+            if readable_now(self.control.get_ref().as_fd())? {
+                return Poll::Ready(Ok(()));
+            }
+            guard.clear_ready();
         }
     }
 

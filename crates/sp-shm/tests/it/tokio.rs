@@ -5,12 +5,12 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 use sp_shm::Error;
 use sp_shm::tokio::{AsyncConsumer, AsyncProducer};
+use sp_test_support::future::until_parked;
 use tokio::runtime::{Builder, Runtime};
 
 use crate::cross::{COUNT_ENV, check_record, config_for, record_len, write_record};
@@ -169,62 +169,6 @@ async fn stream_both_ways(idle: &str, many: bool) -> TestResult {
         pstats.parks, cstats.parks, pstats.wakes_sent, cstats.wakes_sent
     );
     Ok(())
-}
-
-/// Polls `fut` until it returns `Pending` with nothing left to do but wait (it did not wake
-/// itself to yield): the await is parked in the reactor. Returns its output if it finished.
-async fn until_parked<F: Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
-    let mut fut = fut;
-    std::future::poll_fn(|cx| {
-        for _ in 0..100_000 {
-            let waker = futures_flag::Flag::new();
-            let flag_waker = waker.waker();
-            let mut flag_cx = std::task::Context::from_waker(&flag_waker);
-            match fut.as_mut().poll(&mut flag_cx) {
-                Poll::Ready(out) => return Poll::Ready(Some(out)),
-                Poll::Pending if !waker.woken() => return Poll::Ready(None),
-                Poll::Pending => {}
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
-}
-
-/// A waker that only records that it was woken.
-mod futures_flag {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::task::{Wake, Waker};
-
-    pub(crate) struct Flag(Arc<Inner>);
-
-    struct Inner(AtomicBool);
-
-    impl Wake for Inner {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    impl Flag {
-        pub(crate) fn new() -> Self {
-            Self(Arc::new(Inner(AtomicBool::new(false))))
-        }
-
-        pub(crate) fn waker(&self) -> Waker {
-            Waker::from(self.0.clone())
-        }
-
-        pub(crate) fn woken(&self) -> bool {
-            self.0.0.load(Ordering::SeqCst)
-        }
-    }
 }
 
 /// The child (role `idle`) sends one record and then never writes; this side awaits the next

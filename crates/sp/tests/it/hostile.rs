@@ -3,6 +3,9 @@
 //! contents break the typed protocol (bad postcard bytes, bad plain-data bit patterns, announced
 //! descriptors that never come, blobs that are not sealed memfds, ...). Each must reach the parent
 //! as an error value, promptly, with nothing leaked; decode errors leave the stream usable.
+//!
+//! The trials are generic over the receiving side ([`Receiving`]): the blocking [`Receiver`] here,
+//! the async one in `tokio/hostile.rs`, so that both must answer every scenario alike.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 use rustix::fs::{MemfdFlags, SealFlags};
 use sp::wire::{ATTACH_BLOB, ATTACH_MAGIC, HELLO_LEN, KIND_BLOB, KIND_VALUE, KIND_VALUE_FDS};
-use sp::{Config, DecodeError, Error, RefuseReason, Value, Violation};
+use sp::{Config, DecodeError, Error, Receiver, RefuseReason, Value, Violation};
 use zerocopy::IntoBytes;
 
 use crate::types::{Pod, Rec};
@@ -29,7 +32,49 @@ enum Want {
     TooLarge,
 }
 
+/// A way to receive: the blocking receiver, or a wrapper that receives through another API.
+pub(crate) trait Receiving: Copy + Send + 'static {
+    type Rx<T: Value>: HostileRx<T>;
+
+    /// Wraps the receiver that `sp::spawn` returned.
+    fn wrap<T: Value>(self, rx: Receiver<T>) -> Result<Self::Rx<T>, String>;
+}
+
+/// The receives the hostile trials make.
+pub(crate) trait HostileRx<T> {
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<T, sp::RecvTimeoutError>;
+    /// A receive that does not wait for the ring: `Empty` when no value is there now.
+    fn try_recv(&mut self) -> Result<T, sp::TryRecvError>;
+}
+
+/// The blocking receiver itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Blocking;
+
+impl Receiving for Blocking {
+    type Rx<T: Value> = Receiver<T>;
+
+    fn wrap<T: Value>(self, rx: Receiver<T>) -> Result<Receiver<T>, String> {
+        Ok(rx)
+    }
+}
+
+impl<T: Value> HostileRx<T> for Receiver<T> {
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<T, sp::RecvTimeoutError> {
+        Receiver::recv_timeout(self, timeout)
+    }
+
+    fn try_recv(&mut self) -> Result<T, sp::TryRecvError> {
+        Receiver::try_recv(self)
+    }
+}
+
 pub(crate) fn trials() -> Vec<Trial> {
+    trials_for("", Blocking)
+}
+
+/// Every scenario against `via`, each trial named `{prefix}hostile_{scenario}`.
+pub(crate) fn trials_for(prefix: &str, via: impl Receiving) -> Vec<Trial> {
     use Want::*;
     let serde_cases: Vec<(&str, Vec<Want>)> = vec![
         (
@@ -79,12 +124,12 @@ pub(crate) fn trials() -> Vec<Trial> {
         .into_iter()
         .map(|(scenario, wants)| {
             trial(
-                &format!("hostile_{}", scenario.replace('-', "_")),
-                move || against::<Rec>(scenario, &wants, |v| v.seq),
+                &format!("{prefix}hostile_{}", scenario.replace('-', "_")),
+                move || against::<Rec>(via, scenario, &wants, |v| v.seq),
             )
         })
         .collect();
-    trials.push(trial("hostile_bad_plain", || {
+    trials.push(trial(&format!("{prefix}hostile_bad_plain"), move || {
         let wants = [
             Value(0),
             Decode(DecodeError::InvalidBitPattern),
@@ -94,7 +139,7 @@ pub(crate) fn trials() -> Vec<Trial> {
             Decode(DecodeError::InvalidBitPattern),
             Value(5),
         ];
-        against::<Pod>("bad-plain", &wants, |v| v.seq)
+        against::<Pod>(via, "bad-plain", &wants, |v| v.seq)
     }));
     trials
 }
@@ -102,6 +147,7 @@ pub(crate) fn trials() -> Vec<Trial> {
 /// Starts the hostile child with `scenario` and checks each receive against `wants`; after a
 /// protocol violation, the next receive must report it again (the receiver stays broken).
 fn against<T: Value + std::fmt::Debug>(
+    via: impl Receiving,
     scenario: &str,
     wants: &[Want],
     seq_of: fn(&T) -> u64,
@@ -109,8 +155,9 @@ fn against<T: Value + std::fmt::Debug>(
     let config = Config::new()
         .capacity(64 << 10)
         .attachment_timeout(ATTACH_WAIT);
-    let (child, tx, mut rx) = sp::spawn::<u8, T>(&mut child_command("hostile", scenario), &config)
+    let (child, tx, rx) = sp::spawn::<u8, T>(&mut child_command("hostile", scenario), &config)
         .map_err(|e| format!("spawn: {e}"))?;
+    let mut rx = via.wrap(rx)?;
     for (i, want) in wants.iter().enumerate() {
         let started = Instant::now();
         let got = rx.recv_timeout(Duration::from_secs(10));
@@ -166,7 +213,7 @@ fn broken(err: &sp::RecvTimeoutError) -> Option<&Error> {
 pub(crate) fn child(scenario: &str) -> TestResult {
     let ring = sp::sp_shm::Config::new().capacity(64 << 10);
     let duplex = sp::sp_shm::adopt(&ring).map_err(|e| e.to_string())?;
-    let (mut producer, _consumer, mut control) = duplex.into_parts();
+    let (mut producer, mut consumer, mut control) = duplex.into_parts();
     // HELLO: mirror the parent's, so that it finds our types compatible with its own.
     let theirs = control
         .recv_timeout(Duration::from_secs(10))
@@ -268,6 +315,20 @@ pub(crate) fn child(scenario: &str) -> TestResult {
             let fd = memfd(4096, seals)?;
             attach(0, 0, Some(1 << 40), &[fd.as_fd()])?;
             record(KIND_BLOB, &blob_record(0, 0, 1 << 40))?;
+            record(KIND_VALUE, &encode(&Rec::new(1)))?;
+        }
+        "late-attach" => {
+            // The parent's async receives of this value are cancelled while its ATTACH is
+            // missing; the parent sends one value when it is done with that, and then the
+            // ATTACH comes, and a plain value after it.
+            let fd = memfd(4096, SealFlags::empty())?;
+            record(KIND_VALUE_FDS, &with_prefix(0, 1, &encode(&Rec::new(0))))?;
+            drop(
+                consumer
+                    .read_timeout(Duration::from_secs(10))
+                    .map_err(|e| format!("the parent's go-ahead: {e}"))?,
+            );
+            attach(0, 1, None, &[fd.as_fd()])?;
             record(KIND_VALUE, &encode(&Rec::new(1)))?;
         }
         "unknown-kind" => {

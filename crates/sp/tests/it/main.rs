@@ -62,6 +62,10 @@ fn main() -> ExitCode {
                     .and_then(pipeline::verify_stage),
                 "simplex-producer" => pipeline::simplex_producer(),
                 "simplex-consumer" => pipeline::simplex_consumer(),
+                #[cfg(feature = "tokio")]
+                "burst-on-command" => tokio::kill::burst_child(),
+                #[cfg(feature = "tokio")]
+                "fill-then-block" => tokio::kill::fill_child(),
                 other => Err(format!("unknown role {other}")),
             };
             role.exit(res)

@@ -12,9 +12,11 @@
 //! 3. A record that announces an attachment is copied too; its sequence number must be the next
 //!    one expected, and the ATTACH message on the control socket must match it (sequence number,
 //!    descriptor count, blob length). An sp sender sends the ATTACH before the record, so it is
-//!    already queued; a peer that never sends it costs at most the attachment timeout. A blob's
-//!    memfd must pass sp-shm's checks (sealed, exact size) before it is mapped; its memory is
-//!    immutable, so plain data in it is read in place with no trust needed.
+//!    already queued; a peer that never sends it costs at most the attachment timeout, counted
+//!    from the moment the record was taken (`attach.rs`: the blocking calls wait for the ATTACH,
+//!    the async receiver's keep the record and a later receive resumes it). A blob's memfd must
+//!    pass sp-shm's checks (sealed, exact size) before it is mapped; its memory is immutable, so
+//!    plain data in it is read in place with no trust needed.
 //!
 //! A decode error consumes the record (its descriptors are closed) and the next call goes on with
 //! the next record. A protocol violation leaves no way to match later records to their
@@ -23,6 +25,10 @@
 //! them).
 
 #![allow(unsafe_code)] // `trust_peer` lets decoding read ring records in place (sp-shm's `as_slice_trusted`).
+
+mod attach;
+
+pub(crate) use attach::AttachWait;
 
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
@@ -35,7 +41,8 @@ use crate::config::Config;
 use crate::error::{DecodeError, Error, Fail, RecvTimeoutError, Result, TryRecvError, Violation};
 use crate::limit::Limit;
 use crate::value::{PlainData, Value, plain};
-use crate::wire::{self, Announce, FDS_PREFIX_LEN, KIND_BLOB, KIND_VALUE, KIND_VALUE_FDS};
+use crate::wire::KIND_VALUE;
+use attach::Awaiting;
 
 /// Receives values of type `T` from the peer.
 ///
@@ -56,6 +63,9 @@ pub struct Receiver<T> {
     trusted: bool,
     /// A value (or an error) taken by [`Select`](crate::Select) and not yet handed out.
     pending: Option<Result<Fetched>>,
+    /// A record taken off the ring (its copy in `scratch`) whose ATTACH has not been matched: a
+    /// receive that could not wait for it left it here, and the next receive resumes it.
+    awaiting: Option<Awaiting>,
     /// Set by the first protocol violation.
     broken: Option<Violation>,
     _type: PhantomData<fn() -> T>,
@@ -112,6 +122,7 @@ impl<T: Value> Receiver<T> {
             max_blob_len: config.max_blob_len,
             trusted: false,
             pending: None,
+            awaiting: None,
             broken: None,
             _type: PhantomData,
         }
@@ -125,7 +136,7 @@ impl<T: Value> Receiver<T> {
     /// [`Error::Decode`] for a record that is not a `T` (the next call goes on);
     /// [`Error::Protocol`] when the peer broke the protocol (every later call too).
     pub fn recv(&mut self) -> Result<T> {
-        forever(self.take(Limit::Forever, |bytes, _| T::decode(bytes)))
+        forever(self.take(Limit::Forever, AttachWait::Block, decode))
     }
 
     /// Takes the next value if there is one.
@@ -136,7 +147,7 @@ impl<T: Value> Receiver<T> {
     /// # Errors
     /// [`TryRecvError::Empty`] when there is none; otherwise as [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        self.take(Limit::Now, |bytes, _| T::decode(bytes))
+        self.take(Limit::Now, AttachWait::Block, decode)
             .map_err(try_error)?
             .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
     }
@@ -146,7 +157,7 @@ impl<T: Value> Receiver<T> {
     /// # Errors
     /// [`RecvTimeoutError::Timeout`]; otherwise as [`recv`](Self::recv).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.take(Limit::after(timeout), |bytes, _| T::decode(bytes))
+        self.take(Limit::after(timeout), AttachWait::Block, decode)
             .map_err(timeout_error)?
             .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
     }
@@ -158,7 +169,7 @@ impl<T: Value> Receiver<T> {
     /// As [`recv`](Self::recv).
     #[doc(alias = "SCM_RIGHTS")]
     pub fn recv_with_fds(&mut self) -> Result<(T, Vec<OwnedFd>)> {
-        forever(self.take(Limit::Forever, decode_with_fds))
+        forever(self.take(Limit::Forever, AttachWait::Block, decode_with_fds))
     }
 
     /// As [`recv_with_fds`](Self::recv_with_fds), if a value is there.
@@ -166,7 +177,7 @@ impl<T: Value> Receiver<T> {
     /// # Errors
     /// As [`try_recv`](Self::try_recv).
     pub fn try_recv_with_fds(&mut self) -> Result<(T, Vec<OwnedFd>), TryRecvError> {
-        self.take(Limit::Now, decode_with_fds)
+        self.take(Limit::Now, AttachWait::Block, decode_with_fds)
             .map_err(try_error)?
             .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
     }
@@ -179,7 +190,7 @@ impl<T: Value> Receiver<T> {
         &mut self,
         timeout: Duration,
     ) -> Result<(T, Vec<OwnedFd>), RecvTimeoutError> {
-        self.take(Limit::after(timeout), decode_with_fds)
+        self.take(Limit::after(timeout), AttachWait::Block, decode_with_fds)
             .map_err(timeout_error)?
             .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
     }
@@ -210,11 +221,40 @@ impl<T: Value> Receiver<T> {
         self.consumer.stats()
     }
 
-    /// Takes the next value within `limit` and hands its encoding and descriptors to `f`.
+    /// As [`try_recv`](Self::try_recv), but an ATTACH that is not there yet is not waited for:
+    /// the record stays in the receiver ([`attach_limit`](Self::attach_limit) says until when)
+    /// and the next receive resumes it. For the async receiver.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_recv_resumable(&mut self) -> Result<T, TryRecvError> {
+        self.take(Limit::Now, AttachWait::Resume, decode)
+            .map_err(try_error)?
+            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+    }
+
+    /// As [`try_recv_resumable`](Self::try_recv_resumable), with the descriptors.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_recv_with_fds_resumable(
+        &mut self,
+    ) -> Result<(T, Vec<OwnedFd>), TryRecvError> {
+        self.take(Limit::Now, AttachWait::Resume, decode_with_fds)
+            .map_err(try_error)?
+            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+    }
+
+    /// The control socket, whose readability means an ATTACH (or the peer's hang-up) is there.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn control_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.control.as_fd()
+    }
+
+    /// Takes the next value within `limit` (its ATTACH, if it announces one, per `attach`) and
+    /// hands its encoding and descriptors to `f`.
     #[inline(always)]
     pub(crate) fn take<R>(
         &mut self,
         limit: Limit,
+        attach: AttachWait,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<R, Fail> {
         if let Some(pending) = self.pending.take() {
@@ -224,7 +264,13 @@ impl<T: Value> Receiver<T> {
         if let Some(violation) = self.broken {
             return Err(Error::Protocol(violation).into());
         }
-        match self.take_from_ring(limit, f) {
+        let res = if self.awaiting.is_some() {
+            self.finish_awaiting(attach)
+                .map(|fetched| self.apply(fetched, f))
+        } else {
+            self.take_from_ring(limit, attach, f)
+        };
+        match res {
             Ok(res) => Ok(res),
             Err(fail) => Err(self.note(fail)),
         }
@@ -234,6 +280,7 @@ impl<T: Value> Receiver<T> {
     fn take_from_ring<R>(
         &mut self,
         limit: Limit,
+        attach: AttachWait,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<R, Fail> {
         let grant = read(&mut self.consumer, limit)?;
@@ -249,7 +296,8 @@ impl<T: Value> Receiver<T> {
         if kind == KIND_VALUE {
             return Ok(f(self.scratch.bytes(0, len), Vec::new()));
         }
-        let fetched = self.complete(kind, len)?;
+        self.start_awaiting(kind, len)?;
+        let fetched = self.finish_awaiting(attach)?;
         Ok(self.apply(fetched, f))
     }
 
@@ -268,13 +316,23 @@ impl<T: Value> Receiver<T> {
         true
     }
 
-    /// The next record, if there is one now, copied and completed (never in place).
+    /// The next record, if there is one now (or the one awaiting its ATTACH), copied and
+    /// completed (never in place).
     fn fetch_now(&mut self) -> Result<Fetched, Fail> {
-        let grant = read(&mut self.consumer, Limit::Now)?;
-        let (kind, len) = (grant.kind(), grant.len());
-        grant.copy_to_slice(self.scratch.bytes_mut(len));
-        drop(grant);
-        Ok(self.complete(kind, len)?)
+        if self.awaiting.is_none() {
+            let grant = read(&mut self.consumer, Limit::Now)?;
+            let (kind, len) = (grant.kind(), grant.len());
+            grant.copy_to_slice(self.scratch.bytes_mut(len));
+            drop(grant);
+            if kind == KIND_VALUE {
+                return Ok(Fetched {
+                    body: Body::Scratch { start: 0, len },
+                    fds: Vec::new(),
+                });
+            }
+            self.start_awaiting(kind, len)?;
+        }
+        self.finish_awaiting(AttachWait::Block)
     }
 
     /// Stashes an error met while [`Select`](crate::Select) waited on this receiver; the next
@@ -305,89 +363,11 @@ impl<T: Value> Receiver<T> {
         }
     }
 
-    /// Completes a record other than a plain value, copied into `scratch[..len]`.
-    fn complete(&mut self, kind: u32, len: usize) -> Result<Fetched> {
-        if kind == KIND_VALUE {
-            return Ok(Fetched {
-                body: Body::Scratch { start: 0, len },
-                fds: Vec::new(),
-            });
-        }
-        let announce =
-            wire::decode_announce(kind, self.scratch.bytes(0, len)).map_err(Error::Protocol)?;
-        if announce.seq != self.seq {
-            return Err(Error::Protocol(Violation::Sequence {
-                expected: self.seq,
-                got: announce.seq,
-            }));
-        }
-        let mut fds = self.attachment(announce)?;
-        let Some(blob_len) = announce.blob else {
-            debug_assert_eq!(kind, KIND_VALUE_FDS);
-            return Ok(Fetched {
-                body: Body::Scratch {
-                    start: FDS_PREFIX_LEN,
-                    len: len - FDS_PREFIX_LEN,
-                },
-                fds,
-            });
-        };
-        debug_assert_eq!(kind, KIND_BLOB);
-        // `check_attach` made sure the blob's memfd came first.
-        let blob_fd = fds.remove(0);
-        if blob_len > self.max_blob_len {
-            return Err(Error::TooLarge {
-                len: usize::try_from(blob_len).unwrap_or(usize::MAX),
-                max: usize::try_from(self.max_blob_len).unwrap_or(usize::MAX),
-            });
-        }
-        let blob = Blob::from_fd(blob_fd, blob_len).map_err(|err| match err {
-            sp_shm::Error::Refused(why) => Error::Protocol(Violation::BadBlob(why)),
-            other => other.into(),
-        })?;
-        Ok(Fetched {
-            body: Body::Blob(blob),
-            fds,
-        })
-    }
-
-    /// Receives the ATTACH that `announce` announced and checks it; its descriptors.
-    fn attachment(&mut self, announce: Announce) -> Result<Vec<OwnedFd>> {
-        let res = self
-            .control
-            .recv_into_timeout(&mut self.msg, self.attachment_timeout);
-        match res {
-            Ok(()) => {}
-            Err(
-                sp_core::RecvTimeoutError::Timeout
-                | sp_core::RecvTimeoutError::Broken(sp_core::Error::PeerGone),
-            ) => {
-                return Err(Error::Protocol(Violation::MissingAttachment));
-            }
-            Err(sp_core::RecvTimeoutError::Broken(
-                sp_core::Error::FdCountMismatch { .. }
-                | sp_core::Error::FdsTruncated { .. }
-                | sp_core::Error::Malformed(_)
-                | sp_core::Error::TooLarge { .. },
-            )) => return Err(Error::Protocol(Violation::BadAttachment)),
-            Err(sp_core::RecvTimeoutError::Broken(err @ sp_core::Error::FdLimit { .. })) => {
-                // This process's own limit: the ATTACH was consumed (its descriptors closed), so
-                // the next record still finds its own; only this value is lost.
-                self.seq += 1;
-                return Err(err.into());
-            }
-            Err(sp_core::RecvTimeoutError::Broken(other)) => return Err(other.into()),
-        }
-        wire::check_attach(&self.msg.bytes, self.msg.fds.len(), announce)
-            .map_err(Error::Protocol)?;
-        self.seq += 1;
-        Ok(std::mem::take(&mut self.msg.fds))
-    }
-
     /// Records a protocol violation (the receiver is broken from now on); passes `fail` on.
     fn note(&mut self, fail: Fail) -> Fail {
         if let Fail::Broken(Error::Protocol(violation)) = &fail {
             self.broken = Some(*violation);
+            self.awaiting = None;
             // Whatever is left of an ATTACH is closed now rather than when the receiver goes.
             self.msg.fds.clear();
         }
@@ -413,7 +393,9 @@ impl<T: PlainData> Receiver<T> {
     /// # Ok::<(), sp::Error>(())
     /// ```
     pub fn recv_in_place<R>(&mut self, f: impl FnOnce(&T, Vec<OwnedFd>) -> R) -> Result<R> {
-        forever(self.take(Limit::Forever, |bytes, fds| view_with(bytes, fds, f)))
+        forever(self.take(Limit::Forever, AttachWait::Block, |bytes, fds| {
+            view_with(bytes, fds, f)
+        }))
     }
 
     /// As [`recv_in_place`](Self::recv_in_place), if a value is there.
@@ -424,9 +406,11 @@ impl<T: PlainData> Receiver<T> {
         &mut self,
         f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
     ) -> Result<R, TryRecvError> {
-        self.take(Limit::Now, |bytes, fds| view_with(bytes, fds, f))
-            .map_err(try_error)?
-            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+        self.take(Limit::Now, AttachWait::Block, |bytes, fds| {
+            view_with(bytes, fds, f)
+        })
+        .map_err(try_error)?
+        .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
     }
 
     /// As [`recv_in_place`](Self::recv_in_place), waiting at most `timeout`.
@@ -438,9 +422,11 @@ impl<T: PlainData> Receiver<T> {
         f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
         timeout: Duration,
     ) -> Result<R, RecvTimeoutError> {
-        self.take(Limit::after(timeout), |bytes, fds| view_with(bytes, fds, f))
-            .map_err(timeout_error)?
-            .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
+        self.take(Limit::after(timeout), AttachWait::Block, |bytes, fds| {
+            view_with(bytes, fds, f)
+        })
+        .map_err(timeout_error)?
+        .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
     }
 }
 
@@ -459,6 +445,11 @@ fn view_with<T: PlainData, R>(
         }
         Err(err) => Err(err),
     }
+}
+
+/// Decodes a value; its descriptors are closed.
+fn decode<T: Value>(bytes: &[u8], _fds: Vec<OwnedFd>) -> Result<T, DecodeError> {
+    T::decode(bytes)
 }
 
 fn decode_with_fds<T: Value>(

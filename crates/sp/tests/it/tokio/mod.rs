@@ -1,6 +1,10 @@
 //! The async typed channel (`sp::tokio`, feature `tokio`) under both runtimes: values with
 //! descriptors and blobs through `send`/`recv`, `Sink` and `Stream`; a `select!` over several
-//! receivers; receives cancelled at random under load.
+//! receivers; receives cancelled at random under load; children killed while awaited
+//! (`kill.rs`); the hostile peer of `hostile.rs` against the async receiver (`hostile.rs`).
+
+mod hostile;
+pub(crate) mod kill;
 
 use std::future::poll_fn;
 use std::os::fd::AsFd;
@@ -20,6 +24,7 @@ use crate::local::{fd_set, read_tag, tagged_file};
 use crate::{TestResult, trial};
 
 const FLAVOURS: [&str; 2] = ["current_thread", "multi_thread"];
+/// The bound on one await in these trials.
 const AWAIT_LIMIT: Duration = Duration::from_secs(5);
 
 pub(crate) fn trials() -> Vec<Trial> {
@@ -40,7 +45,22 @@ pub(crate) fn trials() -> Vec<Trial> {
             &format!("tokio_{flavour}_typed_recv_cancelled_at_random_loses_and_repeats_nothing"),
             move || runtime(flavour).block_on(recv_cancelled_at_random()),
         ));
+        for idle in ["park", "adaptive"] {
+            for (committed, what) in [(0, "empty"), (kill::BURST, "burst")] {
+                trials.push(trial(
+                    &format!("tokio_{flavour}_recv_parked_{idle}_child_killed_after_{what}_is_peer_gone_after_every_value"),
+                    move || runtime(flavour).block_on(kill::killed_while_receiving(idle, committed)),
+                ));
+            }
+            trials.push(trial(
+                &format!(
+                    "tokio_{flavour}_send_parked_{idle}_on_full_ring_child_killed_is_peer_gone"
+                ),
+                move || runtime(flavour).block_on(kill::killed_while_sending(idle)),
+            ));
+        }
     }
+    trials.extend(hostile::trials());
     trials
 }
 
