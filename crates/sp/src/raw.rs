@@ -18,7 +18,7 @@ use crate::error::{
     Error, Fail, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,
 };
 use crate::limit::Limit;
-use crate::receiver::Receiver;
+use crate::receiver::{AttachWait, Receiver};
 use crate::sender::Sender;
 use crate::value::Value;
 
@@ -41,10 +41,11 @@ impl<T: Value> Receiver<T> {
     /// # Ok::<(), sp::Error>(())
     /// ```
     pub fn recv_encoded<R>(&mut self, f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R) -> Result<R> {
-        self.take(Limit::Forever, f).map_err(|fail| match fail {
-            Fail::Broken(err) => err,
-            Fail::Wait => Error::Os(std::io::ErrorKind::WouldBlock.into()),
-        })
+        self.take(Limit::Forever, AttachWait::Block, f)
+            .map_err(|fail| match fail {
+                Fail::Broken(err) => err,
+                Fail::Wait => Error::Os(std::io::ErrorKind::WouldBlock.into()),
+            })
     }
 
     /// As [`recv_encoded`](Self::recv_encoded), if a value is there.
@@ -56,7 +57,7 @@ impl<T: Value> Receiver<T> {
         &mut self,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<R, TryRecvError> {
-        self.take(Limit::Now, f)
+        self.take(Limit::Now, AttachWait::Block, f)
             .map_err(|fail| waited(fail, TryRecvError::Empty))
     }
 
@@ -70,7 +71,7 @@ impl<T: Value> Receiver<T> {
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
         timeout: Duration,
     ) -> Result<R, RecvTimeoutError> {
-        self.take(Limit::after(timeout), f)
+        self.take(Limit::after(timeout), AttachWait::Block, f)
             .map_err(|fail| waited(fail, RecvTimeoutError::Timeout))
     }
 }
