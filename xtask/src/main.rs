@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run the CI gates: fmt check, clippy with warnings denied, the tests, docs with warnings denied.
+    /// Run the CI gates (`.ci/run`): fmt, clippy with warnings denied (also with the tokio and
+    /// zenoh features), the tests, the loom models, fuzz/ on stable, docs with warnings denied.
     Ci,
     /// Build sp-bench in release and run the benchmark (quick by default); results go to
     /// `<target>/sp-bench/results.json` and `throughput.svg`.
@@ -130,67 +131,13 @@ fn run(step: &str, mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// The CI gates are `.ci/run` itself (one list, so the two cannot drift apart).
 fn ci() -> Result<()> {
-    let mut fmt = cargo();
-    fmt.args(["fmt", "--all", "--", "--check"]);
-    run("cargo fmt --check", fmt)?;
-
-    let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--features",
-        "sp-bench/zenoh",
-        "--",
-        "-D",
-        "warnings",
-    ]);
-    run("cargo clippy", clippy)?;
-
-    let mut clippy_peers = cargo();
-    clippy_peers.args([
-        "clippy",
-        "-p",
-        "sp-bench",
-        "--all-targets",
-        "--features",
-        "peers",
-        "--",
-        "-D",
-        "warnings",
-    ]);
-    run("cargo clippy (sp-bench peers)", clippy_peers)?;
-
-    let mut test = cargo();
-    test.args(["test", "--workspace"]);
-    run("cargo test", test)?;
-
-    // The loom build needs its own cfg, so it gets its own target directory.
-    let mut loom = cargo();
-    loom.args(["test", "-p", "sp-shm", "--release", "--lib", "loom"])
-        .env("RUSTFLAGS", "--cfg sp_loom")
-        .env("LOOM_MAX_PREEMPTIONS", "5")
-        .env("CARGO_TARGET_DIR", target_dir().join("loom"));
-    run("loom models (sp-shm)", loom)?;
-
-    // fuzz/ is its own workspace and builds on sp-test-support's peer: check it on stable, so
-    // that a change to the peer cannot leave the (nightly-only) fuzz targets broken unseen.
-    let mut fuzz = cargo();
-    fuzz.args([
-        "check",
-        "--manifest-path",
-        "fuzz/Cargo.toml",
-        "--all-targets",
-    ])
-    .env("CARGO_TARGET_DIR", target_dir().join("fuzz"));
-    run("cargo check (fuzz/)", fuzz)?;
-
-    let mut doc = cargo();
-    doc.args(["doc", "--workspace", "--no-deps"])
-        .env("RUSTDOCFLAGS", "-D warnings");
-    run("cargo doc", doc)?;
-    Ok(())
+    let mut gates = Command::new("bash");
+    gates
+        .arg(root().join(".ci").join("run"))
+        .current_dir(root());
+    run(".ci/run", gates)
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
