@@ -86,8 +86,13 @@ pub fn role_command(role: &str) -> Command {
 /// Starts the test binary as a child playing `role` and holding `end`; the child dies with this
 /// process (`PR_SET_PDEATHSIG` = `SIGKILL`).
 pub fn spawn_role(role: &str, end: End) -> sp_core::Result<sp_core::Child> {
+    spawn_command(&mut role_command(role), end)
+}
+
+/// As [`spawn_role`], for a role's command the trial has adjusted (environment, stdout).
+pub fn spawn_command(cmd: &mut Command, end: End) -> sp_core::Result<sp_core::Child> {
     sp_core::spawn_with(
-        &mut role_command(role),
+        cmd,
         end,
         SpawnOptions::new().parent_death_signal(Signal::KILL),
     )

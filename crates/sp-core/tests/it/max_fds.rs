@@ -13,7 +13,7 @@ use sp_core::{Channel, End, Error, FRAME_MAGIC, FRAME_VERSION, MAX_FDS, SocketKi
 use crate::pairs::kind_name;
 use crate::{
     RecvWithin, TestResult, assert_cloexec, count_fds_to, memfd_with, read_all_at_0, role_command,
-    trial,
+    spawn_command, trial,
 };
 use sp_test_support::frame::{header, send_raw};
 
@@ -42,11 +42,7 @@ fn raw_peer_fds(kind: SocketKind, n_fds: usize) -> TestResult {
     let (mine, theirs) = sp_core::pair(kind)?;
     let mut cmd = role_command("raw_fds_peer");
     cmd.env(N_FDS_ENV, n_fds.to_string());
-    let mut child = sp_core::spawn_with(
-        &mut cmd,
-        theirs,
-        sp_core::SpawnOptions::new().parent_death_signal(sp_core::Signal::KILL),
-    )?;
+    let mut child = spawn_command(&mut cmd, theirs)?;
     let mut channel = Channel::new(mine)?;
     let res = channel.recv_within();
     if n_fds <= MAX_FDS {

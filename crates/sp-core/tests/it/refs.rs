@@ -20,7 +20,7 @@ use rustix::io::Errno;
 use rustix::process::{Resource, Rlimit};
 use sp_core::{Channel, Error, SocketKind, TryRecvError};
 
-use crate::{RecvWithin, TestResult, memfd_with, open_fds, role_command, trial};
+use crate::{RecvWithin, TestResult, memfd_with, open_fds, role_command, spawn_command, trial};
 
 /// The child's `RLIMIT_NOFILE` soft limit while it sends.
 const LIMIT: usize = 32;
@@ -40,11 +40,7 @@ fn too_many_refs() -> TestResult {
     let (mine, theirs) = sp_core::pair(SocketKind::SeqPacket)?;
     let mut cmd = role_command("too_many_refs");
     cmd.stdout(Stdio::piped());
-    let mut child = sp_core::spawn_with(
-        &mut cmd,
-        theirs,
-        sp_core::SpawnOptions::new().parent_death_signal(sp_core::Signal::KILL),
-    )?;
+    let mut child = spawn_command(&mut cmd, theirs)?;
     let mut channel = Channel::new(mine)?;
     // Nothing is read here until the child has been refused (it says so on its stdout): a
     // receive would take descriptors out of flight and let more sends through.

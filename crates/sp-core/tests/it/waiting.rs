@@ -11,7 +11,7 @@ use libtest_mimic::Trial;
 use sp_core::{Channel, End, Error, SendTimeoutError, SocketKind, TrySendError};
 
 use crate::messages::pattern;
-use crate::{RecvWithin, TestResult, role_command, trial};
+use crate::{RecvWithin, TestResult, role_command, spawn_command, trial};
 
 /// How long the child's `send_timeout` waits on its full socket.
 const SEND_TIMEOUT: Duration = Duration::from_millis(50);
@@ -27,11 +27,7 @@ fn fill_until_full() -> TestResult {
     let (mine, theirs) = sp_core::pair(SocketKind::SeqPacket)?;
     let mut cmd = role_command("fill_until_full");
     cmd.stdout(Stdio::piped());
-    let mut child = sp_core::spawn_with(
-        &mut cmd,
-        theirs,
-        sp_core::SpawnOptions::new().parent_death_signal(sp_core::Signal::KILL),
-    )?;
+    let mut child = spawn_command(&mut cmd, theirs)?;
     let mut channel = Channel::new(mine)?;
     // The child says how many messages the socket took before it was full; until then nothing
     // is read here, so the buffer really fills.
