@@ -74,6 +74,14 @@ pub(crate) struct IdleCounts {
 }
 
 impl IdleCounts {
+    /// A ring link's counts: both of its rings' sides (one wake byte per wake-up, either way).
+    pub(crate) fn of_rings(producer: sp_shm::Stats, consumer: sp_shm::Stats) -> Self {
+        Self {
+            wake_bytes: producer.wakes_sent + consumer.wakes_sent,
+            parks: producer.parks + consumer.parks,
+        }
+    }
+
     /// What happened between `earlier` and `self`.
     pub(crate) fn since(self, earlier: Self) -> Self {
         Self {

@@ -185,12 +185,10 @@ impl Link for RingLink {
     }
 
     fn idle_counts(&self) -> Option<IdleCounts> {
-        let (producer, consumer) = (self.producer.stats(), self.consumer.stats());
-        Some(IdleCounts {
-            // One byte per wake-up, in either direction.
-            wake_bytes: producer.wakes_sent + consumer.wakes_sent,
-            parks: producer.parks + consumer.parks,
-        })
+        Some(IdleCounts::of_rings(
+            self.producer.stats(),
+            self.consumer.stats(),
+        ))
     }
 
     fn batch_len(&self) -> usize {

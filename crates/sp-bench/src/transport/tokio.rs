@@ -120,14 +120,10 @@ impl Link for AsyncRingLink {
     }
 
     fn idle_counts(&self) -> Option<IdleCounts> {
-        let (p, c) = (
+        Some(IdleCounts::of_rings(
             self.producer.get_ref().stats(),
             self.consumer.get_ref().stats(),
-        );
-        Some(IdleCounts {
-            wake_bytes: p.wakes_sent + c.wakes_sent,
-            parks: p.parks + c.parks,
-        })
+        ))
     }
 
     fn batch_len(&self) -> usize {

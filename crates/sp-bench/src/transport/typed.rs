@@ -184,11 +184,7 @@ impl Link for PodLink {
     }
 
     fn idle_counts(&self) -> Option<IdleCounts> {
-        let (tx, rx) = (self.tx.stats(), self.rx.stats());
-        Some(IdleCounts {
-            wake_bytes: tx.wakes_sent + rx.wakes_sent,
-            parks: tx.parks + rx.parks,
-        })
+        Some(IdleCounts::of_rings(self.tx.stats(), self.rx.stats()))
     }
 }
 
@@ -206,10 +202,6 @@ impl Link for RecLink {
     }
 
     fn idle_counts(&self) -> Option<IdleCounts> {
-        let (tx, rx) = (self.tx.stats(), self.rx.stats());
-        Some(IdleCounts {
-            wake_bytes: tx.wakes_sent + rx.wakes_sent,
-            parks: tx.parks + rx.parks,
-        })
+        Some(IdleCounts::of_rings(self.tx.stats(), self.rx.stats()))
     }
 }
