@@ -438,18 +438,26 @@ impl<T: PlainData + FromZeros> Sender<T> {
             .map_err(timeout_error)
     }
 
+    /// Inlined into the three calls, with the blob case out of line, so that sp-shm's `reserve`
+    /// inlines into them and the grant stays in registers (see `reserve` below).
+    #[inline(always)]
     fn send_with_inner(&mut self, fill: impl FnOnce(&mut T), limit: Limit) -> Result<(), Fail> {
         let size = size_of::<T>();
         if size > self.threshold {
-            let fill = |bytes: &mut [u8]| {
-                fill_in_place(bytes, fill);
-                Ok(())
-            };
-            return self.send_blob(size, fill, &[], limit);
+            return self.send_with_blob(fill, limit);
         }
         let mut grant = reserve(&mut self.producer, &mut self.wanted, size, limit)?;
         fill_in_place(&mut grant[..size], fill);
         commit(grant, size, &[], &self.control, &mut self.seq, limit)
+    }
+
+    #[inline(never)]
+    fn send_with_blob(&mut self, fill: impl FnOnce(&mut T), limit: Limit) -> Result<(), Fail> {
+        let fill = |bytes: &mut [u8]| {
+            fill_in_place(bytes, fill);
+            Ok(())
+        };
+        self.send_blob(size_of::<T>(), fill, &[], limit)
     }
 }
 

@@ -93,7 +93,7 @@ impl Consumer {
     /// # Errors
     /// [`Error::PeerGone`] once the producer's process is gone and every record it committed has
     /// been delivered; [`Error::Corrupt`] for a bad record header.
-    #[inline]
+    #[inline(always)]
     pub fn read(&mut self) -> Result<ReadGrant<'_>> {
         self.wait_record(Limit::Forever)
             .map_err(WaitError::forever)?;
@@ -106,7 +106,7 @@ impl Consumer {
     /// [`TryRecvError::Empty`](sp_core::TryRecvError::Empty) when none is (or `Broken` with
     /// [`Error::PeerGone`] once a wait has seen the producer go and everything was delivered);
     /// otherwise `Broken` as [`read`](Self::read).
-    #[inline]
+    #[inline(always)]
     pub fn try_read(&mut self) -> Result<ReadGrant<'_>, TryRecvError> {
         if self.poll_record()? {
             Ok(ReadGrant { consumer: self })
@@ -120,7 +120,7 @@ impl Consumer {
     /// # Errors
     /// [`RecvTimeoutError::Timeout`](sp_core::RecvTimeoutError::Timeout); otherwise `Broken` as
     /// [`read`](Self::read).
-    #[inline]
+    #[inline(always)]
     pub fn read_timeout(&mut self, timeout: Duration) -> Result<ReadGrant<'_>, RecvTimeoutError> {
         self.wait_record(Limit::After(timeout))
             .map_err(WaitError::into_recv)?;

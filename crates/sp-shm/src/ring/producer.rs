@@ -84,7 +84,7 @@ impl Producer {
     /// # Errors
     /// [`Error::TooLarge`] above [`max_payload`](Self::max_payload); [`Error::PeerGone`] if the
     /// consumer's process is gone while this waits; [`Error::Corrupt`] for a bad head.
-    #[inline]
+    #[inline(always)]
     pub fn reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>> {
         self.wait_claim(n_bytes, Limit::Forever)
             .map_err(WaitError::forever)?;
@@ -97,7 +97,7 @@ impl Producer {
     /// [`TrySendError::Full`](sp_core::TrySendError::Full) when there is not (or `Broken` with
     /// [`Error::PeerGone`] once a wait has seen the consumer go); otherwise `Broken` as
     /// [`reserve`](Self::reserve).
-    #[inline]
+    #[inline(always)]
     pub fn try_reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>, TrySendError> {
         if self.try_claim(n_bytes)? {
             Ok(self.grant())
@@ -111,7 +111,7 @@ impl Producer {
     /// # Errors
     /// [`SendTimeoutError::Timeout`](sp_core::SendTimeoutError::Timeout); otherwise `Broken` as
     /// [`reserve`](Self::reserve).
-    #[inline]
+    #[inline(always)]
     pub fn reserve_timeout(
         &mut self,
         n_bytes: usize,

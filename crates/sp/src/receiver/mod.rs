@@ -7,8 +7,8 @@
 //! 1. Take the next ring record (waiting per the operation's limit).
 //! 2. A plain value record ([`KIND_VALUE`](crate::wire::KIND_VALUE)) is copied out of shared
 //!    memory into an aligned buffer of the receiver (the producer's process could change the
-//!    bytes while they are read in place) and released; it is decoded from the copy. With
-//!    [`Receiver::trust_peer`] it is decoded in place instead.
+//!    bytes while they are read in place) and decoded from the copy; the record is released
+//!    when the decode returns. With [`Receiver::trust_peer`] it is decoded in place instead.
 //! 3. A record that announces an attachment is copied too; its sequence number must be the next
 //!    one expected, and the ATTACH message on the control socket must match it (sequence number,
 //!    descriptor count, blob length). An sp sender sends the ATTACH before the record, so it is
@@ -27,6 +27,7 @@
 #![allow(unsafe_code)] // `trust_peer` lets decoding read ring records in place (sp-shm's `as_slice_trusted`).
 
 mod attach;
+mod deliver;
 
 pub(crate) use attach::AttachWait;
 
@@ -40,9 +41,10 @@ use zerocopy::IntoBytes;
 use crate::config::Config;
 use crate::error::{DecodeError, Error, Fail, RecvTimeoutError, Result, TryRecvError, Violation};
 use crate::limit::Limit;
-use crate::value::{PlainData, Value, plain};
+use crate::value::{PlainData, Value};
 use crate::wire::KIND_VALUE;
 use attach::Awaiting;
+use deliver::{Deliver, View, decode, decode_with_fds};
 
 /// Receives values of type `T` from the peer.
 ///
@@ -250,27 +252,21 @@ impl<T: Value> Receiver<T> {
 
     /// Takes the next value within `limit` (its ATTACH, if it announces one, per `attach`) and
     /// hands its encoding and descriptors to `f`.
+    ///
+    /// Inlined into every receive call, and kept small so that sp-shm's `read` inlines into it
+    /// too: a plain value record goes from the ring to `f` here; a value held back (by `Select`,
+    /// or awaiting its ATTACH), a broken receiver and an announcing record go out of line.
     #[inline(always)]
     pub(crate) fn take<R>(
         &mut self,
         limit: Limit,
         attach: AttachWait,
-        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+        f: impl Deliver<Out = R>,
     ) -> Result<R, Fail> {
-        if let Some(pending) = self.pending.take() {
-            let fetched = pending?;
-            return Ok(self.apply(fetched, f));
+        if self.pending.is_some() || self.broken.is_some() || self.awaiting.is_some() {
+            return self.take_held(attach, f);
         }
-        if let Some(violation) = self.broken {
-            return Err(Error::Protocol(violation).into());
-        }
-        let res = if self.awaiting.is_some() {
-            self.finish_awaiting(attach)
-                .map(|fetched| self.apply(fetched, f))
-        } else {
-            self.take_from_ring(limit, attach, f)
-        };
-        match res {
+        match self.take_from_ring(limit, attach, f) {
             Ok(res) => Ok(res),
             Err(fail) => Err(self.note(fail)),
         }
@@ -281,21 +277,55 @@ impl<T: Value> Receiver<T> {
         &mut self,
         limit: Limit,
         attach: AttachWait,
-        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+        f: impl Deliver<Out = R>,
     ) -> Result<R, Fail> {
         let grant = read(&mut self.consumer, limit)?;
         let (kind, len) = (grant.kind(), grant.len());
-        if kind == KIND_VALUE && self.trusted {
+        if kind != KIND_VALUE {
+            grant.copy_to_slice(self.scratch.bytes_mut(len));
+            drop(grant);
+            return self.take_announced(kind, len, attach, f);
+        }
+        // One call of `f` (so that it is inlined here), with the record held until it returns.
+        let bytes = if self.trusted {
             // SAFETY: `trust_peer`'s contract: the peer does not write this record while it is
             // read; the slice lives only while `grant` holds the record.
-            let bytes = unsafe { grant.as_slice_trusted() };
-            return Ok(f(bytes, Vec::new()));
+            unsafe { grant.as_slice_trusted() }
+        } else {
+            let copy = self.scratch.bytes_mut(len);
+            grant.copy_to_slice(copy);
+            copy
+        };
+        Ok(f.deliver(bytes, Vec::new()))
+    }
+
+    /// [`take`](Self::take) when the receiver holds something back: a value (or error) taken by
+    /// `Select`, a protocol violation, or a record awaiting its ATTACH.
+    #[inline(never)]
+    fn take_held<R>(&mut self, attach: AttachWait, f: impl Deliver<Out = R>) -> Result<R, Fail> {
+        if let Some(pending) = self.pending.take() {
+            let fetched = pending?;
+            return Ok(self.apply(fetched, f));
         }
-        grant.copy_to_slice(self.scratch.bytes_mut(len));
-        drop(grant);
-        if kind == KIND_VALUE {
-            return Ok(f(self.scratch.bytes(0, len), Vec::new()));
+        if let Some(violation) = self.broken {
+            return Err(Error::Protocol(violation).into());
         }
+        match self.finish_awaiting(attach) {
+            Ok(fetched) => Ok(self.apply(fetched, f)),
+            Err(fail) => Err(self.note(fail)),
+        }
+    }
+
+    /// [`take`](Self::take) for a record that announces an attachment, copied into
+    /// `scratch[..len]` and released.
+    #[inline(never)]
+    fn take_announced<R>(
+        &mut self,
+        kind: u32,
+        len: usize,
+        attach: AttachWait,
+        f: impl Deliver<Out = R>,
+    ) -> Result<R, Fail> {
         self.start_awaiting(kind, len)?;
         let fetched = self.finish_awaiting(attach)?;
         Ok(self.apply(fetched, f))
@@ -356,11 +386,12 @@ impl<T: Value> Receiver<T> {
         &self.consumer
     }
 
-    fn apply<R>(&self, fetched: Fetched, f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R) -> R {
-        match &fetched.body {
-            Body::Scratch { start, len } => f(self.scratch.bytes(*start, *len), fetched.fds),
-            Body::Blob(blob) => f(blob.as_bytes(), fetched.fds),
-        }
+    fn apply<R>(&self, fetched: Fetched, f: impl Deliver<Out = R>) -> R {
+        let bytes = match &fetched.body {
+            Body::Scratch { start, len } => self.scratch.bytes(*start, *len),
+            Body::Blob(blob) => blob.as_bytes(),
+        };
+        f.deliver(bytes, fetched.fds)
     }
 
     /// Records a protocol violation (the receiver is broken from now on); passes `fail` on.
@@ -393,9 +424,7 @@ impl<T: PlainData> Receiver<T> {
     /// # Ok::<(), sp::Error>(())
     /// ```
     pub fn recv_in_place<R>(&mut self, f: impl FnOnce(&T, Vec<OwnedFd>) -> R) -> Result<R> {
-        forever(self.take(Limit::Forever, AttachWait::Block, |bytes, fds| {
-            view_with(bytes, fds, f)
-        }))
+        forever(self.take(Limit::Forever, AttachWait::Block, View::new(f)))
     }
 
     /// As [`recv_in_place`](Self::recv_in_place), if a value is there.
@@ -406,11 +435,9 @@ impl<T: PlainData> Receiver<T> {
         &mut self,
         f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
     ) -> Result<R, TryRecvError> {
-        self.take(Limit::Now, AttachWait::Block, |bytes, fds| {
-            view_with(bytes, fds, f)
-        })
-        .map_err(try_error)?
-        .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+        self.take(Limit::Now, AttachWait::Block, View::new(f))
+            .map_err(try_error)?
+            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
     }
 
     /// As [`recv_in_place`](Self::recv_in_place), waiting at most `timeout`.
@@ -422,41 +449,10 @@ impl<T: PlainData> Receiver<T> {
         f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
         timeout: Duration,
     ) -> Result<R, RecvTimeoutError> {
-        self.take(Limit::after(timeout), AttachWait::Block, |bytes, fds| {
-            view_with(bytes, fds, f)
-        })
-        .map_err(timeout_error)?
-        .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
+        self.take(Limit::after(timeout), AttachWait::Block, View::new(f))
+            .map_err(timeout_error)?
+            .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
     }
-}
-
-/// Validates `bytes` as a `T` in place and calls `f`; bytes not aligned for `T` (a type aligned to
-/// more than 8 bytes in a ring record) are validated into a copy instead.
-fn view_with<T: PlainData, R>(
-    bytes: &[u8],
-    fds: Vec<OwnedFd>,
-    f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
-) -> Result<R, DecodeError> {
-    match plain::view::<T>(bytes) {
-        Ok(value) => Ok(f(value, fds)),
-        Err(DecodeError::Misaligned) => {
-            let value = plain::decode::<T>(bytes)?;
-            Ok(f(&value, fds))
-        }
-        Err(err) => Err(err),
-    }
-}
-
-/// Decodes a value; its descriptors are closed.
-fn decode<T: Value>(bytes: &[u8], _fds: Vec<OwnedFd>) -> Result<T, DecodeError> {
-    T::decode(bytes)
-}
-
-fn decode_with_fds<T: Value>(
-    bytes: &[u8],
-    fds: Vec<OwnedFd>,
-) -> Result<(T, Vec<OwnedFd>), DecodeError> {
-    Ok((T::decode(bytes)?, fds))
 }
 
 /// Takes the next record within `limit`. Inlined into the receive calls, so that the grant stays
