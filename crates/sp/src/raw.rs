@@ -42,10 +42,6 @@ impl<T: Value> Receiver<T> {
     /// ```
     pub fn recv_encoded<R>(&mut self, f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R) -> Result<R> {
         self.take(Limit::Forever, AttachWait::Block, f)
-            .map_err(|fail| match fail {
-                Fail::Broken(err) => err,
-                Fail::Wait => Error::Os(std::io::ErrorKind::WouldBlock.into()),
-            })
     }
 
     /// As [`recv_encoded`](Self::recv_encoded), if a value is there.
@@ -58,7 +54,6 @@ impl<T: Value> Receiver<T> {
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<R, TryRecvError> {
         self.take(Limit::Now, AttachWait::Block, f)
-            .map_err(|fail| waited(fail, TryRecvError::Empty))
     }
 
     /// As [`recv_encoded`](Self::recv_encoded), waiting at most `timeout`.
@@ -72,7 +67,6 @@ impl<T: Value> Receiver<T> {
         timeout: Duration,
     ) -> Result<R, RecvTimeoutError> {
         self.take(Limit::after(timeout), AttachWait::Block, f)
-            .map_err(|fail| waited(fail, RecvTimeoutError::Timeout))
     }
 }
 

@@ -39,12 +39,12 @@ use sp_shm::{Blob, Consumer, ReadGrant};
 use zerocopy::IntoBytes;
 
 use crate::config::Config;
-use crate::error::{DecodeError, Error, Fail, RecvTimeoutError, Result, TryRecvError, Violation};
+use crate::error::{Error, Fail, RecvTimeoutError, Result, TryRecvError, Violation};
 use crate::limit::Limit;
 use crate::value::{PlainData, Value};
 use crate::wire::KIND_VALUE;
 use attach::Awaiting;
-use deliver::{Deliver, View, decode, decode_with_fds};
+use deliver::{Decode, DecodeWithFds, Deliver, View};
 
 /// Receives values of type `T` from the peer.
 ///
@@ -138,7 +138,7 @@ impl<T: Value> Receiver<T> {
     /// [`Error::Decode`] for a record that is not a `T` (the next call goes on);
     /// [`Error::Protocol`] when the peer broke the protocol (every later call too).
     pub fn recv(&mut self) -> Result<T> {
-        forever(self.take(Limit::Forever, AttachWait::Block, decode))
+        self.take(Limit::Forever, AttachWait::Block, Decode::new())
     }
 
     /// Takes the next value if there is one.
@@ -149,9 +149,7 @@ impl<T: Value> Receiver<T> {
     /// # Errors
     /// [`TryRecvError::Empty`] when there is none; otherwise as [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        self.take(Limit::Now, AttachWait::Block, decode)
-            .map_err(try_error)?
-            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+        self.take(Limit::Now, AttachWait::Block, Decode::new())
     }
 
     /// Waits at most `timeout` for the next value.
@@ -159,9 +157,7 @@ impl<T: Value> Receiver<T> {
     /// # Errors
     /// [`RecvTimeoutError::Timeout`]; otherwise as [`recv`](Self::recv).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.take(Limit::after(timeout), AttachWait::Block, decode)
-            .map_err(timeout_error)?
-            .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
+        self.take(Limit::after(timeout), AttachWait::Block, Decode::new())
     }
 
     /// Waits for the next value and the descriptors sent with it (none for a value sent without),
@@ -171,7 +167,7 @@ impl<T: Value> Receiver<T> {
     /// As [`recv`](Self::recv).
     #[doc(alias = "SCM_RIGHTS")]
     pub fn recv_with_fds(&mut self) -> Result<(T, Vec<OwnedFd>)> {
-        forever(self.take(Limit::Forever, AttachWait::Block, decode_with_fds))
+        self.take(Limit::Forever, AttachWait::Block, DecodeWithFds::new())
     }
 
     /// As [`recv_with_fds`](Self::recv_with_fds), if a value is there.
@@ -179,9 +175,7 @@ impl<T: Value> Receiver<T> {
     /// # Errors
     /// As [`try_recv`](Self::try_recv).
     pub fn try_recv_with_fds(&mut self) -> Result<(T, Vec<OwnedFd>), TryRecvError> {
-        self.take(Limit::Now, AttachWait::Block, decode_with_fds)
-            .map_err(try_error)?
-            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+        self.take(Limit::Now, AttachWait::Block, DecodeWithFds::new())
     }
 
     /// As [`recv_with_fds`](Self::recv_with_fds), waiting at most `timeout`.
@@ -192,9 +186,11 @@ impl<T: Value> Receiver<T> {
         &mut self,
         timeout: Duration,
     ) -> Result<(T, Vec<OwnedFd>), RecvTimeoutError> {
-        self.take(Limit::after(timeout), AttachWait::Block, decode_with_fds)
-            .map_err(timeout_error)?
-            .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
+        self.take(
+            Limit::after(timeout),
+            AttachWait::Block,
+            DecodeWithFds::new(),
+        )
     }
 
     /// From now on, decodes ring records in place instead of from a copy (one copy less per
@@ -228,9 +224,7 @@ impl<T: Value> Receiver<T> {
     /// and the next receive resumes it. For the async receiver.
     #[cfg(feature = "tokio")]
     pub(crate) fn try_recv_resumable(&mut self) -> Result<T, TryRecvError> {
-        self.take(Limit::Now, AttachWait::Resume, decode)
-            .map_err(try_error)?
-            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+        self.take(Limit::Now, AttachWait::Resume, Decode::new())
     }
 
     /// As [`try_recv_resumable`](Self::try_recv_resumable), with the descriptors.
@@ -238,9 +232,7 @@ impl<T: Value> Receiver<T> {
     pub(crate) fn try_recv_with_fds_resumable(
         &mut self,
     ) -> Result<(T, Vec<OwnedFd>), TryRecvError> {
-        self.take(Limit::Now, AttachWait::Resume, decode_with_fds)
-            .map_err(try_error)?
-            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
+        self.take(Limit::Now, AttachWait::Resume, DecodeWithFds::new())
     }
 
     /// The control socket, whose readability means an ATTACH (or the peer's hang-up) is there.
@@ -251,42 +243,46 @@ impl<T: Value> Receiver<T> {
     }
 
     /// Takes the next value within `limit` (its ATTACH, if it announces one, per `attach`) and
-    /// hands its encoding and descriptors to `f`.
+    /// hands its encoding and descriptors to `deliver`, which makes the call's result.
     ///
     /// Inlined into every receive call, and kept small so that sp-shm's `read` inlines into it
-    /// too: a plain value record goes from the ring to `f` here; a value held back (by `Select`,
-    /// or awaiting its ATTACH), a broken receiver and an announcing record go out of line.
+    /// too: a plain value record goes from the ring to `deliver` here, and its result is the
+    /// call's (no `Result` converted on the way out); a value held back (by `Select`, or
+    /// awaiting its ATTACH), a broken receiver and an announcing record go out of line.
     #[inline(always)]
-    pub(crate) fn take<R>(
+    pub(crate) fn take<O, D: Deliver<O>>(
         &mut self,
         limit: Limit,
         attach: AttachWait,
-        f: impl Deliver<Out = R>,
-    ) -> Result<R, Fail> {
+        deliver: D,
+    ) -> O {
         if self.pending.is_some() || self.broken.is_some() || self.awaiting.is_some() {
-            return self.take_held(attach, f);
+            return match self.take_held(attach) {
+                Ok(fetched) => self.apply(fetched, deliver),
+                Err(fail) => D::fail(fail),
+            };
         }
-        match self.take_from_ring(limit, attach, f) {
-            Ok(res) => Ok(res),
-            Err(fail) => Err(self.note(fail)),
-        }
-    }
-
-    #[inline(always)]
-    fn take_from_ring<R>(
-        &mut self,
-        limit: Limit,
-        attach: AttachWait,
-        f: impl Deliver<Out = R>,
-    ) -> Result<R, Fail> {
-        let grant = read(&mut self.consumer, limit)?;
+        let grant = match read(&mut self.consumer, limit) {
+            Ok(grant) => grant,
+            Err(fail) => {
+                return D::fail(note(
+                    &mut self.broken,
+                    &mut self.awaiting,
+                    &mut self.msg,
+                    fail,
+                ));
+            }
+        };
         let (kind, len) = (grant.kind(), grant.len());
         if kind != KIND_VALUE {
             grant.copy_to_slice(self.scratch.bytes_mut(len));
             drop(grant);
-            return self.take_announced(kind, len, attach, f);
+            return match self.take_announced(kind, len, attach) {
+                Ok(fetched) => self.apply(fetched, deliver),
+                Err(fail) => D::fail(fail),
+            };
         }
-        // One call of `f` (so that it is inlined here), with the record held until it returns.
+        // The record is held until `deliver` returns: one call site, inlined here.
         let bytes = if self.trusted {
             // SAFETY: `trust_peer`'s contract: the peer does not write this record while it is
             // read; the slice lives only while `grant` holds the record.
@@ -296,39 +292,37 @@ impl<T: Value> Receiver<T> {
             grant.copy_to_slice(copy);
             copy
         };
-        Ok(f.deliver(bytes, Vec::new()))
+        deliver.deliver(bytes, Vec::new())
     }
 
     /// [`take`](Self::take) when the receiver holds something back: a value (or error) taken by
     /// `Select`, a protocol violation, or a record awaiting its ATTACH.
     #[inline(never)]
-    fn take_held<R>(&mut self, attach: AttachWait, f: impl Deliver<Out = R>) -> Result<R, Fail> {
+    fn take_held(&mut self, attach: AttachWait) -> Result<Fetched, Fail> {
         if let Some(pending) = self.pending.take() {
-            let fetched = pending?;
-            return Ok(self.apply(fetched, f));
+            return Ok(pending?);
         }
         if let Some(violation) = self.broken {
             return Err(Error::Protocol(violation).into());
         }
-        match self.finish_awaiting(attach) {
-            Ok(fetched) => Ok(self.apply(fetched, f)),
-            Err(fail) => Err(self.note(fail)),
-        }
+        let res = self.finish_awaiting(attach);
+        res.map_err(|fail| self.note(fail))
     }
 
     /// [`take`](Self::take) for a record that announces an attachment, copied into
     /// `scratch[..len]` and released.
     #[inline(never)]
-    fn take_announced<R>(
+    fn take_announced(
         &mut self,
         kind: u32,
         len: usize,
         attach: AttachWait,
-        f: impl Deliver<Out = R>,
-    ) -> Result<R, Fail> {
-        self.start_awaiting(kind, len)?;
-        let fetched = self.finish_awaiting(attach)?;
-        Ok(self.apply(fetched, f))
+    ) -> Result<Fetched, Fail> {
+        let res = self
+            .start_awaiting(kind, len)
+            .map_err(Fail::from)
+            .and_then(|()| self.finish_awaiting(attach));
+        res.map_err(|fail| self.note(fail))
     }
 
     /// Takes the next value, if any, into `pending` (for [`Select`](crate::Select)); whether
@@ -386,23 +380,18 @@ impl<T: Value> Receiver<T> {
         &self.consumer
     }
 
-    fn apply<R>(&self, fetched: Fetched, f: impl Deliver<Out = R>) -> R {
+    #[inline(always)]
+    fn apply<O>(&self, fetched: Fetched, deliver: impl Deliver<O>) -> O {
         let bytes = match &fetched.body {
             Body::Scratch { start, len } => self.scratch.bytes(*start, *len),
             Body::Blob(blob) => blob.as_bytes(),
         };
-        f.deliver(bytes, fetched.fds)
+        deliver.deliver(bytes, fetched.fds)
     }
 
     /// Records a protocol violation (the receiver is broken from now on); passes `fail` on.
     fn note(&mut self, fail: Fail) -> Fail {
-        if let Fail::Broken(Error::Protocol(violation)) = &fail {
-            self.broken = Some(*violation);
-            self.awaiting = None;
-            // Whatever is left of an ATTACH is closed now rather than when the receiver goes.
-            self.msg.fds.clear();
-        }
-        fail
+        note(&mut self.broken, &mut self.awaiting, &mut self.msg, fail)
     }
 }
 
@@ -424,7 +413,7 @@ impl<T: PlainData> Receiver<T> {
     /// # Ok::<(), sp::Error>(())
     /// ```
     pub fn recv_in_place<R>(&mut self, f: impl FnOnce(&T, Vec<OwnedFd>) -> R) -> Result<R> {
-        forever(self.take(Limit::Forever, AttachWait::Block, View::new(f)))
+        self.take(Limit::Forever, AttachWait::Block, View::new(f))
     }
 
     /// As [`recv_in_place`](Self::recv_in_place), if a value is there.
@@ -436,8 +425,6 @@ impl<T: PlainData> Receiver<T> {
         f: impl FnOnce(&T, Vec<OwnedFd>) -> R,
     ) -> Result<R, TryRecvError> {
         self.take(Limit::Now, AttachWait::Block, View::new(f))
-            .map_err(try_error)?
-            .map_err(|err| TryRecvError::Broken(Error::Decode(err)))
     }
 
     /// As [`recv_in_place`](Self::recv_in_place), waiting at most `timeout`.
@@ -450,9 +437,23 @@ impl<T: PlainData> Receiver<T> {
         timeout: Duration,
     ) -> Result<R, RecvTimeoutError> {
         self.take(Limit::after(timeout), AttachWait::Block, View::new(f))
-            .map_err(timeout_error)?
-            .map_err(|err| RecvTimeoutError::Broken(Error::Decode(err)))
     }
+}
+
+/// [`Receiver::note`] on the fields it changes (for `take`, which holds the ring's grant).
+fn note(
+    broken: &mut Option<Violation>,
+    awaiting: &mut Option<Awaiting>,
+    msg: &mut sp_core::Message,
+    fail: Fail,
+) -> Fail {
+    if let Fail::Broken(Error::Protocol(violation)) = &fail {
+        *broken = Some(*violation);
+        *awaiting = None;
+        // Whatever is left of an ATTACH is closed now rather than when the receiver goes.
+        msg.fds.clear();
+    }
+    fail
 }
 
 /// Takes the next record within `limit`. Inlined into the receive calls, so that the grant stays
@@ -465,29 +466,5 @@ fn read(consumer: &mut Consumer, limit: Limit) -> Result<ReadGrant<'_>, Fail> {
         None => consumer.read().map_err(Fail::from),
         Some(left) if left.is_zero() => consumer.try_read().map_err(Fail::from),
         Some(left) => consumer.read_timeout(left).map_err(Fail::from),
-    }
-}
-
-/// A blocking receive: "would wait" cannot happen, and a decode error is an [`Error`].
-fn forever<V>(res: Result<Result<V, DecodeError>, Fail>) -> Result<V> {
-    match res {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(Error::Decode(err)),
-        Err(Fail::Broken(err)) => Err(err),
-        Err(Fail::Wait) => Err(Error::Os(std::io::ErrorKind::WouldBlock.into())),
-    }
-}
-
-fn try_error(fail: Fail) -> TryRecvError {
-    match fail {
-        Fail::Wait => TryRecvError::Empty,
-        Fail::Broken(err) => TryRecvError::Broken(err),
-    }
-}
-
-fn timeout_error(fail: Fail) -> RecvTimeoutError {
-    match fail {
-        Fail::Wait => RecvTimeoutError::Timeout,
-        Fail::Broken(err) => RecvTimeoutError::Broken(err),
     }
 }
