@@ -22,7 +22,7 @@ use std::os::fd::OwnedFd;
 
 use sp_core::{Channel, End, SocketKind};
 use sp_shm::tokio::{AsyncConsumer, AsyncProducer};
-use sp_shm::{Duplex, IdleStrategy};
+use sp_shm::{Duplex, IdleStrategy, TrySendError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -135,13 +135,23 @@ impl Link for AsyncRingLink {
         self.rt.block_on(async {
             // As the blocking ring's batch: each record committed without the check for a
             // parked consumer, then one check for the whole batch.
+            // Room is tried for first, without a future; only a full ring is awaited.
             for _ in 0..n {
-                producer
-                    .reserve_with(size, |mut grant| {
+                match producer.try_reserve(size) {
+                    Ok(mut grant) => {
                         fill(&mut grant);
                         grant.commit_deferred(size);
-                    })
-                    .await?;
+                    }
+                    Err(TrySendError::Full) => {
+                        producer
+                            .reserve_with(size, |mut grant| {
+                                fill(&mut grant);
+                                grant.commit_deferred(size);
+                            })
+                            .await?;
+                    }
+                    Err(TrySendError::Broken(err)) => return Err(err.into()),
+                }
             }
             producer.flush()?;
             Ok(())
