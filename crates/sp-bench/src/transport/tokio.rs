@@ -6,9 +6,10 @@
 //! The harness drives a `Link` one call at a time; each call is one `block_on` of the async
 //! operations. In throughput mode the calls carry a batch ([`batch_len`](super::shm::batch_len)
 //! messages, the same for every transport here), and the ring rows do what the blocking ring's
-//! rows do with a batch: the sender awaits room for each record (`reserve_with`), commits it
-//! without the check for a parked consumer and checks once at the end (`flush`); the receiver
-//! awaits records and takes every one that is there in one poll (`read_many_with`, the async
+//! rows do with a batch: the sender takes room for each record with the synchronous fast path
+//! (`try_reserve`; it awaits `reserve_with` only when the ring is full), commits it without the
+//! check for a parked consumer and checks once at the end (`flush`); the receiver awaits
+//! records and takes every one that is there in one poll (`read_many_with`, the async
 //! `for_each_available`), publishing the head once. tokio-uds awaits each frame.
 //! The driver always sends whole batches, so the receiver takes exactly `max` messages per call.
 //!
