@@ -479,6 +479,39 @@ impl AsyncProducer {
         .await
     }
 
+    /// Reserves room for a record of `n_bytes` if there is room now, as
+    /// [`Producer::try_reserve`]: the fast path to try before awaiting
+    /// [`reserve_with`](Self::reserve_with), which it equals when the ring has room, without a
+    /// future, the reactor or tokio's cooperative budget. It disarms a wait a dropped future
+    /// left armed (see [`RingWait::done_producer`]).
+    ///
+    /// A loop that only calls this never yields to the runtime; await a send when it says
+    /// `Full`.
+    ///
+    /// **Cancellation:** not a future; the grant, when dropped uncommitted, is abandoned.
+    ///
+    /// # Errors
+    /// As [`Producer::try_reserve`]: [`TrySendError::Full`](sp_core::TrySendError::Full) when
+    /// there is no room now.
+    #[inline]
+    pub fn try_reserve(&mut self, n_bytes: usize) -> Result<WriteGrant<'_>, TrySendError> {
+        self.wait.done_producer(&mut self.producer);
+        self.producer.try_reserve(n_bytes)
+    }
+
+    /// Sends if there is room now, as [`Producer::try_send`]: the fast path to try before
+    /// awaiting [`send`](Self::send); see [`try_reserve`](Self::try_reserve).
+    ///
+    /// **Cancellation:** not a future.
+    ///
+    /// # Errors
+    /// As [`Producer::try_send`].
+    #[inline]
+    pub fn try_send(&mut self, bytes: &[u8]) -> Result<(), TrySendError> {
+        self.wait.done_producer(&mut self.producer);
+        self.producer.try_send(bytes)
+    }
+
     /// The poll behind every send: `give` (a `try_*` call) until it does not say `Full`.
     fn poll_give<R>(
         &mut self,

@@ -6,9 +6,10 @@
 //! The harness drives a `Link` one call at a time; each call is one `block_on` of the async
 //! operations. In throughput mode the calls carry a batch ([`batch_len`](super::shm::batch_len)
 //! messages, the same for every transport here), and the ring rows do what the blocking ring's
-//! rows do with a batch: the sender awaits room for each record (`reserve_with`), commits it
-//! without the check for a parked consumer and checks once at the end (`flush`); the receiver
-//! awaits records and takes every one that is there in one poll (`read_many_with`, the async
+//! rows do with a batch: the sender takes room for each record with the synchronous fast path
+//! (`try_reserve`; it awaits `reserve_with` only when the ring is full), commits it without the
+//! check for a parked consumer and checks once at the end (`flush`); the receiver awaits
+//! records and takes every one that is there in one poll (`read_many_with`, the async
 //! `for_each_available`), publishing the head once. tokio-uds awaits each frame.
 //! The driver always sends whole batches, so the receiver takes exactly `max` messages per call.
 //!
@@ -22,7 +23,7 @@ use std::os::fd::OwnedFd;
 
 use sp_core::{Channel, End, SocketKind};
 use sp_shm::tokio::{AsyncConsumer, AsyncProducer};
-use sp_shm::{Duplex, IdleStrategy};
+use sp_shm::{Duplex, IdleStrategy, TrySendError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -135,13 +136,23 @@ impl Link for AsyncRingLink {
         self.rt.block_on(async {
             // As the blocking ring's batch: each record committed without the check for a
             // parked consumer, then one check for the whole batch.
+            // Room is tried for first, without a future; only a full ring is awaited.
             for _ in 0..n {
-                producer
-                    .reserve_with(size, |mut grant| {
+                match producer.try_reserve(size) {
+                    Ok(mut grant) => {
                         fill(&mut grant);
                         grant.commit_deferred(size);
-                    })
-                    .await?;
+                    }
+                    Err(TrySendError::Full) => {
+                        producer
+                            .reserve_with(size, |mut grant| {
+                                fill(&mut grant);
+                                grant.commit_deferred(size);
+                            })
+                            .await?;
+                    }
+                    Err(TrySendError::Broken(err)) => return Err(err.into()),
+                }
             }
             producer.flush()?;
             Ok(())

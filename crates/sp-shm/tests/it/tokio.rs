@@ -8,8 +8,8 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
-use sp_shm::Error;
 use sp_shm::tokio::{AsyncConsumer, AsyncProducer};
+use sp_shm::{Error, TrySendError};
 use sp_test_support::future::until_parked;
 use tokio::runtime::{Builder, Runtime};
 
@@ -40,6 +40,16 @@ pub(crate) fn trials() -> Vec<Trial> {
         trials.push(trial(
             format!("tokio_{flavour}_stream_both_ways_read_many_park"),
             move || runtime(flavour).block_on(stream_both_ways("park", true)),
+        ));
+        for idle in ["adaptive", "park"] {
+            trials.push(trial(
+                format!("tokio_{flavour}_stream_both_ways_try_first_{idle}"),
+                move || runtime(flavour).block_on(stream_try_first(idle)),
+            ));
+        }
+        trials.push(trial(
+            format!("tokio_{flavour}_try_send_disarms_a_dropped_wait"),
+            move || runtime(flavour).block_on(try_send_disarms_a_dropped_wait()),
         ));
         trials.push(trial(
             format!("tokio_{flavour}_full_producer_sees_kill_while_awaiting"),
@@ -171,6 +181,128 @@ async fn stream_both_ways(idle: &str, many: bool) -> TestResult {
     Ok(())
 }
 
+/// A child streams records each way with the blocking calls (role `stream`); this side sends
+/// each record with the synchronous fast path (`try_reserve`, or `try_send` for every third)
+/// and awaits room (`reserve_with`, `send`) only when that says `Full`, while another task
+/// receives. The ring fills now and then, so the sender moves between the fast path and a wait
+/// (armed, under `park`) again and again.
+async fn stream_try_first(idle: &str) -> TestResult {
+    let n = record_count();
+    let mut cmd = child_command("stream", idle);
+    cmd.env(COUNT_ENV, n.to_string());
+    let (mut child, duplex) = spawn_child(&mut cmd, &config_for(idle))?;
+    let (producer, consumer, _control) = duplex.into_parts();
+    let mut tx = AsyncProducer::new(producer).map_err(|e| e.to_string())?;
+    let mut rx = AsyncConsumer::new(consumer).map_err(|e| e.to_string())?;
+    let sender = tokio::spawn(async move {
+        let (mut out, mut fast) = (vec![0; 256], 0u64);
+        for seq in 0..n {
+            let len = record_len(seq);
+            let tried = if seq % 3 == 0 {
+                let used = write_record(seq, &mut out[..len]);
+                match tx.try_send(&out[..used]) {
+                    Ok(()) => {
+                        fast += 1;
+                        Ok(())
+                    }
+                    Err(TrySendError::Full) => tx.send(&out[..used]).await,
+                    Err(TrySendError::Broken(err)) => Err(err),
+                }
+            } else {
+                match tx.try_reserve(len) {
+                    Ok(mut grant) => {
+                        let used = write_record(seq, &mut grant);
+                        fast += 1;
+                        grant.commit(used)
+                    }
+                    Err(TrySendError::Full) => {
+                        tx.reserve_with(len, |mut grant| {
+                            let used = write_record(seq, &mut grant);
+                            grant.commit(used)
+                        })
+                        .await?
+                    }
+                    Err(TrySendError::Broken(err)) => Err(err),
+                }
+            };
+            tried?;
+        }
+        Ok::<_, Error>((tx, fast))
+    });
+    let mut buf = Vec::new();
+    for seq in 0..n {
+        within("record", rx.recv_into(&mut buf))
+            .await?
+            .map_err(|e| format!("recv {seq}: {e}"))?;
+        check_record(seq, &buf)?;
+    }
+    let (tx, fast) = sender
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("send: {e}"))?;
+    let res = within("end", rx.recv_into(&mut buf)).await?;
+    if !matches!(res, Err(Error::PeerGone)) {
+        return Err(format!("after the stream: {res:?}"));
+    }
+    let pstats = tx.get_ref().stats();
+    drop(tx);
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("child: {status}"));
+    }
+    eprintln!(
+        "  {idle}: {n} records each way, {fast} found room at once; producer parks {}",
+        pstats.parks
+    );
+    if fast == 0 {
+        return Err("the fast path never found room".into());
+    }
+    Ok(())
+}
+
+/// In one process, no peer process needed: a send awaiting room in a full ring is dropped
+/// while armed (its waiting flag set); `try_send` then finds the ring still full and disarms,
+/// so the consumer, making room, finds no flag and sends no wake-up byte. Then `try_send` finds
+/// that room.
+async fn try_send_disarms_a_dropped_wait() -> TestResult {
+    let config = config_for("park");
+    let (tx, rx) = sp_shm::channel(&config).map_err(|e| e.to_string())?;
+    let (mut tx, mut rx) = (
+        AsyncProducer::new(tx).map_err(|e| e.to_string())?,
+        AsyncConsumer::new(rx).map_err(|e| e.to_string())?,
+    );
+    let record = [7u8; 1000];
+    while tx.try_send(&record).is_ok() {}
+    {
+        let mut send = pin!(tx.send(&record));
+        if let Some(res) = until_parked(send.as_mut()).await {
+            return Err(format!("room in a full ring: {res:?}"));
+        }
+    }
+    if tx.get_ref().stats().parks != 1 {
+        return Err(format!("{} parks", tx.get_ref().stats().parks));
+    }
+    match tx.try_send(&record) {
+        Err(TrySendError::Full) => {}
+        other => return Err(format!("a full ring, then: {other:?}")),
+    }
+    // Two records: one would leave room for a record, not for the padding to the ring's end.
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        within("a record", rx.recv_into(&mut buf))
+            .await?
+            .map_err(|e| e.to_string())?;
+    }
+    rx.get_mut().flush().map_err(|e| e.to_string())?;
+    let woken = rx.get_ref().stats().wakes_sent;
+    if woken != 0 {
+        return Err(format!("{woken} wake-up bytes to a disarmed producer"));
+    }
+    tx.try_send(&record)
+        .map_err(|e| format!("room after a read: {e}"))?;
+    Ok(())
+}
+
 /// The child (role `idle`) sends one record and then never writes; this side awaits the next
 /// record until the await is parked in the reactor, kills the child, and must see `PeerGone`
 /// promptly.
@@ -216,7 +348,7 @@ async fn full_producer_sees_kill() -> TestResult {
     within("ready", rx.recv_into(&mut buf))
         .await?
         .map_err(|e| e.to_string())?;
-    while tx.get_mut().try_send(&[7; 1000]).is_ok() {}
+    while tx.try_send(&[7; 1000]).is_ok() {}
     let mut send = pin!(tx.send(&[7; 1000]));
     if let Some(res) = until_parked(send.as_mut()).await {
         return Err(format!("room in a full ring: {res:?}"));
@@ -253,7 +385,7 @@ async fn idle_costs_no_cpu() -> TestResult {
     within("ready", rx.recv_into(&mut buf))
         .await?
         .map_err(|e| e.to_string())?;
-    while tx.get_mut().try_send(&[7; 1000]).is_ok() {}
+    while tx.try_send(&[7; 1000]).is_ok() {}
     let (cpu0, t0) = (process_cpu(), Instant::now());
     let idle = Duration::from_secs(1);
     let (recv, send) = tokio::join!(
