@@ -3,11 +3,12 @@
 //! plain `&T` ([`View`]), or hand the bytes to a closure (`recv_encoded`).
 //!
 //! A receive's fast path (a value record read straight off the ring) returns what
-//! [`Deliver::deliver`] returns, the public call's own `Result`: built once, with the caller's
-//! value moved into it once. A chain of results converted on the way out (the decode's, the
-//! wait's, the call's) moved a value returned through memory several times, which cost as much
-//! as the rest of a 64-byte receive; so did a closure called from three places, which is not
-//! inlined. `deliver` is `inline(always)`.
+//! [`Deliver::deliver`] returns, the public call's own `Result`, built once: the caller's value
+//! (often returned through memory by the caller's closure) is moved once, not once per `Result`
+//! converted on the way out, and each such move reloads it with loads wider than the stores that
+//! wrote it, which stall. `deliver` is `inline(always)` because it is called from three places
+//! (the fast path and the two out-of-line ones), and a closure called from three places is not
+//! inlined.
 
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
@@ -15,21 +16,19 @@ use std::os::fd::OwnedFd;
 use crate::error::{DecodeError, Error, Fail, RecvTimeoutError, TryRecvError};
 use crate::value::{PlainData, Value, plain};
 
-/// The result of one receive call, made from a value or from what went wrong: `Result<V, E>`
-/// for the three kinds of receive (`Error`, `TryRecvError`, `RecvTimeoutError`).
-pub(crate) trait Outcome<V> {
-    fn value(value: V) -> Self;
-
+/// The result of one receive call when there is no value: `Result<V, E>` for the three kinds
+/// of receive (`Error`, `TryRecvError`, `RecvTimeoutError`).
+pub(crate) trait Failed {
     /// "Would wait" (`Empty`, `Timeout`) or broken.
     fn fail(fail: Fail) -> Self;
 }
 
-impl<V> Outcome<V> for Result<V, Error> {
-    #[inline(always)]
-    fn value(value: V) -> Self {
-        Ok(value)
-    }
+/// The result of one receive call, made from a value.
+pub(crate) trait Outcome<V>: Failed {
+    fn value(value: V) -> Self;
+}
 
+impl<V> Failed for Result<V, Error> {
     /// A blocking receive cannot "would wait"; if a lower layer says so anyway, it is an error.
     fn fail(fail: Fail) -> Self {
         Err(match fail {
@@ -39,12 +38,7 @@ impl<V> Outcome<V> for Result<V, Error> {
     }
 }
 
-impl<V> Outcome<V> for Result<V, TryRecvError> {
-    #[inline(always)]
-    fn value(value: V) -> Self {
-        Ok(value)
-    }
-
+impl<V> Failed for Result<V, TryRecvError> {
     fn fail(fail: Fail) -> Self {
         Err(match fail {
             Fail::Broken(err) => TryRecvError::Broken(err),
@@ -53,12 +47,7 @@ impl<V> Outcome<V> for Result<V, TryRecvError> {
     }
 }
 
-impl<V> Outcome<V> for Result<V, RecvTimeoutError> {
-    #[inline(always)]
-    fn value(value: V) -> Self {
-        Ok(value)
-    }
-
+impl<V> Failed for Result<V, RecvTimeoutError> {
     fn fail(fail: Fail) -> Self {
         Err(match fail {
             Fail::Broken(err) => RecvTimeoutError::Broken(err),
@@ -67,12 +56,19 @@ impl<V> Outcome<V> for Result<V, RecvTimeoutError> {
     }
 }
 
+impl<V, E> Outcome<V> for Result<V, E>
+where
+    Self: Failed,
+{
+    #[inline(always)]
+    fn value(value: V) -> Self {
+        Ok(value)
+    }
+}
+
 /// What a receive does with a value's encoding and its descriptors; its result is the call's.
 pub(crate) trait Deliver<O> {
     fn deliver(self, bytes: &[u8], fds: Vec<OwnedFd>) -> O;
-
-    /// The call's result when there is no value to deliver.
-    fn fail(fail: Fail) -> O;
 }
 
 /// A closure's result is the value (`recv_encoded`).
@@ -80,10 +76,6 @@ impl<R, O: Outcome<R>, F: FnOnce(&[u8], Vec<OwnedFd>) -> R> Deliver<O> for F {
     #[inline(always)]
     fn deliver(self, bytes: &[u8], fds: Vec<OwnedFd>) -> O {
         O::value(self(bytes, fds))
-    }
-
-    fn fail(fail: Fail) -> O {
-        O::fail(fail)
     }
 }
 
@@ -104,10 +96,6 @@ impl<T: Value, O: Outcome<T>> Deliver<O> for Decode<T> {
             Err(err) => decode_error(err),
         }
     }
-
-    fn fail(fail: Fail) -> O {
-        O::fail(fail)
-    }
 }
 
 /// Decodes a `T` and keeps its descriptors.
@@ -126,10 +114,6 @@ impl<T: Value, O: Outcome<(T, Vec<OwnedFd>)>> Deliver<O> for DecodeWithFds<T> {
             Ok(value) => O::value((value, fds)),
             Err(err) => decode_error(err),
         }
-    }
-
-    fn fail(fail: Fail) -> O {
-        O::fail(fail)
     }
 }
 
@@ -158,10 +142,6 @@ impl<T: PlainData, R, O: Outcome<R>, F: FnOnce(&T, Vec<OwnedFd>) -> R> Deliver<O
             Err(DecodeError::Misaligned) => view_copy(bytes, fds, self.f),
             Err(err) => decode_error(err),
         }
-    }
-
-    fn fail(fail: Fail) -> O {
-        O::fail(fail)
     }
 }
 

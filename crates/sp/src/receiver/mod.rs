@@ -44,7 +44,7 @@ use crate::limit::Limit;
 use crate::value::{PlainData, Value};
 use crate::wire::KIND_VALUE;
 use attach::Awaiting;
-use deliver::{Decode, DecodeWithFds, Deliver, View};
+use deliver::{Decode, DecodeWithFds, Deliver, Failed, View};
 
 /// Receives values of type `T` from the peer.
 ///
@@ -250,7 +250,7 @@ impl<T: Value> Receiver<T> {
     /// call's (no `Result` converted on the way out); a value held back (by `Select`, or
     /// awaiting its ATTACH), a broken receiver and an announcing record go out of line.
     #[inline(always)]
-    pub(crate) fn take<O, D: Deliver<O>>(
+    pub(crate) fn take<O: Failed, D: Deliver<O>>(
         &mut self,
         limit: Limit,
         attach: AttachWait,
@@ -259,13 +259,13 @@ impl<T: Value> Receiver<T> {
         if self.pending.is_some() || self.broken.is_some() || self.awaiting.is_some() {
             return match self.take_held(attach) {
                 Ok(fetched) => self.apply(fetched, deliver),
-                Err(fail) => D::fail(fail),
+                Err(fail) => O::fail(fail),
             };
         }
         let grant = match read(&mut self.consumer, limit) {
             Ok(grant) => grant,
             Err(fail) => {
-                return D::fail(note(
+                return O::fail(note(
                     &mut self.broken,
                     &mut self.awaiting,
                     &mut self.msg,
@@ -279,7 +279,7 @@ impl<T: Value> Receiver<T> {
             drop(grant);
             return match self.take_announced(kind, len, attach) {
                 Ok(fetched) => self.apply(fetched, deliver),
-                Err(fail) => D::fail(fail),
+                Err(fail) => O::fail(fail),
             };
         }
         // The record is held until `deliver` returns: one call site, inlined here.
