@@ -119,11 +119,14 @@ fn postcard_len(value: &Item) -> usize {
 fn encodings() -> TestResult {
     let differ = |err: &Error| matches!(err, Error::Protocol(Violation::Encoding { .. }));
     let (a, b) = pair();
-    let plain_token = |role: &str| format!("it/types/_sp/{role}/00001234/plain-64");
+    // Each part on its own key: the real gateway of one part leaves a liveliness token that the
+    // other side sees vanish only after a while, and on a shared key the next part's gateway
+    // could take it for its remote (same encoding: no refusal, then `RemoteGone`).
+    let plain_token = |key: &str, role: &str| format!("{key}/_sp/{role}/00001234/plain-64");
     // A publisher of postcard values and a subscriber of 64-byte plain data.
     let token = b
         .liveliness()
-        .declare_token(plain_token("sub"))
+        .declare_token(plain_token("it/types", "sub"))
         .wait()
         .map_err(|e| e.to_string())?;
     let (_tx, rx) = sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
@@ -133,12 +136,12 @@ fn encodings() -> TestResult {
     // A subscriber of postcard values and a publisher of plain data.
     let token = a
         .liveliness()
-        .declare_token(plain_token("pub"))
+        .declare_token(plain_token("it/types1", "pub"))
         .wait()
         .map_err(|e| e.to_string())?;
     let (tx, _rx) = sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
     let subscriber =
-        sp_zenoh::subscribe(&b, "it/types", tx, &options()).map_err(|e| e.to_string())?;
+        sp_zenoh::subscribe(&b, "it/types1", tx, &options()).map_err(|e| e.to_string())?;
     expect_err(subscriber.join(), differ)?;
     drop(token);
     // Two real gateways: whichever sees the other first refuses it; the other may see it go
