@@ -1,10 +1,10 @@
 //! Tests of sp-zenoh across real processes over zenoh TCP on localhost: this binary re-executes
 //! itself as the remote side.
 //!
-//! With `SP_ZENOH_IT_ROLE` set, `main` runs that role (a sink, a source, a remote stage) and exits
-//! with its status; otherwise it runs the trials through libtest-mimic, one at a time, each under
-//! a watchdog that fails the run after its time limit and with a check that no descriptor
-//! leaked. Every zenoh session uses explicit `tcp/127.0.0.1:PORT` endpoints (ports picked free
+//! Started in a role (sp-test-support's `SP_TEST_ROLE`, its parameter `name=value` pairs),
+//! `main` plays it (a sink, a source, a remote stage) and exits with its status; otherwise it runs
+//! the trials through sp-test-support's runner, one at a time, each under the watchdog that ends
+//! the run after its time limit and with the descriptor-leak guard. Every zenoh session uses explicit `tcp/127.0.0.1:PORT` endpoints (ports picked free
 //! at run time) with multicast scouting off. Nothing sleeps to synchronise; the slow remote
 //! sleeps to be slow. A child gives up after [`CHILD_LIMIT`], so none outlives a failed run.
 
@@ -15,23 +15,19 @@ mod refusals;
 mod roles;
 mod streams;
 
-use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Trial;
+use sp_test_support::role::Role;
 use zenoh::Wait;
 
-const ROLE_ENV: &str = "SP_ZENOH_IT_ROLE";
-/// The role's parameters, `name=value` pairs separated by spaces.
-const ARGS_ENV: &str = "SP_ZENOH_IT_ARGS";
 const TRIAL_LIMIT: Duration = Duration::from_secs(90);
 const CHILD_LIMIT: Duration = Duration::from_secs(120);
 
-type TestResult = Result<(), String>;
+use sp_test_support::TestResult;
 
-fn main() {
+fn main() -> ExitCode {
     // `RUST_LOG=zenoh=debug` shows what zenoh does, in the trials and the children.
     zenoh::try_init_log_from_env();
     // Started by `sp_zenoh::remote_stage` as a pipeline's proxy stage.
@@ -44,30 +40,28 @@ fn main() {
         }
         std::process::exit(i32::from(res.is_err()));
     }
-    if let Ok(role) = std::env::var(ROLE_ENV) {
-        let args = std::env::var(ARGS_ENV).unwrap_or_default();
-        std::thread::spawn(|| {
-            std::thread::sleep(CHILD_LIMIT);
-            eprintln!("child: ran longer than {CHILD_LIMIT:?}; exiting");
-            std::process::exit(4);
-        });
-        let res = roles::run(&role, &roles::Args::parse(&args));
-        if let Err(err) = &res {
-            eprintln!("child {role} {args}: {err}");
-        }
-        std::process::exit(i32::from(res.is_err()));
-    }
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    // zenoh's runtime threads and their descriptors live as long as the process: start them
-    // before the first trial's descriptor count.
-    warm_up();
-    let mut trials = Vec::new();
-    trials.extend(streams::trials());
-    trials.extend(faults::trials());
-    trials.extend(refusals::trials());
-    trials.extend(pipeline::trials());
-    libtest_mimic::run(&args, trials).exit();
+    sp_test_support::main(run_role, || {
+        // zenoh's runtime threads and their descriptors live as long as the process: start them
+        // before the first trial's descriptor reading.
+        warm_up();
+        let mut trials = Vec::new();
+        trials.extend(streams::trials());
+        trials.extend(faults::trials());
+        trials.extend(refusals::trials());
+        trials.extend(pipeline::trials());
+        trials
+    })
+}
+
+/// A child: plays `role` (its parameter holds `name=value` pairs), giving up after
+/// [`CHILD_LIMIT`].
+fn run_role(role: &Role) -> ExitCode {
+    std::thread::spawn(|| {
+        std::thread::sleep(CHILD_LIMIT);
+        eprintln!("child: ran longer than {CHILD_LIMIT:?}; exiting");
+        std::process::exit(4);
+    });
+    role.exit(roles::run(&role.name, &roles::Args::parse(&role.arg)))
 }
 
 /// Two sessions, connected, pass one sample: every runtime zenoh starts lazily is running.
@@ -98,41 +92,16 @@ fn warm_up() {
     b.close().wait().expect("close");
 }
 
-/// A trial run under a watchdog and a descriptor-leak check.
+/// A trial run under the watchdog (with [`TRIAL_LIMIT`]) and the descriptor-leak guard; prints
+/// how long it took.
 fn trial(name: &str, f: impl FnOnce() -> TestResult + Send + 'static) -> Trial {
     let name_owned = name.to_owned();
-    Trial::test(name, move || {
-        let before = open_fds();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let watchdog_name = name_owned.clone();
-        let watchdog = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(TRIAL_LIMIT) {
-                eprintln!("watchdog: {watchdog_name} ran longer than {TRIAL_LIMIT:?}; failing");
-                std::process::exit(3);
-            }
-        });
+    sp_test_support::trial_with_limit(name, TRIAL_LIMIT, move || {
         let started = Instant::now();
         let res = f();
-        drop(done_tx);
-        let _ = watchdog.join();
         eprintln!("{name_owned}: {:.2?}", started.elapsed());
-        res.map_err(Failed::from)?;
-        let after = open_fds();
-        if before != after {
-            return Err(format!("fd leak: before {before:?}, after {after:?}").into());
-        }
-        Ok(())
+        res
     })
-}
-
-fn open_fds() -> BTreeSet<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound with port 0, then released).
@@ -202,9 +171,7 @@ impl Drop for Kid {
 
 /// This binary as the child `role` with `args` (`name=value` pairs).
 fn child_command(role: &str, args: &str) -> Command {
-    let mut command = Command::new(std::env::current_exe().expect("current_exe"));
-    command.env(ROLE_ENV, role).env(ARGS_ENV, args);
-    command
+    sp_test_support::role::command(role, args)
 }
 
 /// Starts this binary as the child `role` with `args`; its stdout is a pipe for its report.
