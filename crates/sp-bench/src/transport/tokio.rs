@@ -23,7 +23,7 @@ use std::os::fd::OwnedFd;
 
 use sp_core::{Channel, End, SocketKind};
 use sp_shm::tokio::{AsyncConsumer, AsyncProducer};
-use sp_shm::{Duplex, IdleStrategy, TrySendError};
+use sp_shm::{Duplex, IdleStrategy, TrySendError, WriteGrant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -137,20 +137,14 @@ impl Link for AsyncRingLink {
             // As the blocking ring's batch: each record committed without the check for a
             // parked consumer, then one check for the whole batch.
             // Room is tried for first, without a future; only a full ring is awaited.
+            let mut write = |mut grant: WriteGrant<'_>| {
+                fill(&mut grant);
+                grant.commit_deferred(size);
+            };
             for _ in 0..n {
                 match producer.try_reserve(size) {
-                    Ok(mut grant) => {
-                        fill(&mut grant);
-                        grant.commit_deferred(size);
-                    }
-                    Err(TrySendError::Full) => {
-                        producer
-                            .reserve_with(size, |mut grant| {
-                                fill(&mut grant);
-                                grant.commit_deferred(size);
-                            })
-                            .await?;
-                    }
+                    Ok(grant) => write(grant),
+                    Err(TrySendError::Full) => producer.reserve_with(size, &mut write).await?,
                     Err(TrySendError::Broken(err)) => return Err(err.into()),
                 }
             }
