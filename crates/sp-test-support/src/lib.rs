@@ -2,8 +2,8 @@
 //! `docs/protocol.md`. Unpublished; every crate uses it as a dev-dependency only, and `fuzz/` by
 //! path.
 //!
-//! The harness (used by the integration binaries of sp-core, sp-shm and sp; the `harness`
-//! feature, on by default):
+//! The harness (used by the integration binaries of sp-core, sp-shm, sp and sp-zenoh; the
+//! `harness` feature, on by default):
 //!
 //! - [`main`] runs a binary's trials through libtest-mimic, one at a time on the main thread, or,
 //!   when the binary was started as a child in a [`role`], plays that role instead. Running on the
