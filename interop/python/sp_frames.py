@@ -44,11 +44,15 @@ class FrameError(Exception):
 
 
 def adopt():
-    """"The socket": a child started by sp_core::spawn finds its end in SP_CORE_FD.
+    """"The socket": a child started by sp_core::spawn finds its end in SP_CORE_FD, or, when
+    the end is handed over after exec, a rendezvous name in SP_CORE_RENDEZVOUS ("Handing the end
+    over after exec").
 
-    It checks that the descriptor is an AF_UNIX socket, sets FD_CLOEXEC on it and removes
-    SP_CORE_FD from the environment (this process has a single thread here).
+    It checks that the descriptor is an AF_UNIX socket, sets FD_CLOEXEC on it and removes the
+    variable from the environment (this process has a single thread here).
     """
+    if "SP_CORE_FD" not in os.environ:
+        return _adopt_handed_over()
     fd = int(os.environ["SP_CORE_FD"], 10)
     sock = socket.socket(fileno=fd)  # raises ENOTSOCK for anything but a socket
     if sock.family != socket.AF_UNIX:
@@ -58,6 +62,54 @@ def adopt():
         raise FrameError(f"SP_CORE_FD={fd} is neither seqpacket nor stream")
     os.set_inheritable(fd, False)
     del os.environ["SP_CORE_FD"]
+    return Channel(sock)
+
+
+# "Handing the end over after exec": the payload (magic, version, signal) and the name's shape.
+HANDOVER = struct.Struct("<8sIi")
+HANDOVER_MAGIC = b"SPHANDOV"
+HANDOVER_VERSION = 1
+PR_SET_PDEATHSIG = 1
+
+
+def _peer_pid(sock):
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return pid
+
+
+def _adopt_handed_over():
+    name = os.environ["SP_CORE_RENDEZVOUS"]
+    if not re.fullmatch(r"sp-core-[0-9a-f]{32}", name):
+        raise FrameError(f"NoInheritedEnd: SP_CORE_RENDEZVOUS={name!r}")
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # close-on-exec by default
+    try:
+        conn.connect(b"\0" + name.encode())  # the abstract namespace
+    except (ConnectionRefusedError, FileNotFoundError) as e:
+        raise FrameError("Handover(NotParent): nobody listens under the name") from e
+    parent = _peer_pid(conn)
+    if parent != os.getppid():
+        raise FrameError(f"Handover(NotParent): the listener is pid {parent}")
+    payload, fds = Channel(conn).recv(timeout=10)
+    conn.close()
+    if len(payload) != HANDOVER.size or len(fds) != 1:
+        _close_all(fds)
+        raise FrameError("Handover(BadMessage): wrong length or descriptor count")
+    magic, version, signal = HANDOVER.unpack(payload)
+    if magic != HANDOVER_MAGIC or version != HANDOVER_VERSION:
+        _close_all(fds)
+        raise FrameError("Handover(BadMessage): wrong magic or version")
+    sock = socket.socket(fileno=fds[0])
+    if sock.family != socket.AF_UNIX:
+        raise FrameError("NotASocket: the handed-over end is not an AF_UNIX socket")
+    if signal != 0:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:
+            raise FrameError("Handover(NotParent): the parent died")
+    del os.environ["SP_CORE_RENDEZVOUS"]
     return Channel(sock)
 
 

@@ -18,6 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{self, Command, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
 
 use rustix::fs::FileType;
 use rustix::io::{Errno, FdFlags};
@@ -26,6 +27,7 @@ use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::end::End;
 use crate::error::{Error, Result};
+use crate::handover::{self, RENDEZVOUS_ENV, Rendezvous};
 
 /// The environment variable through which a child learns the number of its inherited end.
 pub const FD_ENV: &str = "SP_CORE_FD";
@@ -34,6 +36,8 @@ pub const FD_ENV: &str = "SP_CORE_FD";
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SpawnOptions {
     parent_death_signal: Option<Signal>,
+    /// `Some(timeout)`: hand the end over after `exec` (see [`Self::hand_over_after_exec`]).
+    handover: Option<Duration>,
 }
 
 /// A child process started by [`spawn`]: the `std::process::Child` plus, where the kernel has
@@ -58,6 +62,40 @@ impl SpawnOptions {
     pub fn parent_death_signal(mut self, signal: Signal) -> Self {
         self.parent_death_signal = Some(signal);
         self
+    }
+
+    /// Hands the end over after `exec`, through a one-time socket, instead of letting the child
+    /// inherit it; [`spawn_with`] then returns once the child has called [`adopt`], and fails
+    /// with [`Error::Handover`] (having killed and reaped the child) if the child exits first or
+    /// `timeout` passes.
+    ///
+    /// Why: inheriting needs a step in the child between `fork` and `exec` (clearing
+    /// close-on-exec on that one descriptor), and `std` starts a `Command` with such a step by
+    /// `fork`, whose cost grows with this process's memory (its page tables are copied and its
+    /// pages are copy-on-write until the child execs). Without the step, `std` uses
+    /// `posix_spawn`, whose cost does not grow. docs/benchmarks.md has the figures.
+    ///
+    /// The child learns the socket's name from [`RENDEZVOUS_ENV`](crate::RENDEZVOUS_ENV); the
+    /// parent gives the end only to a connection from the child's pid, and the child takes one
+    /// only from its parent (docs/security.md). The child needs the abstract Unix-socket
+    /// namespace of the parent's network namespace, so a child moved to another network
+    /// namespace cannot use this.
+    ///
+    /// With a [parent-death signal](Self::parent_death_signal) the child sets the signal itself
+    /// in [`adopt`] (the handover message names it) and then checks that its parent is still the
+    /// process that handed the end over; between `exec` and `adopt` it has none. A `Command` that
+    /// already carries a pre-exec step of its own is still started by `fork`.
+    ///
+    /// The tokio spawn ([`tokio::spawn_with`](crate::tokio::spawn_with), feature `tokio`) must
+    /// not block its runtime and always lets the child inherit its end: it ignores this option.
+    pub fn hand_over_after_exec(mut self, timeout: Duration) -> Self {
+        self.handover = Some(timeout);
+        self
+    }
+
+    /// The timeout of [`Self::hand_over_after_exec`], if the end is handed over after `exec`.
+    pub fn handover_timeout(&self) -> Option<Duration> {
+        self.handover
     }
 }
 
@@ -93,9 +131,31 @@ pub fn spawn(cmd: &mut Command, end: End) -> Result<Child> {
 /// set-up (`fcntl`, `prctl`), or with `EMFILE` when the end must be moved off a standard
 /// descriptor and no descriptor is free.
 pub fn spawn_with(cmd: &mut Command, end: End, opts: SpawnOptions) -> Result<Child> {
-    let child = spawn_via(cmd, |cmd| cmd, Command::spawn, end, opts)?;
+    let Some(timeout) = opts.handover else {
+        let child = spawn_via(cmd, |cmd| cmd, Command::spawn, end, opts)?;
+        let pidfd = pidfd_of(child.id());
+        return Ok(Child { child, pidfd });
+    };
+    let rendezvous = Rendezvous::bind()?;
+    cmd.env_remove(FD_ENV)
+        .env(RENDEZVOUS_ENV, rendezvous.name());
+    let mut child = cmd.spawn()?;
     let pidfd = pidfd_of(child.id());
-    Ok(Child { child, pidfd })
+    match rendezvous.hand_over(
+        end,
+        &mut child,
+        pidfd.as_ref(),
+        timeout,
+        opts.parent_death_signal,
+    ) {
+        Ok(()) => Ok(Child { child, pidfd }),
+        Err(err) => {
+            // Invariant: a failed spawn leaves no child behind, running or unreaped.
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(err)
+        }
+    }
 }
 
 /// The body of [`spawn_with`] for any command type that lends its `std::process::Command`
@@ -114,7 +174,9 @@ pub(crate) fn spawn_via<Cmd, C>(
         end
     };
     let parent_pid = rustix::process::getpid();
-    as_std(cmd).env(FD_ENV, end.as_raw_fd().to_string());
+    as_std(cmd)
+        .env_remove(RENDEZVOUS_ENV)
+        .env(FD_ENV, end.as_raw_fd().to_string());
     // Invariant: the pre-exec step knows the end's number only during this spawn. A `Command`
     // keeps its pre-exec steps, so spawning it again would run this step again: on this number,
     // closed by then or reused by a descriptor that would then leak into that child. The slot
@@ -187,7 +249,9 @@ static ADOPTED: AtomicBool = AtomicBool::new(false);
 /// [`Error::NoInheritedEnd`] when the variable is missing, malformed or already adopted;
 /// [`Error::NotASocket`] when the descriptor is closed, not a socket, or not `AF_UNIX`.
 pub fn adopt() -> Result<End> {
-    let value = std::env::var(FD_ENV).map_err(|_| Error::NoInheritedEnd)?;
+    let Ok(value) = std::env::var(FD_ENV) else {
+        return adopt_handed_over();
+    };
     let raw: RawFd = value.trim().parse().map_err(|_| Error::NoInheritedEnd)?;
     if raw < 0 {
         return Err(Error::NoInheritedEnd);
@@ -207,6 +271,18 @@ pub fn adopt() -> Result<End> {
     Ok(End::from(fd))
 }
 
+/// [`adopt`] for an end handed over after `exec`: connects to the socket [`RENDEZVOUS_ENV`]
+/// names and receives the end.
+fn adopt_handed_over() -> Result<End> {
+    let name = std::env::var(RENDEZVOUS_ENV).map_err(|_| Error::NoInheritedEnd)?;
+    if ADOPTED.swap(true, Ordering::AcqRel) {
+        return Err(Error::NoInheritedEnd);
+    }
+    let end = handover::take(&name)?;
+    forget_fd_env();
+    Ok(end)
+}
+
 /// Removes [`FD_ENV`] from the environment if this is the process's only thread; returns whether
 /// it did.
 fn forget_fd_env() -> bool {
@@ -215,7 +291,10 @@ fn forget_fd_env() -> bool {
     }
     // SAFETY: `remove_var` is safe in a single-threaded program: this thread is the only one
     // (checked just above), and only it could start another.
-    unsafe { std::env::remove_var(FD_ENV) };
+    unsafe {
+        std::env::remove_var(FD_ENV);
+        std::env::remove_var(RENDEZVOUS_ENV);
+    }
     true
 }
 
@@ -233,7 +312,7 @@ fn single_threaded() -> bool {
         .unwrap_or(false)
 }
 
-fn check_unix_socket(fd: BorrowedFd<'_>) -> Result<()> {
+pub(crate) fn check_unix_socket(fd: BorrowedFd<'_>) -> Result<()> {
     let stat = match rustix::fs::fstat(fd) {
         Ok(stat) => stat,
         Err(Errno::BADF) => return Err(Error::NotASocket),

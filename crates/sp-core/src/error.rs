@@ -71,8 +71,30 @@ pub enum Error {
     /// The environment variable that names the child's descriptor is absent or not a number, or
     /// the end was already adopted.
     NoInheritedEnd,
+    /// Handing a child its end after `exec` (through a rendezvous socket) failed; the cause says
+    /// how. The parent has killed and reaped the child by the time it sees this.
+    Handover(Handover),
     /// Any other operating-system error, with its errno.
     Os(io::Error),
+}
+
+/// Why handing a child its end after `exec` failed: the cause of [`Error::Handover`].
+///
+/// docs/protocol.md ("Handing the end over after exec") describes the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Handover {
+    /// The child did not take its end within the spawn's handover timeout (in the parent), or the
+    /// parent accepted the connection but sent nothing in time (in the child).
+    TimedOut,
+    /// In the parent: the child exited before taking its end.
+    ChildExited,
+    /// In the child: nobody listens under the name, or the listener is not this process's parent
+    /// (or the parent died while the end was on its way).
+    NotParent,
+    /// In the child: the parent's message is not a handover (wrong length, magic or version, a
+    /// signal number that names no signal, or not exactly one descriptor).
+    BadMessage,
 }
 
 /// What was wrong with a frame the peer sent: the cause of [`Error::Malformed`].
@@ -157,8 +179,20 @@ impl fmt::Display for Error {
             Self::NoInheritedEnd => f.write_str(
                 "environment variable SP_CORE_FD is missing, not a descriptor number, or already adopted",
             ),
+            Self::Handover(cause) => write!(f, "handing the child its end failed: {cause}"),
             Self::Os(err) => write!(f, "{err}"),
         }
+    }
+}
+
+impl fmt::Display for Handover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TimedOut => "the other side did not complete the handover in time",
+            Self::ChildExited => "the child exited before taking its end",
+            Self::NotParent => "the rendezvous socket is not held by this process's parent",
+            Self::BadMessage => "the handover message is malformed",
+        })
     }
 }
 

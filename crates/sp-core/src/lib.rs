@@ -31,6 +31,7 @@ mod child;
 mod end;
 mod error;
 mod frame;
+mod handover;
 mod receiver;
 mod sender;
 #[cfg(feature = "tokio")]
@@ -42,10 +43,11 @@ pub use channel::{Channel, DEFAULT_MAX_MESSAGE_LEN};
 pub use child::{Child, FD_ENV, SpawnOptions, adopt, spawn, spawn_with};
 pub use end::{Credentials, End, PairOptions, Readiness, SocketKind, pair};
 pub use error::{
-    BrokenError, Error, Malformed, RecvTimeoutError, Result, SendTimeoutError, TryRecvError,
-    TrySendError,
+    BrokenError, Error, Handover, Malformed, RecvTimeoutError, Result, SendTimeoutError,
+    TryRecvError, TrySendError,
 };
 pub use frame::{FRAME_MAGIC, FRAME_VERSION, HEADER_LEN, MAX_FDS};
+pub use handover::RENDEZVOUS_ENV;
 pub use receiver::{Message, Receiver};
 pub use rustix::process::Signal;
 pub use sender::Sender;

@@ -312,8 +312,13 @@ fn peer_death_wakes_blocked_recv() -> TestResult {
 }
 
 fn parent_death_signal() -> TestResult {
+    parent_death_signal_via("pdeath_parent")
+}
+
+/// A child A playing `role` starts a grandchild B with a death signal; when A exits, B must die.
+pub fn parent_death_signal_via(role: &str) -> TestResult {
     let (parent_end, child_end) = pair(SocketKind::SeqPacket)?;
-    let mut child_a = spawn_role("pdeath_parent", child_end)?;
+    let mut child_a = spawn_role(role, child_end)?;
     let mut channel = Channel::new(parent_end)?;
     let msg = channel.recv_within()?;
     let pid_b: i32 = String::from_utf8_lossy(&msg.bytes).parse()?;
@@ -446,7 +451,7 @@ fn inheritable_fds() -> std::collections::BTreeMap<std::os::fd::RawFd, String> {
 
 /// Checks a `list_fds` report: everything the child has beyond stdio and its end must be
 /// something this process deliberately lets children inherit.
-fn check_child_fds(report: &[u8]) -> TestResult {
+pub fn check_child_fds(report: &[u8]) -> TestResult {
     let report = String::from_utf8_lossy(report);
     if report == "none" {
         return Ok(());

@@ -7,7 +7,7 @@ use std::process::{ExitCode, Stdio};
 use std::sync::mpsc;
 
 use libtest_mimic::Trial;
-use sp_core::{Channel, Error, FD_ENV, SocketKind};
+use sp_core::{Channel, Error, FD_ENV, RENDEZVOUS_ENV, SocketKind};
 
 use crate::{RecvWithin, TestResult, role_command, spawn_role, trial};
 
@@ -40,9 +40,10 @@ fn child_reports(role: &str, want: &str) -> TestResult {
     Ok(())
 }
 
-/// `present` or `absent`: whether `SP_CORE_FD` is in this process's environment.
+/// `present` or `absent`: whether `SP_CORE_FD` or `SP_CORE_RENDEZVOUS` is in this process's
+/// environment.
 fn fd_env_state() -> &'static str {
-    if std::env::var_os(FD_ENV).is_some() {
+    if std::env::var_os(FD_ENV).is_some() || std::env::var_os(RENDEZVOUS_ENV).is_some() {
         "present"
     } else {
         "absent"

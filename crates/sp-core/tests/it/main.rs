@@ -13,6 +13,7 @@
 mod bridge;
 mod children;
 mod decoders;
+mod handover;
 mod hostile;
 mod inherit;
 mod max_fds;
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
                 sizes::trials(),
                 max_fds::trials(),
                 inherit::trials(),
+                handover::trials(),
                 refs::trials(),
                 waiting::trials(),
                 peer::trials(),

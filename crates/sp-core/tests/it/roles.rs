@@ -37,6 +37,9 @@ pub fn run_role(role: &str) -> ExitCode {
         "report_fd_env" => return crate::inherit::role_report_fd_env(),
         "adopt_with_a_second_thread" => return crate::inherit::role_adopt_with_a_second_thread(),
         "too_many_refs" => return crate::refs::role_too_many_refs(),
+        "stranger_then_adopt" => return crate::handover::role_stranger_then_adopt(),
+        "pdeath_parent_handover" => return crate::handover::role_pdeath_parent_handover(),
+        "adopt_then_park" => return crate::handover::role_adopt_then_park(),
         #[cfg(feature = "tokio")]
         "tokio_echo" => crate::tokio::role_tokio_echo(),
         other => Err(format!("unknown role {other:?}")),
@@ -259,9 +262,29 @@ fn role_emfile() -> RoleResult {
 /// Spawns a grandchild that only a signal can end, with `PR_SET_PDEATHSIG` = `SIGKILL`, tells the
 /// test its pid, and exits when the test says so.
 fn role_pdeath_parent() -> RoleResult {
+    pdeath_parent(|end| spawn_role("park_forever", end))
+}
+
+/// The `pdeath_parent` roles: adopts, starts a grandchild that must die with this process through
+/// `spawn`, reports its pid, and exits when told.
+pub fn pdeath_parent_with(
+    spawn: impl FnOnce(sp_core::End) -> sp_core::Result<sp_core::Child>,
+) -> ExitCode {
+    match pdeath_parent(spawn) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("child role pdeath_parent failed: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pdeath_parent(
+    spawn: impl FnOnce(sp_core::End) -> sp_core::Result<sp_core::Child>,
+) -> RoleResult {
     let mut channel = adopt_channel()?;
     let (_ours, theirs) = pair(SocketKind::Stream).map_err(|e| e.to_string())?;
-    let grandchild = spawn_role("park_forever", theirs).map_err(|e| format!("spawn: {e}"))?;
+    let grandchild = spawn(theirs).map_err(|e| format!("spawn: {e}"))?;
     channel
         .send(grandchild.id().to_string().as_bytes(), &[])
         .map_err(|e| e.to_string())?;
