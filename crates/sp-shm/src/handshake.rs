@@ -68,6 +68,12 @@ impl Duplex {
     /// [`Error::Rejected`] if the peer refused ours; [`Error::HandshakeTimedOut`] if a step takes longer
     /// than [`Config::handshake_timeout`]; [`Error::PeerGone`] if the peer closed the socket.
     pub fn connect(mut channel: Channel, config: &Config) -> Result<Self> {
+        let producer = Self::offer(&mut channel, config)?;
+        Self::complete(channel, producer, config)
+    }
+
+    /// The first half of [`Self::connect`]: creates this side's ring and sends its OFFER.
+    fn offer(channel: &mut Channel, config: &Config) -> Result<Producer> {
         let (producer, offer) = create_producer(config)?;
         channel.send(
             &encode_offer(&offer),
@@ -76,7 +82,11 @@ impl Duplex {
         // Our copy of the peer's wake end must go now: POLLHUP means "peer gone" only when the
         // peer holds the last copy.
         drop(offer);
+        Ok(producer)
+    }
 
+    /// The second half of [`Self::connect`]: accepts the peer's OFFER and exchanges READY.
+    fn complete(mut channel: Channel, producer: Producer, config: &Config) -> Result<Self> {
         let msg = match channel.recv_timeout(config.handshake_timeout) {
             Ok(msg) => msg,
             Err(err) => {
@@ -148,9 +158,10 @@ impl Duplex {
     }
 }
 
-/// `socketpair(2)` + `fork`/`exec` (through [`sp_core::spawn_with`]): starts `cmd` as a child
-/// holding the other end of a fresh seqpacket pair, then runs the handshake with it (the child
-/// calls [`adopt`]).
+/// `socketpair(2)` + a child (through [`sp_core::spawn_with`], so `opts` decides whether the end
+/// is inherited or handed over after exec): starts `cmd` as a child holding the other end of a
+/// fresh seqpacket pair and runs the handshake with it (the child calls [`adopt`]). This side's
+/// OFFER is sent before the child starts and waits in the socket meanwhile.
 ///
 /// The parent's copy of the child's end is closed before the handshake, so the child's death is
 /// seen as `PeerGone`. If the handshake fails the child is killed and reaped.
@@ -176,11 +187,12 @@ pub fn spawn(
     config: &Config,
 ) -> Result<(sp_core::Child, Duplex)> {
     let (ours, theirs) = sp_core::pair(SocketKind::SeqPacket)?;
+    let mut channel = Channel::new(ours)?;
+    // The OFFER waits in the socket while the child starts: the ring's set-up is off the path
+    // from spawning to the child's first record.
+    let producer = Duplex::offer(&mut channel, config)?;
     let mut child = sp_core::spawn_with(cmd, theirs, opts)?;
-    match Channel::new(ours)
-        .map_err(Error::from)
-        .and_then(|ch| Duplex::connect(ch, config))
-    {
+    match Duplex::complete(channel, producer, config) {
         Ok(duplex) => Ok((child, duplex)),
         Err(err) => {
             let _ = child.kill();

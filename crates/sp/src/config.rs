@@ -32,7 +32,9 @@ impl Config {
     /// that the rings are not pre-faulted (`populate(false)`: a start pays no page faults for 2 MiB
     /// up front, each page faults once on first use instead), values larger than the largest
     /// record go as blobs, blobs up to 4 GiB, 1 s for announced descriptors, 10 s for each step of
-    /// setting up, children get `SIGKILL` when the thread that spawned them exits.
+    /// setting up, children get `SIGKILL` when the thread that spawned them exits, and a child's
+    /// end is handed over after `exec` ([`SpawnOptions::hand_over_after_exec`]: the child is
+    /// started by `posix_spawn`, not `fork`, so a start costs the same in a parent of any size).
     pub fn new() -> Self {
         Self {
             ring: sp_shm::Config::new().populate(false),
@@ -40,7 +42,9 @@ impl Config {
             max_blob_len: 4 << 30,
             attachment_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
-            spawn: SpawnOptions::new().parent_death_signal(Signal::KILL),
+            spawn: SpawnOptions::new()
+                .parent_death_signal(Signal::KILL)
+                .hand_over_after_exec(Duration::from_secs(10)),
         }
     }
 
@@ -105,10 +109,14 @@ impl Config {
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.ring = self.ring.handshake_timeout(timeout);
         self.handshake_timeout = timeout;
+        if self.spawn.handover_timeout().is_some() {
+            self.spawn = self.spawn.hand_over_after_exec(timeout);
+        }
         self
     }
 
-    /// How [`spawn`](crate::spawn) starts the child (default: parent-death signal `SIGKILL`).
+    /// How [`spawn`](crate::spawn) starts the child (default: parent-death signal `SIGKILL`, the
+    /// end handed over after `exec` within the handshake timeout).
     #[must_use]
     pub fn spawn_options(mut self, opts: SpawnOptions) -> Self {
         self.spawn = opts;
