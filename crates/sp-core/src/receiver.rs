@@ -216,7 +216,11 @@ impl Receiver {
         // size copies nothing, and a payload that outgrows the message copies only its growth.
         let held = msg.bytes.len().min(self.max_len);
         if self.buf.len() < self.max_len - held {
-            self.buf.resize(self.max_len, 0);
+            // A fresh zeroed allocation, not `resize`: for a buffer this size the allocator maps
+            // zero pages without writing them, so only the pages records fill are ever touched
+            // (`resize` would write all of `max_len`, 1 MiB by default, on a channel's first
+            // receive). The old contents are scratch.
+            self.buf = vec![0; self.max_len];
         }
         let mut head = [0u8; HEADER_LEN];
         let mut fds = Vec::new();
