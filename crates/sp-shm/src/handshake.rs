@@ -67,9 +67,24 @@ impl Duplex {
     /// [`Error::Refused`] if the peer's offer fails a check (the peer is told why);
     /// [`Error::Rejected`] if the peer refused ours; [`Error::HandshakeTimedOut`] if a step takes longer
     /// than [`Config::handshake_timeout`]; [`Error::PeerGone`] if the peer closed the socket.
-    pub fn connect(mut channel: Channel, config: &Config) -> Result<Self> {
+    pub fn connect(channel: Channel, config: &Config) -> Result<Self> {
+        Self::connect_with_greeting(channel, config, None)
+    }
+
+    /// As [`Self::connect`], and sends `greeting` (one message without descriptors, for the
+    /// layer above) right after this side's READY, before waiting for the peer's READY: a layer
+    /// whose first step is to send spares the peer one wait. A peer that refused this side's OFFER
+    /// never reads it.
+    ///
+    /// # Errors
+    /// As [`Self::connect`].
+    pub fn connect_with_greeting(
+        mut channel: Channel,
+        config: &Config,
+        greeting: Option<&[u8]>,
+    ) -> Result<Self> {
         let producer = Self::offer(&mut channel, config)?;
-        Self::complete(channel, producer, config)
+        Self::complete(channel, producer, config, greeting)
     }
 
     /// The first half of [`Self::connect`]: creates this side's ring and sends its OFFER.
@@ -85,8 +100,14 @@ impl Duplex {
         Ok(producer)
     }
 
-    /// The second half of [`Self::connect`]: accepts the peer's OFFER and exchanges READY.
-    fn complete(mut channel: Channel, producer: Producer, config: &Config) -> Result<Self> {
+    /// The second half of [`Self::connect_with_greeting`]: accepts the peer's OFFER and exchanges
+    /// READY (sending `greeting` after this side's).
+    fn complete(
+        mut channel: Channel,
+        producer: Producer,
+        config: &Config,
+        greeting: Option<&[u8]>,
+    ) -> Result<Self> {
         let msg = match channel.recv_timeout(config.handshake_timeout) {
             Ok(msg) => msg,
             Err(err) => {
@@ -122,7 +143,12 @@ impl Duplex {
         };
         // If the peer refused our offer it has sent its READY and closed, so our READY may find
         // the socket gone: read the peer's READY anyway, it says why.
-        let sent = channel.send(&encode_ready(0), &[]);
+        let sent = channel
+            .send(&encode_ready(0), &[])
+            .and_then(|()| match greeting {
+                Some(greeting) => channel.send(greeting, &[]),
+                None => Ok(()),
+            });
         let reply = channel
             .recv_timeout(config.handshake_timeout)
             .map_err(handshake_error)?;
@@ -186,13 +212,26 @@ pub fn spawn(
     opts: SpawnOptions,
     config: &Config,
 ) -> Result<(sp_core::Child, Duplex)> {
+    spawn_with_greeting(cmd, opts, config, None)
+}
+
+/// [`spawn`], sending `greeting` as [`Duplex::connect_with_greeting`] does.
+///
+/// # Errors
+/// As [`spawn`].
+pub fn spawn_with_greeting(
+    cmd: &mut Command,
+    opts: SpawnOptions,
+    config: &Config,
+    greeting: Option<&[u8]>,
+) -> Result<(sp_core::Child, Duplex)> {
     let (ours, theirs) = sp_core::pair(SocketKind::SeqPacket)?;
     let mut channel = Channel::new(ours)?;
     // The OFFER waits in the socket while the child starts: the ring's set-up is off the path
     // from spawning to the child's first record.
     let producer = Duplex::offer(&mut channel, config)?;
     let mut child = sp_core::spawn_with(cmd, theirs, opts)?;
-    match Duplex::complete(channel, producer, config) {
+    match Duplex::complete(channel, producer, config, greeting) {
         Ok(duplex) => Ok((child, duplex)),
         Err(err) => {
             let _ = child.kill();
@@ -207,8 +246,16 @@ pub fn spawn(
 /// # Errors
 /// As [`sp_core::adopt`] and [`Duplex::connect`].
 pub fn adopt(config: &Config) -> Result<Duplex> {
+    adopt_with_greeting(config, None)
+}
+
+/// [`adopt`], sending `greeting` as [`Duplex::connect_with_greeting`] does.
+///
+/// # Errors
+/// As [`adopt`].
+pub fn adopt_with_greeting(config: &Config, greeting: Option<&[u8]>) -> Result<Duplex> {
     let end = sp_core::adopt()?;
-    Duplex::connect(Channel::new(end)?, config)
+    Duplex::connect_with_greeting(Channel::new(end)?, config, greeting)
 }
 
 pub(crate) fn encode_offer(offer: &RingOffer) -> [u8; OFFER_LEN] {

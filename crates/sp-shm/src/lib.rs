@@ -70,7 +70,10 @@ pub use error::{
     TryRecvError, TrySendError,
 };
 #[cfg(not(sp_loom))]
-pub use handshake::{Duplex, OFFER_LEN, OFFER_MAGIC, READY_LEN, READY_MAGIC, adopt, spawn};
+pub use handshake::{
+    Duplex, OFFER_LEN, OFFER_MAGIC, READY_LEN, READY_MAGIC, adopt, adopt_with_greeting, spawn,
+    spawn_with_greeting,
+};
 pub use idle::IdleStrategy;
 pub use ring::{Consumer, Producer, ReadGrant, ReadGrantRef, Stats, WaitPrep, WriteGrant};
 #[cfg(not(sp_loom))]

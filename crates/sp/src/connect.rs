@@ -44,8 +44,10 @@ pub fn spawn<Out: Value, In: Value>(
     cmd: &mut Command,
     config: &Config,
 ) -> Result<(Child, Sender<Out>, Receiver<In>)> {
-    let (mut child, duplex) = sp_shm::spawn(cmd, config.spawn, &config.ring)?;
-    match from_duplex(duplex, config) {
+    let hello = wire::encode_hello(hello_of::<Out, In>());
+    let (mut child, duplex) =
+        sp_shm::spawn_with_greeting(cmd, config.spawn, &config.ring, Some(&hello))?;
+    match from_duplex::<Out, In>(duplex, config) {
         Ok((tx, rx)) => Ok((child, tx, rx)),
         Err(err) => {
             let _ = child.kill();
@@ -61,7 +63,8 @@ pub fn spawn<Out: Value, In: Value>(
 /// # Errors
 /// As [`sp_core::adopt`] (wrapped in [`Error::Core`]) and [`spawn`].
 pub fn adopt<Out: Value, In: Value>(config: &Config) -> Result<(Sender<Out>, Receiver<In>)> {
-    let duplex = sp_shm::adopt(&config.ring)?;
+    let hello = wire::encode_hello(hello_of::<Out, In>());
+    let duplex = sp_shm::adopt_with_greeting(&config.ring, Some(&hello))?;
     from_duplex(duplex, config)
 }
 
@@ -74,7 +77,8 @@ pub fn connect<Out: Value, In: Value>(
     channel: Channel,
     config: &Config,
 ) -> Result<(Sender<Out>, Receiver<In>)> {
-    let duplex = Duplex::connect(channel, &config.ring)?;
+    let hello = wire::encode_hello(hello_of::<Out, In>());
+    let duplex = Duplex::connect_with_greeting(channel, &config.ring, Some(&hello))?;
     from_duplex(duplex, config)
 }
 
@@ -104,18 +108,23 @@ pub fn channel<T: Value>(config: &Config) -> Result<(Sender<T>, Receiver<T>)> {
     ))
 }
 
-/// After the sp-shm handshake: the HELLO exchange, then the halves.
+/// This side's HELLO for a duplex that sends `Out` and receives `In`.
+fn hello_of<Out: Value, In: Value>() -> Hello {
+    Hello {
+        sends: Out::ENCODING,
+        receives: In::ENCODING,
+    }
+}
+
+/// After the sp-shm handshake, which sent this side's HELLO right after its READY (the sp-shm
+/// greeting, so neither side waits for the other's READY before sending it): the peer's HELLO
+/// is checked, then the halves.
 fn from_duplex<Out: Value, In: Value>(
     duplex: Duplex,
     config: &Config,
 ) -> Result<(Sender<Out>, Receiver<In>)> {
     let (producer, consumer, mut control) = duplex.into_parts();
-    let ours = Hello {
-        sends: Out::ENCODING,
-        receives: In::ENCODING,
-    };
-    send_hello(&control, ours)?;
-    check_hello(&mut control, ours, config)?;
+    check_hello(&mut control, hello_of::<Out, In>(), config)?;
     let poll_fd = control_sender(&control)?;
     let (tx, rx) = control.split();
     Ok((
