@@ -14,11 +14,12 @@ use crate::sender::{Control, Sender};
 use crate::value::Value;
 use crate::wire::{self, Hello};
 
-/// `socketpair(2)` + `fork`/`exec`: starts `cmd` as a child and connects to it; the child calls
+/// `socketpair(2)` + a child process: starts `cmd` as a child and connects to it; the child calls
 /// [`adopt`] with the types the other way round (`adopt::<In, Out>`).
 ///
-/// The child gets one end of a seqpacket pair (sp-core; the parent's copy is closed at once, so
-/// the child's death is seen), the two sides set up one ring per direction (sp-shm's handshake)
+/// The child gets one end of a seqpacket pair (sp-core; by default handed over after exec, so the
+/// child is started by `posix_spawn` and a start costs the same in a parent of any size; the
+/// parent's copy is closed at once, so the child's death is seen), the two sides set up one ring per direction (sp-shm's handshake)
 /// and exchange a HELLO that checks the typed protocol's version and that each side's types are
 /// encoded alike. If any of it fails, the child is killed and reaped.
 ///

@@ -1,7 +1,8 @@
 //! `sp-start` and `spawn-pipe`: from starting a child to the first value received from it, 100
-//! times each. sp: `sp::spawn` (socketpair, fork and exec, the ring handshake, the HELLO), then
-//! `recv` of one `u64` the child sends after `sp::adopt`. The yardstick: `Command::spawn` with a
-//! piped stdout, then reading the one line the child writes. The child is this executable in both.
+//! times each. sp: `sp::spawn` (socketpair, `posix_spawn` and the end handed over after exec, the
+//! ring handshake, the HELLO), then `recv` of one `u64` the child sends after `sp::adopt`. The
+//! yardstick: `Command::spawn` with a piped stdout, then reading the one line the child writes.
+//! The child is this executable in both.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
