@@ -63,10 +63,14 @@ fn sp_round(
     duration: Duration,
 ) -> Result<(u64, Duration)> {
     let mut expected = std::collections::HashMap::new();
+    // Buffers of answered items, handed back by the pool and reused, as the crossbeam pool does.
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut n = 0u64;
     let mut check = |reply: sp::pool::Reply<ByteBuf, (u64, u64)>,
-                     expected: &mut std::collections::HashMap<u64, (u64, u64)>|
+                     expected: &mut std::collections::HashMap<u64, (u64, u64)>,
+                     spare: &mut Vec<Vec<u8>>|
      -> Result<()> {
+        spare.extend(reply.item.map(ByteBuf::into_vec));
         let got = reply
             .result
             .map_err(|lost| Error::Child(format!("pool worker: {lost}")))?;
@@ -79,7 +83,7 @@ fn sp_round(
     let started = Instant::now();
     let mut seq = 0u64;
     while started.elapsed() < duration {
-        let mut item = vec![0u8; size];
+        let mut item = spare.pop().unwrap_or_else(|| vec![0u8; size]);
         let total = fill(&mut item, seq);
         let mut item = ByteBuf::from(item);
         loop {
@@ -91,7 +95,7 @@ fn sp_round(
                 Err(err) if err.is_full() => {
                     item = err.item;
                     let reply = pool.recv()?.ok_or(Error::Child("no answer".into()))?;
-                    check(reply, &mut expected)?;
+                    check(reply, &mut expected, &mut spare)?;
                 }
                 Err(err) => {
                     return Err(err
@@ -104,7 +108,7 @@ fn sp_round(
         seq += 1;
     }
     while let Some(reply) = pool.recv()? {
-        check(reply, &mut expected)?;
+        check(reply, &mut expected, &mut spare)?;
     }
     Ok((n, started.elapsed()))
 }

@@ -194,6 +194,7 @@ impl<In: Value + 'static, Out: Value + 'static> Pool<In, Out> {
                         status,
                         cause: cause.clone(),
                     }),
+                    item: None,
                 }),
             );
             self.arrivals.push_back(id);
@@ -219,7 +220,7 @@ fn file_answer<In: Value, Out: Value>(
             id: answer.id,
         }));
     };
-    worker.in_flight.remove(at);
+    let item = worker.in_flight.remove(at).map(|(_, item)| item);
     worker.full = false;
     outstanding.insert(
         answer.id,
@@ -227,6 +228,7 @@ fn file_answer<In: Value, Out: Value>(
             id: answer.id,
             worker: index,
             result: Ok(answer.value),
+            item,
         }),
     );
     arrivals.push_back(answer.id);

@@ -16,6 +16,10 @@ pub struct Reply<In, Out> {
     pub worker: usize,
     /// The worker's result, or the item back if the worker went down before answering.
     pub result: Result<Out, Lost<In>>,
+    /// The item, handed back with its result so that the caller can reuse it (its buffers, say:
+    /// the pool keeps every item until it is answered, to hand it back if its worker goes
+    /// down). `None` when the worker went down: the item is in [`Lost`] then.
+    pub item: Option<In>,
 }
 
 /// An item whose worker went down before it answered: it is handed back, never silently dropped.

@@ -47,6 +47,15 @@ fn check(reply: &Reply<u64, u64>, submitted: &BTreeMap<u64, u64>) -> TestResult 
     let item = submitted
         .get(&reply.id)
         .ok_or(format!("unknown id {}", reply.id))?;
+    // An answered item comes back beside its result; a lost one only in `Lost`.
+    match (&reply.result, reply.item) {
+        (Ok(_), Some(back)) if back != *item => {
+            return Err(format!("item {}: handed back as {back}", reply.id));
+        }
+        (Ok(_), None) => return Err(format!("item {}: answered, not handed back", reply.id)),
+        (Err(_), Some(_)) => return Err(format!("item {}: lost and handed back", reply.id)),
+        _ => {}
+    }
     match &reply.result {
         Ok(out) if *out == work(*item) => Ok(()),
         Ok(out) => Err(format!("item {}: wrong answer {out}", reply.id)),
