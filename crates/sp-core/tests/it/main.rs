@@ -11,6 +11,7 @@
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod bridge;
+mod buffers;
 mod children;
 mod decoders;
 mod handover;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             [
                 pairs::trials(),
                 messages::trials(),
+                buffers::trials(),
                 hostile::trials(),
                 children::trials(),
                 bridge::trials(),
