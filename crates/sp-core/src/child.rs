@@ -86,8 +86,8 @@ impl SpawnOptions {
     /// process that handed the end over; between `exec` and `adopt` it has none. A `Command` that
     /// already carries a pre-exec step of its own is still started by `fork`.
     ///
-    /// The tokio spawn ([`tokio::spawn_with`](crate::tokio::spawn_with), feature `tokio`) must
-    /// not block its runtime and always lets the child inherit its end: it ignores this option.
+    /// The tokio spawn (`sp_core::tokio::spawn_with`, feature `tokio`) must not block its runtime
+    /// and always lets the child inherit its end: it ignores this option.
     pub fn hand_over_after_exec(mut self, timeout: Duration) -> Self {
         self.handover = Some(timeout);
         self
