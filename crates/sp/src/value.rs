@@ -60,6 +60,19 @@ pub trait Value: Sized {
     /// # Errors
     /// A [`DecodeError`] naming what is wrong with the bytes.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+
+    /// Decodes the bytes of one record into `place`, reusing what it holds where the encoding
+    /// can (serde types: `Deserialize::deserialize_in_place`, which keeps the capacity of strings
+    /// and vectors). The default decodes a new value and moves it in.
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode). On an error `place` holds some valid value, not necessarily
+    /// the one it held before.
+    #[inline]
+    fn decode_into(bytes: &[u8], place: &mut Self) -> Result<(), DecodeError> {
+        *place = Self::decode(bytes)?;
+        Ok(())
+    }
 }
 
 /// How a [`Value`] type is encoded (sent in the HELLO at set-up, so that two sides whose types
@@ -128,6 +141,17 @@ impl<T: Serialize + DeserializeOwned> Value for T {
             return Err(DecodeError::TrailingBytes { n: rest.len() });
         }
         Ok(value)
+    }
+
+    #[inline]
+    fn decode_into(bytes: &[u8], place: &mut Self) -> Result<(), DecodeError> {
+        let mut de = postcard::Deserializer::from_bytes(bytes);
+        Self::deserialize_in_place(&mut de, place)?;
+        let rest = de.finalize()?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes { n: rest.len() });
+        }
+        Ok(())
     }
 }
 

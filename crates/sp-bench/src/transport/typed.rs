@@ -14,7 +14,9 @@
 //!   16 characters of `name` (one `char` per byte), the rest `values` as little-endian `u32`s (10
 //!   of them at 64 B; at 56 B the struct of the issue, with 8). The sender builds the struct from
 //!   the filled bytes and the receiver turns it back into bytes for the check; the peer crate's
-//!   typed transport (`ipc-channel-typed`) does the same conversions.
+//!   typed transport (`ipc-channel-typed`) does the same conversions. Both sides reuse one value:
+//!   the sender rebuilds it in place, the receiver decodes into it (`recv_into`); ipc-channel has
+//!   no such receive and allocates a new value for each message.
 
 #![allow(unsafe_code)] // `Receiver::trust_peer`, see above.
 
@@ -113,7 +115,10 @@ struct PodLink {
 struct RecLink {
     tx: sp::Sender<Rec>,
     rx: sp::Receiver<Rec>,
+    /// The value sent, rebuilt in place from each message.
     value: Rec,
+    /// The value received into (`recv_into`: its string and vector are reused).
+    received: Rec,
     buf: Vec<u8>,
 }
 
@@ -169,6 +174,7 @@ fn link(end: End, size: usize, pod: bool) -> Result<Box<dyn Link>> {
             tx,
             rx,
             value: Rec::default(),
+            received: Rec::default(),
             buf: vec![0; size],
         }))
     }
@@ -196,8 +202,8 @@ impl Link for RecLink {
     }
 
     fn recv(&mut self, check: &mut Check<'_>) -> Result<()> {
-        let value = self.rx.recv()?;
-        value.write_to(&mut self.buf)?;
+        self.rx.recv_into(&mut self.received)?;
+        self.received.write_to(&mut self.buf)?;
         check(&self.buf)
     }
 

@@ -117,6 +117,19 @@ impl<T: Value, O: Outcome<(T, Vec<OwnedFd>)>> Deliver<O> for DecodeWithFds<T> {
     }
 }
 
+/// Decodes into the caller's `T` ([`Value::decode_into`]); its descriptors are closed.
+pub(crate) struct DecodeInto<'a, T>(pub(crate) &'a mut T);
+
+impl<T: Value, O: Outcome<()>> Deliver<O> for DecodeInto<'_, T> {
+    #[inline(always)]
+    fn deliver(self, bytes: &[u8], _fds: Vec<OwnedFd>) -> O {
+        match T::decode_into(bytes, self.0) {
+            Ok(()) => O::value(()),
+            Err(err) => decode_error(err),
+        }
+    }
+}
+
 /// Validates the bytes as a `T` in place and lends it to `F` with the descriptors.
 pub(crate) struct View<T, F> {
     f: F,

@@ -44,7 +44,7 @@ use crate::limit::Limit;
 use crate::value::{PlainData, Value};
 use crate::wire::KIND_VALUE;
 use attach::Awaiting;
-use deliver::{Decode, DecodeWithFds, Deliver, Failed, View};
+use deliver::{Decode, DecodeInto, DecodeWithFds, Deliver, Failed, View};
 
 /// Receives values of type `T` from the peer.
 ///
@@ -158,6 +158,40 @@ impl<T: Value> Receiver<T> {
     /// [`RecvTimeoutError::Timeout`]; otherwise as [`recv`](Self::recv).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.take(Limit::after(timeout), AttachWait::Block, Decode::new())
+    }
+
+    /// As [`recv`](Self::recv), decoding into `value` rather than into a new one: a serde
+    /// value's strings and vectors keep their allocations ([`Value::decode_into`]), so a loop that
+    /// receives into one value allocates nothing once its buffers have grown. Descriptors sent
+    /// with the value are closed.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv). After [`Error::Decode`], `value` holds some valid value, not
+    /// necessarily the one it held before.
+    pub fn recv_into(&mut self, value: &mut T) -> Result<()> {
+        self.take(Limit::Forever, AttachWait::Block, DecodeInto(value))
+    }
+
+    /// As [`recv_into`](Self::recv_into), if a value is there; `value` is untouched when there
+    /// is none.
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_into(&mut self, value: &mut T) -> Result<(), TryRecvError> {
+        self.take(Limit::Now, AttachWait::Block, DecodeInto(value))
+    }
+
+    /// As [`recv_into`](Self::recv_into), waiting at most `timeout`; `value` is untouched on a
+    /// timeout.
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_into_timeout(
+        &mut self,
+        value: &mut T,
+        timeout: Duration,
+    ) -> Result<(), RecvTimeoutError> {
+        self.take(Limit::after(timeout), AttachWait::Block, DecodeInto(value))
     }
 
     /// Waits for the next value and the descriptors sent with it (none for a value sent without),

@@ -22,6 +22,9 @@ pub(crate) fn trials() -> Vec<Trial> {
         trial("cross_plain_round_trip", || {
             round_trip::<Pod>("echo-plain", count(1_000_000), Pod::new, |v| v.seq)
         }),
+        trial("cross_serde_round_trip_into_one_value", || {
+            round_trip_into::<Rec>("echo-serde", count(200_000), Rec::new, |v| v.seq)
+        }),
         trial("cross_blob_threshold_straddle", blob_threshold_straddle),
         trial("cross_fds_under_load", fds_under_load),
     ]
@@ -58,6 +61,39 @@ fn round_trip<T: Value + PartialEq + std::fmt::Debug + 'static>(
     match rx.recv() {
         Err(Error::PeerGone) => {}
         other => return Err(format!("after the stream: {:?}", other.map(|v| seq_of(&v)))),
+    }
+    reap(child)
+}
+
+/// As [`round_trip`], receiving every echo into one value with `recv_into` (the child echoes
+/// with `recv`): each must equal the value sent, whatever the value held before.
+fn round_trip_into<T: Value + PartialEq + std::fmt::Debug + 'static>(
+    role: &str,
+    n: u64,
+    make: fn(u64) -> T,
+    seq_of: fn(&T) -> u64,
+) -> TestResult {
+    let (child, mut tx, mut rx) = sp::spawn::<T, T>(&mut child_command(role, ""), &config())
+        .map_err(|e| format!("spawn: {e}"))?;
+    let sender = std::thread::spawn(move || -> TestResult {
+        for seq in 0..n {
+            tx.send(&make(seq))
+                .map_err(|e| format!("send {seq}: {e}"))?;
+        }
+        Ok(())
+    });
+    let mut got = make(u64::MAX);
+    for seq in 0..n {
+        rx.recv_into(&mut got)
+            .map_err(|e| format!("recv_into {seq}: {e}"))?;
+        if got != make(seq) {
+            return Err(format!("echo {seq}: got value {}", seq_of(&got)));
+        }
+    }
+    sender.join().map_err(|_| "sender panicked")??;
+    match rx.recv_into(&mut got) {
+        Err(Error::PeerGone) => {}
+        other => return Err(format!("after the stream: {other:?}")),
     }
     reap(child)
 }

@@ -22,6 +22,10 @@ pub(crate) fn trials() -> Vec<Trial> {
             large_values_skip_the_size_pass_and_fall_back,
         ),
         trial("local_plain_blob_in_place", plain_blob_in_place),
+        trial(
+            "local_recv_into_keeps_buffers_across_ring_and_blob_values",
+            recv_into_keeps_buffers,
+        ),
         trial("local_fds_with_their_values", fds_with_their_values),
         trial(
             "local_too_many_fds_sends_nothing",
@@ -136,6 +140,59 @@ fn blob_threshold_straddle() -> TestResult {
     tx.send(&big).map_err(|e| e.to_string())?;
     if rx.recv().map_err(|e| e.to_string())? != big {
         return Err("8 MiB value differs".into());
+    }
+    Ok(())
+}
+
+/// `recv_into` decodes into the caller's value: values by the ring and as blobs all arrive equal,
+/// and a value that fits the vector's capacity reuses its buffer; the waiting forms leave the
+/// value untouched when there is nothing.
+fn recv_into_keeps_buffers() -> TestResult {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Numbers {
+        name: String,
+        values: Vec<u32>,
+    }
+    let numbers = |n: u32| Numbers {
+        name: format!("numbers-{n}"),
+        values: (0..n).map(|i| i.wrapping_mul(2_654_435_761)).collect(),
+    };
+    let config = small_ring().blob_threshold(4096);
+    let (mut tx, mut rx) = sp::channel::<Numbers>(&config).map_err(|e| e.to_string())?;
+    let mut got = numbers(0);
+    // A blob (40,000 numbers, ~200 KB), then ring values that fit what it left: same buffer.
+    for n in [40_000, 10, 700, 3, 40_000, 0, 5] {
+        tx.send(&numbers(n)).map_err(|e| e.to_string())?;
+        let buffer = got.values.as_ptr();
+        let reusable = got.values.capacity() >= n as usize && n > 0;
+        rx.recv_into(&mut got)
+            .map_err(|e| format!("{n} numbers: {e}"))?;
+        if got != numbers(n) {
+            return Err(format!("{n} numbers: value differs"));
+        }
+        if reusable && got.values.as_ptr() != buffer {
+            return Err(format!(
+                "{n} numbers: a new buffer, though the old one had room"
+            ));
+        }
+    }
+    let before = got.clone();
+    match rx.try_recv_into(&mut got) {
+        Err(sp::TryRecvError::Empty) if got == before => {}
+        other => {
+            return Err(format!(
+                "try_recv_into on nothing: {other:?}, value {got:?}"
+            ));
+        }
+    }
+    match rx.recv_into_timeout(&mut got, std::time::Duration::from_millis(20)) {
+        Err(sp::RecvTimeoutError::Timeout) if got == before => {}
+        other => return Err(format!("recv_into_timeout on nothing: {other:?}")),
+    }
+    tx.send(&numbers(9)).map_err(|e| e.to_string())?;
+    rx.try_recv_into(&mut got).map_err(|e| e.to_string())?;
+    if got != numbers(9) {
+        return Err("try_recv_into: value differs".into());
     }
     Ok(())
 }
