@@ -288,6 +288,18 @@ impl<T: Value> AsyncReceiver<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    /// Awaits the next value, decoded into `value` ([`Receiver::recv_into`]: a serde value's
+    /// strings and vectors keep their allocations).
+    ///
+    /// **Cancellation:** cancel-safe, as [`recv`](Self::recv); only the poll that returns
+    /// `Ready` writes `value`, so a dropped future leaves it as it was.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_into`].
+    pub async fn recv_into(&mut self, value: &mut T) -> Result<()> {
+        poll_fn(|cx| self.poll_take(cx, |rx| rx.try_recv_into_resumable(value))).await
+    }
+
     /// Awaits the next value and the descriptors sent with it.
     ///
     /// **Cancellation:** cancel-safe, as [`recv`](Self::recv).

@@ -261,6 +261,12 @@ impl<T: Value> Receiver<T> {
         self.take(Limit::Now, AttachWait::Resume, Decode::new())
     }
 
+    /// As [`try_recv_resumable`](Self::try_recv_resumable), decoding into `value`.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_recv_into_resumable(&mut self, value: &mut T) -> Result<(), TryRecvError> {
+        self.take(Limit::Now, AttachWait::Resume, DecodeInto(value))
+    }
+
     /// As [`try_recv_resumable`](Self::try_recv_resumable), with the descriptors.
     #[cfg(feature = "tokio")]
     pub(crate) fn try_recv_with_fds_resumable(

@@ -43,7 +43,13 @@ pub(crate) fn trials() -> Vec<Trial> {
         ));
         trials.push(trial(
             &format!("tokio_{flavour}_typed_recv_cancelled_at_random_loses_and_repeats_nothing"),
-            move || runtime(flavour).block_on(recv_cancelled_at_random()),
+            move || runtime(flavour).block_on(recv_cancelled_at_random(false)),
+        ));
+        trials.push(trial(
+            &format!(
+                "tokio_{flavour}_typed_recv_into_cancelled_at_random_loses_repeats_and_writes_nothing"
+            ),
+            move || runtime(flavour).block_on(recv_cancelled_at_random(true)),
         ));
         for idle in ["park", "adaptive"] {
             for (committed, what) in [(0, "empty"), (kill::BURST, "burst")] {
@@ -191,10 +197,19 @@ async fn recv(slot: &mut Option<AsyncReceiver<(u64, u64)>>) -> sp::Result<(u64, 
     }
 }
 
+/// One receive of the cancellation trial: `recv`, or `recv_into` the slot when there is one.
+async fn recv_one(rx: &mut AsyncReceiver<u64>, slot: Option<&mut u64>) -> sp::Result<u64> {
+    match slot {
+        None => rx.recv().await,
+        Some(slot) => rx.recv_into(slot).await.map(|()| *slot),
+    }
+}
+
 /// A blocking sender on another thread sends numbered values in bursts; every async receive is
 /// wrapped in a timeout (zero for two in three, else up to 2 ms), so that many are cancelled
-/// while they wait; every value must arrive once, in order.
-async fn recv_cancelled_at_random() -> TestResult {
+/// while they wait; every value must arrive once, in order. With `into`, each receive decodes
+/// into one slot, which a cancelled receive must leave as it was.
+async fn recv_cancelled_at_random(into: bool) -> TestResult {
     // A debug build (CI's) receives far slower: fewer values, longer gaps, so that the ring is
     // still often empty when a receive starts.
     let (n, burst, gap_us): (u64, u64, u64) = if cfg!(debug_assertions) {
@@ -236,6 +251,7 @@ async fn recv_cancelled_at_random() -> TestResult {
     });
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
     let (mut next, mut cancelled) = (0u64, 0u64);
+    let mut slot = u64::MAX;
     let deadline = Instant::now() + Duration::from_secs(25);
     while next < n {
         if Instant::now() > deadline {
@@ -246,16 +262,21 @@ async fn recv_cancelled_at_random() -> TestResult {
         rng ^= rng << 17;
         // A third of the receives run under a timer (cancelled on a timer tick, ~1 ms), the rest
         // are polled once and dropped if that poll is pending (cancelled at once).
+        let slot_before = slot;
+        let receive = recv_one(&mut rx, into.then_some(&mut slot));
         let got = if rng.is_multiple_of(3) {
-            tokio::time::timeout(Duration::from_micros(rng % 200), rx.recv())
+            tokio::time::timeout(Duration::from_micros(rng % 200), receive)
                 .await
                 .map_err(|_| ())
         } else {
-            sp_test_support::poll_once(rx.recv()).await
+            sp_test_support::poll_once(receive).await
         };
         match got {
             Ok(Ok(value)) if value == next => next += 1,
             Ok(res) => return Err(format!("expected {next}, got {res:?}")),
+            Err(_) if slot != slot_before => {
+                return Err(format!("a cancelled receive wrote {slot} into the slot"));
+            }
             Err(_) => {
                 cancelled += 1;
                 cancellations.store(cancelled, Ordering::Relaxed);
