@@ -71,10 +71,9 @@ impl Rendezvous {
         for _ in 0..4 {
             let mut random = [0u8; NAME_RANDOM_LEN];
             rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
-            let mut name = String::from(NAME_PREFIX);
-            for byte in random {
-                name.push_str(&format!("{byte:02x}"));
-            }
+            let name: String = std::iter::once(NAME_PREFIX.to_owned())
+                .chain(random.iter().map(|byte| format!("{byte:02x}")))
+                .collect();
             let listener = rustix::net::socket_with(
                 AddressFamily::UNIX,
                 SocketType::SEQPACKET,
@@ -100,9 +99,9 @@ impl Rendezvous {
         &self.name
     }
 
-    /// Waits for `child` to connect and sends it `end`. Ends with [`Handover::TimedOut`] at
-    /// `deadline` and with [`Handover::ChildExited`] when the child exits first; `end` is closed
-    /// here either way.
+    /// Waits for `child` to connect and sends it `end`. Ends with [`Handover::TimedOut`] once
+    /// `timeout` has passed and with [`Handover::ChildExited`] when the child exits first; `end`
+    /// is closed here either way.
     pub(crate) fn hand_over(
         self,
         end: End,
@@ -116,11 +115,13 @@ impl Rendezvous {
             match rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC) {
                 Ok(conn) => {
                     let peer = rustix::net::sockopt::socket_peercred(&conn)?;
-                    if peer.pid.as_raw_nonzero().get() as u32 != child.id() {
-                        // Not the child: closed unanswered (see the invariants above).
-                        continue;
+                    if peer.pid.as_raw_nonzero().get() as u32 == child.id() {
+                        return send(conn, &end, death_signal);
                     }
-                    return send(conn, &end, death_signal);
+                    // Not the child: closed unanswered (see the invariants above). The checks
+                    // below still run, so a stream of strangers cannot hold this past the
+                    // deadline.
+                    drop(conn);
                 }
                 Err(Errno::AGAIN | Errno::INTR | Errno::CONNABORTED) => {}
                 Err(err) => return Err(err.into()),
