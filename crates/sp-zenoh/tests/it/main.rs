@@ -9,6 +9,7 @@
 //! sleeps to be slow. A child gives up after [`CHILD_LIMIT`], so none outlives a failed run.
 
 mod faults;
+mod handover;
 mod items;
 mod pipeline;
 mod refusals;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         let mut trials = Vec::new();
         trials.extend(streams::trials());
         trials.extend(faults::trials());
+        trials.extend(handover::trials());
         trials.extend(refusals::trials());
         trials.extend(pipeline::trials());
         trials
@@ -147,6 +149,35 @@ impl Kid {
         rustix::process::Pid::from_child(child)
     }
 
+    /// Kills the child (SIGKILL) and reaps it.
+    fn kill(&mut self) -> Result<std::process::ExitStatus, String> {
+        let child = self.0.as_mut().expect("the child is there until reaped");
+        child.kill().map_err(|e| e.to_string())?;
+        child.wait().map_err(|e| e.to_string())
+    }
+
+    /// Reads one line the child printed (it must not have taken its report's pipe yet).
+    fn read_line(&mut self) -> Result<String, String> {
+        use std::io::Read;
+        let child = self.0.as_mut().expect("the child is there until reaped");
+        let stdout = child
+            .stdout
+            .as_mut()
+            .ok_or("the child's stdout is not a pipe")?;
+        // Byte by byte, so that nothing after the line is taken from the pipe.
+        let mut line = Vec::new();
+        let mut byte = [0; 1];
+        loop {
+            match stdout.read(&mut byte) {
+                Ok(0) => return Err(format!("the child ended after {line:?}")),
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) => line.push(byte[0]),
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+        Ok(String::from_utf8_lossy(&line).into_owned())
+    }
+
     /// Waits for the child to exit.
     fn wait(&mut self) -> Result<std::process::ExitStatus, String> {
         let child = self.0.as_mut().expect("the child is there until reaped");
@@ -178,6 +209,17 @@ fn child_command(role: &str, args: &str) -> Command {
 fn spawn_child(role: &str, args: &str) -> Kid {
     let child = child_command(role, args)
         .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    Kid(Some(child))
+}
+
+/// As [`spawn_child`], with stdin a pipe that stays open: a child that holds (`hold_after`)
+/// waits on it until it is killed.
+fn spawn_holding(role: &str, args: &str) -> Kid {
+    let child = child_command(role, args)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::piped())
         .spawn()
         .expect("spawn child");
     Kid(Some(child))
