@@ -2,6 +2,8 @@
 //! still alive (zenoh has not yet reported the old one's loss), which `OnLoss::Resume` resumes
 //! once the old one goes, with nothing lost or delivered twice; and the refusal when both stay.
 //!
+//! And a stale token: an ended publisher's, with the `done` of its stream, is not taken.
+//!
 //! The order is forced, not hoped for: the old remote (a child) holds after its share of the
 //! stream; the new one (another child) declares its gateway's token, then a `<key>/ready` token
 //! on the same session, which reaches this process after the gateway's token; only then is the
@@ -36,6 +38,10 @@ pub(crate) fn trials() -> Vec<Trial> {
         trial(
             "a_second_subscriber_that_stays_is_refused_after_the_handover_grace",
             second_sink_stays,
+        ),
+        trial(
+            "a_stale_token_of_an_ended_publisher_is_not_taken",
+            stale_publisher,
         ),
     ]
 }
@@ -306,5 +312,51 @@ fn second_sink_stays() -> TestResult {
     // Both sinks' tokens gone: zenoh has seen both connections close.
     gone.wait(2)?;
     eprintln!("  refused {took:?} after the second sink appeared");
+    Ok(())
+}
+
+/// The tokens an ended publisher can leave for a moment: its own, and the `done` of its stream
+/// (declared by hand here, so that they stay). A subscriber that starts on the key neither takes
+/// it as its publisher nor counts it as a second one: it receives the real publisher's stream,
+/// with `OnLoss::End`.
+fn stale_publisher() -> TestResult {
+    let key = "it/stale";
+    let port = free_port();
+    let a = open_session(Some(port), &[], None);
+    let b = open_session(None, &[port], None);
+    let stale = |role: &str| {
+        a.liveliness()
+            .declare_token(format!("{key}/_sp/{role}/00001234/postcard"))
+            .wait()
+            .map_err(|e| e.to_string())
+    };
+    let (_pub_token, _done_token) = (stale("pub")?, stale("done")?);
+    let (remote_tx, mut remote_rx) =
+        sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
+    let subscriber =
+        sp_zenoh::subscribe(&b, key, remote_tx, &options()).map_err(|e| e.to_string())?;
+    let (mut tx, rx) = sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
+    let publisher = sp_zenoh::publish(&a, key, rx, &options()).map_err(|e| e.to_string())?;
+    for seq in 0..10 {
+        tx.send(&item(7, seq, Sizes::Mixed))
+            .map_err(|e| format!("send {seq}: {e}"))?;
+    }
+    drop(tx);
+    let mut checker = Checker::new(Sizes::Mixed, false);
+    loop {
+        match remote_rx.recv() {
+            Ok(value) => checker.check(&value)?,
+            Err(sp::Error::PeerGone) => break,
+            Err(err) => return Err(format!("receive: {err}")),
+        }
+    }
+    let summary = subscriber.join().map_err(|e| format!("subscriber: {e}"))?;
+    publisher.join().map_err(|e| format!("publisher: {e}"))?;
+    if summary.records != 10 || checker.starts != [(7, 0)] {
+        return Err(format!(
+            "subscriber {summary:?}, starts {:?}",
+            checker.starts
+        ));
+    }
     Ok(())
 }
