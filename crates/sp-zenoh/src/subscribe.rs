@@ -305,14 +305,15 @@ impl Supervisor {
         let grace = self.options.handover_grace();
         let mut window = self.options.connect_timeout;
         let mut deadline = Instant::now().checked_add(window);
-        // With two publishers alive: until when the gateway waits for one of them to go.
-        let mut handover: Option<Instant> = None;
+        // With two publishers alive: until when the gateway waits for one of them to go (`None`
+        // inside: no end, for a grace too long to add to the clock).
+        let mut handover: Option<Option<Instant>> = None;
         loop {
             let current = self.current;
             let ours = &self.encoding;
             let key = &self.key;
             let waiting_out_two = handover.is_some();
-            let until = handover.map_or(deadline, |end| earliest(deadline, Some(end)));
+            let until = handover.map_or(deadline, |end| earliest(deadline, end));
             let event = self.watch.wait_until(until, |seen| {
                 if seen.stop {
                     return Some(Event::Stop);
@@ -363,7 +364,7 @@ impl Supervisor {
                     None => {
                         return Err(Error::Protocol(Violation::SecondRemote { token }).into());
                     }
-                    Some(grace) => handover = Instant::now().checked_add(grace),
+                    Some(grace) => handover = Some(Instant::now().checked_add(grace)),
                 },
                 Some(Event::DataEnd(DataEnd::Ended(epoch))) => return self.confirm(epoch),
                 Some(Event::DataEnd(DataEnd::Aborted(epoch))) => {
