@@ -19,6 +19,7 @@ use sp_zenoh::{Error, OnLoss, Violation};
 use zenoh::Wait;
 
 use crate::items::{Checker, Item, Sizes, item};
+use crate::refusals::{pair, postcard_bytes, sample, wait_matched};
 use crate::streams::options;
 use crate::{
     TestResult, count, expect_err, free_port, open_session, reap, report_value, spawn_child,
@@ -42,6 +43,10 @@ pub(crate) fn trials() -> Vec<Trial> {
         trial(
             "a_stale_token_of_an_ended_publisher_is_not_taken",
             stale_publisher,
+        ),
+        trial(
+            "samples_put_before_the_publisher_found_this_subscriber_are_passed_over",
+            samples_before_first,
         ),
     ]
 }
@@ -357,6 +362,60 @@ fn stale_publisher() -> TestResult {
             "subscriber {summary:?}, starts {:?}",
             checker.starts
         ));
+    }
+    Ok(())
+}
+
+/// A publisher written by hand puts, as a publisher that has just found this subscriber while
+/// its samples to the old one were still going out would: a sample of records 3 and 4 without
+/// FIRST (meant for the old subscriber), then FIRST at 5, then 6, then END at 7. The subscriber
+/// passes over the first, delivers 5 and 6 in sequence, and ends cleanly. A sample without FIRST
+/// after the stream started is still checked: the hostile-publisher trial's lost and duplicated
+/// records are `Sequence` violations.
+fn samples_before_first() -> TestResult {
+    let key = "it/before-first";
+    let (a, b) = pair();
+    let (tx, mut rx) = sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
+    // This publisher's token stays until the trial ends: no lingering for it to go.
+    let quick_end = options().linger(Duration::ZERO);
+    let gateway = sp_zenoh::subscribe(&b, key, tx, &quick_end).map_err(|e| e.to_string())?;
+    // Epoch 0xabcd: the one `sample` writes.
+    let _token = a
+        .liveliness()
+        .declare_token(format!("{key}/_sp/pub/0000abcd/postcard"))
+        .wait()
+        .map_err(|e| e.to_string())?;
+    let publisher = a
+        .declare_publisher(key)
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()
+        .map_err(|e| e.to_string())?;
+    wait_matched(&publisher)?;
+    let value = |seq| postcard_bytes(&item(0, seq, Sizes::Small));
+    let (v3, v4, v5, v6) = (value(3), value(4), value(5), value(6));
+    const RECORDS: u8 = 1;
+    const END: u8 = 2;
+    const FIRST: u8 = 1;
+    for bytes in [
+        sample(3, RECORDS, 0, &[&v3, &v4]),
+        sample(5, RECORDS, FIRST, &[&v5]),
+        sample(6, RECORDS, 0, &[&v6]),
+        sample(7, END, 0, &[]),
+    ] {
+        publisher.put(bytes).wait().map_err(|e| e.to_string())?;
+    }
+    let mut got = Vec::new();
+    loop {
+        match rx.recv() {
+            Ok(value) => got.push(value),
+            Err(sp::Error::PeerGone) => break,
+            Err(err) => return Err(format!("receive: {err}")),
+        }
+    }
+    let summary = gateway.join().map_err(|e| format!("gateway: {e}"))?;
+    if got != [item(0, 5, Sizes::Small), item(0, 6, Sizes::Small)] || summary.records != 2 {
+        let seqs: Vec<u64> = got.iter().map(|value| value.seq).collect();
+        return Err(format!("delivered {seqs:?}, gateway {summary:?}"));
     }
     Ok(())
 }
