@@ -67,8 +67,12 @@ fn run_role(role: &Role) -> ExitCode {
     role.exit(roles::run(&role.name, &roles::Args::parse(&role.arg)))
 }
 
-/// Two sessions, connected, pass one sample: every runtime zenoh starts lazily is running.
+/// Two sessions, connected, pass one sample: every runtime zenoh starts lazily is running. Then
+/// waits (at most [`SETTLE_LIMIT`]) until zenoh has released the sessions' sockets, which it
+/// does on its runtime threads after `close` returned ([`settle_fds`]); the first trial's
+/// descriptor reading would otherwise hold one that closes during that trial.
 fn warm_up() {
+    let sockets_before = sockets();
     let port = free_port();
     let a = open_session(Some(port), &[], None);
     let b = open_session(None, &[port], None);
@@ -93,6 +97,18 @@ fn warm_up() {
     drop((subscriber, publisher));
     a.close().wait().expect("close");
     b.close().wait().expect("close");
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while sockets() != sockets_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// This process's sockets, from its descriptor table.
+fn sockets() -> Vec<String> {
+    sp_test_support::fds::open_fds()
+        .into_values()
+        .filter(|target| target.starts_with("socket:"))
+        .collect()
 }
 
 /// A trial run under the watchdog (with [`TRIAL_LIMIT`]) and the descriptor-leak guard; prints
