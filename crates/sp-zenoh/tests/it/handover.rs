@@ -2,13 +2,17 @@
 //! still alive (zenoh has not yet reported the old one's loss), which `OnLoss::Resume` resumes
 //! once the old one goes, with nothing lost or delivered twice; and the refusal when both stay.
 //!
-//! And a stale token: an ended publisher's, with the `done` of its stream, is not taken.
+//! And what a new subscriber may meet around a handover: a stale token of an ended publisher
+//! (with the `done` of its stream), not taken; samples put before the publisher found it,
+//! passed over.
 //!
 //! The order is forced, not hoped for: the old remote (a child) holds after its share of the
 //! stream; the new one (another child) declares its gateway's token, then a `<key>/ready` token
 //! on the same session, which reaches this process after the gateway's token; only then is the
 //! old child killed (SIGKILL, as a crash), and only after this side showed that it holds its
-//! stream with two remote tokens alive.
+//! stream with two remote tokens alive: a publishing gateway's ring fills and stays full for
+//! 200 ms, a subscribing gateway delivers nothing of the new stream for 200 ms. (A gateway
+//! without the handover refuses at its first look, well within those 200 ms.)
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
