@@ -325,33 +325,64 @@ fn second_sink_stays() -> TestResult {
 }
 
 /// The tokens an ended publisher can leave for a moment: its own, and the `done` of its stream
-/// (declared by hand here, so that they stay). A subscriber that starts on the key neither takes
-/// it as its publisher nor counts it as a second one: it receives the real publisher's stream,
-/// with `OnLoss::End`.
+/// (declared by hand here, so that they stay). A subscriber that has seen both neither takes it
+/// as its publisher nor counts it as a second one: it receives the real publisher's stream, with
+/// `OnLoss::End`.
+///
+/// The order is forced: the subscriber gateway declares its token after its token watcher, so
+/// once this side sees that token, tokens declared here reach the watcher live, in order: the
+/// `done`, then the stale publisher's token, then the real publisher's.
 fn stale_publisher() -> TestResult {
     let key = "it/stale";
     let port = free_port();
     let a = open_session(Some(port), &[], None);
     let b = open_session(None, &[port], None);
+    let subscribers = a
+        .liveliness()
+        .declare_subscriber(format!("{key}/_sp/sub/**"))
+        .wait()
+        .map_err(|e| e.to_string())?;
+    let (remote_tx, mut remote_rx) =
+        sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
+    let subscriber =
+        sp_zenoh::subscribe(&b, key, remote_tx, &options()).map_err(|e| e.to_string())?;
+    match subscribers.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err("the subscriber's token did not come within 30 s".into()),
+        Err(err) => return Err(err.to_string()),
+    }
     let stale = |role: &str| {
         a.liveliness()
             .declare_token(format!("{key}/_sp/{role}/00001234/postcard"))
             .wait()
             .map_err(|e| e.to_string())
     };
-    let (_pub_token, _done_token) = (stale("pub")?, stale("done")?);
-    let (remote_tx, mut remote_rx) =
-        sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
-    let subscriber =
-        sp_zenoh::subscribe(&b, key, remote_tx, &options()).map_err(|e| e.to_string())?;
+    let _done_token = stale("done")?;
+    let _pub_token = stale("pub")?;
     let (mut tx, rx) = sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
     let publisher = sp_zenoh::publish(&a, key, rx, &options()).map_err(|e| e.to_string())?;
     for seq in 0..10 {
         tx.send(&item(7, seq, Sizes::Mixed))
             .map_err(|e| format!("send {seq}: {e}"))?;
     }
-    drop(tx);
     let mut checker = Checker::new(Sizes::Mixed, false);
+    while checker.n_values < 10 {
+        let value = remote_rx.recv().map_err(|e| format!("receive: {e}"))?;
+        checker.check(&value)?;
+    }
+    // The subscriber has seen every token by now: it must still be running (a subscriber that
+    // took the stale token for a publisher refuses the real one as a second), before the END.
+    match remote_rx.recv_timeout(HOLD) {
+        Err(RecvTimeoutError::Timeout) => {}
+        Ok(value) => return Err(format!("value {} more than was sent", value.seq)),
+        Err(RecvTimeoutError::Broken(err)) => {
+            return Err(format!(
+                "the subscriber ended before the stream did ({err}): {:?}",
+                subscriber.join()
+            ));
+        }
+    }
+    drop(tx);
     loop {
         match remote_rx.recv() {
             Ok(value) => checker.check(&value)?,
