@@ -24,7 +24,9 @@
 //! - **A lost remote is an error, not a stall**: each gateway holds a zenoh liveliness token and
 //!   watches the other's; a remote that dies, closes, or stops answering within zenoh's lease
 //!   ends the gateway with [`Error::RemoteGone`], or, with [`OnLoss::Resume`], the gateway
-//!   waits a bounded time for a restarted remote and goes on.
+//!   waits a bounded time for a restarted remote and goes on. A restarted remote that shows up
+//!   before zenoh reports the old one gone is waited out too, for at most
+//!   [`Options::handover`]: the gateway holds its stream until one of the two goes.
 //! - **A pipeline stage can move to another host**: [`remote_stage`] gives the command of a
 //!   local proxy stage for an [`sp::pipeline::Builder`], and [`serve_stage`] runs the stage's
 //!   work on the other host; the rest of the pipeline does not change.

@@ -13,10 +13,18 @@ pub enum OnLoss {
     /// Wait at most `within` for a new remote side on the key (a restarted process, say) and go
     /// on with it; past that, end with [`Error::NoRemote`](crate::Error::NoRemote).
     ///
+    /// The new side may show up before zenoh reports the old one gone (a restarted process
+    /// connects while the old one's connection is still being torn down, or its host is silent
+    /// and the lease has not run out). While two remote tokens are alive, the gateway holds its
+    /// stream and waits at most [`Options::handover`] for one of them to go: if the current
+    /// one goes, the gateway goes on with the new one; if both stay, it ends with
+    /// [`Violation::SecondRemote`](crate::Violation::SecondRemote).
+    ///
     /// Records the lost side had not yet passed on are lost with it: a publishing gateway goes
     /// on with the next record of its local stream, a subscribing one with the first record of
-    /// the new publisher's stream. [`Summary::resumes`](crate::Summary::resumes) counts the
-    /// losses survived.
+    /// the new publisher's stream. The sequence numbers say where each stream resumed; nothing is
+    /// delivered twice. [`Summary::resumes`](crate::Summary::resumes) counts the losses
+    /// survived.
     Resume {
         /// How long to wait for the new remote side.
         within: Duration,
@@ -40,11 +48,13 @@ pub struct Options {
     pub(crate) max_value_len: usize,
     pub(crate) batch_bytes: usize,
     pub(crate) linger: Duration,
+    pub(crate) handover: Duration,
 }
 
 impl Options {
     /// Defaults: end on loss, 10 s for the remote side to appear, values up to 256 MiB, samples
-    /// of up to 64 KiB of records when several are waiting, 5 s of lingering after the end.
+    /// of up to 64 KiB of records when several are waiting, 5 s of lingering after the end, 20 s
+    /// for a handover.
     pub fn new() -> Self {
         Self {
             on_loss: OnLoss::End,
@@ -52,6 +62,7 @@ impl Options {
             max_value_len: 256 << 20,
             batch_bytes: 64 << 10,
             linger: Duration::from_secs(5),
+            handover: Duration::from_secs(20),
         }
     }
 
@@ -98,6 +109,29 @@ impl Options {
     pub fn linger(mut self, timeout: Duration) -> Self {
         self.linger = timeout;
         self
+    }
+
+    /// With [`OnLoss::Resume`], how long two remote tokens may be alive at once before the
+    /// gateway ends with [`Violation::SecondRemote`](crate::Violation::SecondRemote) (default
+    /// 20 s, twice zenoh's default lease). It is the time zenoh may take to report the old
+    /// remote gone once a new one has appeared: a remote whose process died goes within moments,
+    /// one whose host went silent within the lease (`transport/link/tx/lease`, 10 s by default)
+    /// of its last message. A gateway cannot read the lease from its session (zenoh's
+    /// `Session::config` is unstable), so with a longer lease set this longer too. With
+    /// [`OnLoss::End`] a second remote is refused at once.
+    #[must_use]
+    pub fn handover(mut self, grace: Duration) -> Self {
+        self.handover = grace;
+        self
+    }
+
+    /// The handover grace under `Resume`, `None` under `End` (a second remote is refused at
+    /// once).
+    pub(crate) fn handover_grace(&self) -> Option<Duration> {
+        match self.on_loss {
+            OnLoss::End => None,
+            OnLoss::Resume { .. } => Some(self.handover),
+        }
     }
 
     /// The longest encoding a publishing gateway sends.

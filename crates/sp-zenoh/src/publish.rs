@@ -22,9 +22,22 @@
 //! Between records, and every [`CHECK_PERIOD`] while the ring is idle, the loop looks at the
 //! remote's token; a lost remote ends the gateway or, with [`OnLoss::Resume`], waits for a new
 //! one and goes on (the sample in hand is sent to the new one, flagged FIRST).
+//!
+//! # Handover
+//!
+//! A second subscriber's token while the current one's is alive is
+//! [`Violation::SecondRemote`] at once, unless the caller asked for [`OnLoss::Resume`]: then it
+//! may be the restarted remote, which zenoh can report before it reports the old one gone (the
+//! old connection is still being torn down, or the old host is silent and its lease runs). The
+//! gateway then sends nothing, since every sample on the key reaches both, and waits at most
+//! [`Options::handover`] for one of the two tokens to go. The old one going is a loss, resumed
+//! as above; the new one going leaves things as they were; both staying is `SecondRemote`. A
+//! token that is gone is never a second remote: the current one's loss and a new one's arrival
+//! between two looks is a loss (`RemoteGone`, or a resume), whichever zenoh reported first.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sp::{RecvTimeoutError, TryRecvError, Value};
 use zenoh::Wait;
@@ -33,7 +46,7 @@ use zenoh::qos::CongestionControl;
 use crate::error::{Error, Refusal, Result, Violation};
 use crate::gateway::{CHECK_PERIOD, Counters, Gateway, Halt, random_id};
 use crate::options::{OnLoss, Options};
-use crate::watch::{Tokens, Watch};
+use crate::watch::{Tokens, Watch, earliest};
 use crate::wire::{
     self, FLAG_FIRST, HEADER_LEN, Header, KIND_ABORT, KIND_END, KIND_RECORDS, LEN_PREFIX, Role,
 };
@@ -164,6 +177,14 @@ struct Outbound<T> {
     generation: u64,
     /// The next sample is the first to this remote.
     first: bool,
+}
+
+/// What [`Outbound::find_remote`] saw.
+enum Found {
+    /// Exactly one subscriber, ready: its token id.
+    One(u32),
+    /// Two subscribers at once.
+    Two,
 }
 
 /// A sample being filled: the header's room, then length-prefixed records.
@@ -333,22 +354,27 @@ impl<T: Value> Outbound<T> {
         }
     }
 
-    /// Looks at the remote's token if anything changed: a stop request, a second remote, or the
-    /// loss of this one (ended, or resumed from, per [`Options::on_loss`]).
+    /// Looks at the remote's token if anything changed: a stop request, a second remote (a
+    /// handover, with [`OnLoss::Resume`]), or the loss of this one (ended, or resumed from, per
+    /// [`Options::on_loss`]).
     fn check_remote(&mut self) -> Result<(), Halt> {
         let generation = self.watch.generation();
         if generation == self.generation {
             return Ok(());
         }
         self.generation = generation;
-        let lost = {
+        let second = {
             let seen = self.watch.lock();
             if seen.stop {
                 return Err(Halt::Stop);
             }
-            if let Some(token) = self.second_remote(&seen.alive) {
-                return Err(Error::Protocol(Violation::SecondRemote { token }).into());
-            }
+            self.second_remote(&seen.alive)
+        };
+        if let Some(token) = second {
+            self.hand_over(token)?;
+        }
+        let lost = {
+            let seen = self.watch.lock();
             self.remote.is_none_or(|id| !seen.alive.contains_key(&id))
         };
         if !lost {
@@ -368,10 +394,44 @@ impl<T: Value> Outbound<T> {
         }
     }
 
-    /// The token of a subscribing gateway other than the one this gateway sends to, if any.
-    fn second_remote(&self, alive: &std::collections::BTreeMap<u32, String>) -> Option<String> {
+    /// A second subscriber's token (`token`) is alive beside this gateway's remote. With
+    /// [`OnLoss::End`] that is [`Violation::SecondRemote`]. With [`OnLoss::Resume`] it may be a
+    /// restarted remote that zenoh reports before the old one's loss: nothing is sent (a sample
+    /// would reach both) until one of the two goes, within [`Options::handover`]; `Ok` once
+    /// only one is left (the caller then sees whether it is the old one).
+    fn hand_over(&mut self, token: String) -> Result<(), Halt> {
+        let Some(grace) = self.options.handover_grace() else {
+            return Err(Error::Protocol(Violation::SecondRemote { token }).into());
+        };
+        let deadline = Instant::now().checked_add(grace);
+        let outcome = self.watch.wait_until(deadline, |seen| {
+            if seen.stop {
+                Some(Err(Halt::Stop))
+            } else if self.second_remote(&seen.alive).is_none() {
+                Some(Ok(()))
+            } else {
+                None
+            }
+        });
+        self.generation = self.watch.generation();
+        match outcome {
+            Some(res) => res,
+            None => {
+                let token = self
+                    .second_remote(&self.watch.lock().alive)
+                    .unwrap_or(token);
+                Err(Error::Protocol(Violation::SecondRemote { token }).into())
+            }
+        }
+    }
+
+    /// The token of a subscribing gateway other than the one this gateway sends to, while that
+    /// one is alive (once it is gone, a new one is a loss and a new remote, not a second one),
+    /// or, before it has one, of the second of two; `None` if there is none.
+    fn second_remote(&self, alive: &BTreeMap<u32, String>) -> Option<String> {
         let mut others = alive.iter().filter(|(id, _)| Some(**id) != self.remote);
         let (id, encoding) = match self.remote {
+            Some(current) if !alive.contains_key(&current) => return None,
             Some(_) => others.next()?,
             None if alive.len() > 1 => others.nth(1)?,
             None => return None,
@@ -380,40 +440,65 @@ impl<T: Value> Outbound<T> {
     }
 
     /// Waits at most `timeout` for exactly one subscribing gateway with an agreeing encoding,
-    /// matched by zenoh.
-    fn find_remote(&mut self, timeout: std::time::Duration) -> Result<(), Halt> {
+    /// matched by zenoh. Two subscribers end it with [`Violation::SecondRemote`] at once, or
+    /// with [`OnLoss::Resume`] once two have been alive for [`Options::handover`] (one may be
+    /// the stale token of a gateway that ended or died, about to go).
+    fn find_remote(&mut self, timeout: Duration) -> Result<(), Halt> {
         let deadline = Instant::now().checked_add(timeout);
+        let grace = self.options.handover_grace();
         let ours = self.encoding.clone();
-        let found = self.watch.wait_until(deadline, |seen| {
-            if seen.stop {
-                return Some(Err(Halt::Stop));
-            }
-            let mut alive = seen.alive.iter();
-            let (id, theirs) = alive.next()?;
-            if let Some((other, encoding)) = alive.next() {
-                let token = wire::token_key(&self.key, Role::Sub, *other, encoding);
-                return Some(Err(
-                    Error::Protocol(Violation::SecondRemote { token }).into()
-                ));
-            }
-            if !wire::encodings_agree(&ours, theirs) {
-                let theirs = theirs.clone();
-                return Some(Err(Error::Protocol(Violation::Encoding {
-                    ours: ours.clone(),
-                    theirs,
-                })
-                .into()));
-            }
-            seen.matched.then_some(Ok(*id))
-        });
-        let id = match found {
-            Some(found) => found?,
-            None => {
-                return Err(Error::NoRemote {
-                    key: self.key.clone(),
-                    waited: timeout,
+        // When two subscribers were first seen together (reset when fewer are).
+        let mut two_since: Option<Instant> = None;
+        let id = loop {
+            let until = two_since.map_or(deadline, |since| {
+                earliest(deadline, grace.and_then(|grace| since.checked_add(grace)))
+            });
+            let waiting_out_two = two_since.is_some();
+            let found = self.watch.wait_until(until, |seen| {
+                if seen.stop {
+                    return Some(Err(Halt::Stop));
                 }
-                .into());
+                if let Some(token) = self.second_remote(&seen.alive) {
+                    return match grace {
+                        None => Some(Err(
+                            Error::Protocol(Violation::SecondRemote { token }).into()
+                        )),
+                        Some(_) if waiting_out_two => None,
+                        Some(_) => Some(Ok(Found::Two)),
+                    };
+                }
+                let (id, theirs) = seen.alive.iter().next()?;
+                if !wire::encodings_agree(&ours, theirs) {
+                    let theirs = theirs.clone();
+                    return Some(Err(Error::Protocol(Violation::Encoding {
+                        ours: ours.clone(),
+                        theirs,
+                    })
+                    .into()));
+                }
+                seen.matched.then_some(Ok(Found::One(*id)))
+            });
+            match found {
+                Some(Ok(Found::One(id))) => break id,
+                Some(Ok(Found::Two)) => two_since = Some(Instant::now()),
+                Some(Err(halt)) => return Err(halt),
+                None => {
+                    // A deadline passed: the handover grace with two still alive, or the wait.
+                    let second = self.second_remote(&self.watch.lock().alive);
+                    match second {
+                        Some(token) => {
+                            return Err(Error::Protocol(Violation::SecondRemote { token }).into());
+                        }
+                        None if deadline.is_some_and(|d| Instant::now() >= d) => {
+                            return Err(Error::NoRemote {
+                                key: self.key.clone(),
+                                waited: timeout,
+                            }
+                            .into());
+                        }
+                        None => two_since = None,
+                    }
+                }
             }
         };
         self.remote = Some(id);

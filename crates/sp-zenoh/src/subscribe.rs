@@ -13,14 +13,30 @@
 //!   The wait looks at a stop request every [`CHECK_PERIOD`].
 //! - **Supervision**, on the gateway's thread: the publisher's token (encoding, appearance,
 //!   loss), the end of the data path, the deadlines ([`Options::connect_timeout`], a resume's
-//!   window, [`Options::linger`]).
+//!   window, [`Options::linger`], a handover's grace).
+//!
+//! # Handover
+//!
+//! With [`OnLoss::Resume`], a restarted publisher's token and first sample can come before zenoh
+//! reports the old publisher gone. The supervisor then waits at most [`Options::handover`] for
+//! one of the two tokens to go (both staying is [`Violation::SecondRemote`]), and the data
+//! callback holds the new stream's first sample as long (so zenoh stops reading that connection
+//! and the new publisher's `put`s block): the old token going makes it a loss and a resume, the
+//! new stream starting at its FIRST sample. With [`OnLoss::End`] either is refused at once. A
+//! publisher whose stream a subscriber confirmed ended (its `done` token) is about to go: its
+//! token is neither taken as the remote nor counted as a second one.
+//!
+//! A sample of a stream this gateway has not started, without FIRST and not at 0, was put before
+//! its publisher found this gateway, for the subscriber it had then (every sample on the key
+//! reaches every subscriber): it is not delivered. The publisher's FIRST sample to this gateway
+//! follows it, under reliable delivery, and starts this gateway's share of the stream.
 //!
 //! When the gateway ends, for any reason, the local sender is dropped, so the local receiver
 //! reads every record delivered and then `PeerGone`; [`Gateway::join`] says whether the stream
 //! ended cleanly.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sp::{SendTimeoutError, Value};
 use zenoh::Wait;
@@ -30,7 +46,7 @@ use crate::error::{Error, Result, Violation};
 use crate::gateway::{CHECK_PERIOD, Counters, Gateway, Halt, random_id};
 use crate::options::{OnLoss, Options};
 use crate::publish::check_key;
-use crate::watch::{DataEnd, Watch};
+use crate::watch::{DataEnd, Seen, Watch, earliest};
 use crate::wire::{self, FLAG_FIRST, Header, KIND_ABORT, KIND_END, Records, Role, Source};
 
 /// Starts a gateway that receives the values a publishing gateway ([`publish`](crate::publish))
@@ -67,6 +83,7 @@ pub fn subscribe<T: Value + 'static>(
         stream: None,
         counters: Arc::clone(&counters),
         watch: Arc::clone(&watch),
+        handover: options.handover_grace(),
     }));
     let data = Arc::clone(&inbound);
     // The data subscriber first, then the token: a publisher that sees the token (and zenoh's
@@ -96,7 +113,9 @@ pub fn subscribe<T: Value + 'static>(
     };
     Gateway::start(key, watch, move || {
         let res = supervisor.run();
-        // Whatever ended it: no sample is taken any more, and the local receiver sees the end.
+        // Whatever ended it: no sample is taken any more (one waiting for a handover gives up),
+        // and the local receiver sees the end.
+        supervisor.watch.update(|seen| seen.ended = true);
         drop(subscriber);
         close(&inbound);
         drop(tokens);
@@ -117,6 +136,9 @@ struct Inbound<T> {
     stream: Option<(u32, u64)>,
     counters: Arc<Counters>,
     watch: Arc<Watch>,
+    /// [`Options::handover_grace`]: how long a sample of a new stream waits for the current
+    /// one's publisher to go.
+    handover: Option<Duration>,
 }
 
 /// What one sample did to the data path.
@@ -174,16 +196,21 @@ impl<T: Value> Inbound<T> {
                     next
                 }
             }
+            // A new stream starts with FIRST (or at 0). A sample of it without FIRST further on
+            // was put before its publisher found this gateway, for the subscriber it had then
+            // (it reaches every subscriber on the key): not this gateway's to deliver. The
+            // publisher's FIRST sample to this gateway follows, and says where its share begins.
+            _ if !first && header.seq != 0 => return Ok(Step::Continue),
             current => {
                 if let Some((epoch, _)) = current
-                    && self.watch.lock().alive.contains_key(&epoch)
+                    && !self.stream_gone(epoch)
                 {
                     return Err(Error::Protocol(Violation::OtherStream {
                         current: epoch,
                         other: header.epoch,
                     }));
                 }
-                if first { header.seq } else { 0 }
+                header.seq
             }
         };
         if header.seq != next {
@@ -213,6 +240,20 @@ impl<T: Value> Inbound<T> {
         };
         self.counters.add_sample(n_records, n_bytes);
         res
+    }
+
+    /// Whether the publisher of the stream of `epoch` is gone. With [`OnLoss::Resume`], a new
+    /// stream's first sample may come before zenoh reports the old publisher gone: it waits at
+    /// most the handover grace for that (zenoh then stops reading the new publisher's
+    /// connection, and its `put`s block).
+    fn stream_gone(&self, epoch: u32) -> bool {
+        if let Some(grace) = self.handover {
+            self.watch
+                .wait_until(Instant::now().checked_add(grace), |seen| {
+                    (seen.stop || seen.ended || !seen.alive.contains_key(&epoch)).then_some(())
+                });
+        }
+        !self.watch.lock().alive.contains_key(&epoch)
     }
 
     /// Sends the next record, `len` bytes, from `records` straight into the local ring (one
@@ -252,62 +293,79 @@ enum Event {
     Stop,
     Connected(u32),
     Lost,
+    /// A second publisher's token (with [`OnLoss::Resume`]: perhaps a restarted publisher that
+    /// zenoh reports before the old one's loss).
+    Second(String),
     DataEnd(DataEnd),
     Refused(Violation),
 }
 
 impl Supervisor {
     fn run(&mut self) -> Result<(), Halt> {
+        let grace = self.options.handover_grace();
         let mut window = self.options.connect_timeout;
         let mut deadline = Instant::now().checked_add(window);
+        // With two publishers alive: until when the gateway waits for one of them to go (`None`
+        // inside: no end, for a grace too long to add to the clock).
+        let mut handover: Option<Option<Instant>> = None;
         loop {
             let current = self.current;
             let ours = &self.encoding;
             let key = &self.key;
-            let event = self.watch.wait_until(deadline, |seen| {
+            let waiting_out_two = handover.is_some();
+            let until = handover.map_or(deadline, |end| earliest(deadline, end));
+            let event = self.watch.wait_until(until, |seen| {
                 if seen.stop {
                     return Some(Event::Stop);
                 }
                 if let Some(end) = seen.data_end.take() {
                     return Some(Event::DataEnd(end));
                 }
-                for (epoch, theirs) in &seen.alive {
+                for theirs in seen.alive.values() {
                     if !wire::encodings_agree(ours, theirs) {
                         return Some(Event::Refused(Violation::Encoding {
                             ours: ours.clone(),
                             theirs: theirs.clone(),
                         }));
                     }
-                    if current.is_some_and(|c| c != *epoch) {
-                        let token = wire::token_key(key, Role::Pub, *epoch, theirs);
-                        return Some(Event::Refused(Violation::SecondRemote { token }));
-                    }
+                }
+                if current.is_some_and(|epoch| !seen.alive.contains_key(&epoch)) {
+                    return Some(Event::Lost);
+                }
+                if let Some(token) = second_publisher(key, current, seen) {
+                    return (!waiting_out_two).then_some(Event::Second(token));
                 }
                 match current {
-                    Some(epoch) if !seen.alive.contains_key(&epoch) => Some(Event::Lost),
                     Some(_) => None,
-                    None if seen.alive.len() > 1 => {
-                        let (epoch, theirs) = seen.alive.iter().nth(1)?;
-                        let token = wire::token_key(key, Role::Pub, *epoch, theirs);
-                        Some(Event::Refused(Violation::SecondRemote { token }))
-                    }
-                    None => seen
-                        .alive
-                        .keys()
+                    None => candidates(seen)
                         .next()
-                        .map(|epoch| Event::Connected(*epoch)),
+                        .map(|(epoch, _)| Event::Connected(epoch)),
                 }
             });
             match event {
                 None => {
-                    return Err(Error::NoRemote {
-                        key: self.key.clone(),
-                        waited: window,
+                    // A deadline passed: the handover grace with two publishers still alive, or
+                    // the wait for one.
+                    if let Some(token) = second_publisher(key, current, &self.watch.lock()) {
+                        return Err(Error::Protocol(Violation::SecondRemote { token }).into());
                     }
-                    .into());
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::NoRemote {
+                            key: self.key.clone(),
+                            waited: window,
+                        }
+                        .into());
+                    }
+                    handover = None;
                 }
                 Some(Event::Stop) => return Err(Halt::Stop),
                 Some(Event::Refused(violation)) => return Err(Error::Protocol(violation).into()),
+                Some(Event::Second(token)) => match grace {
+                    None => {
+                        return Err(Error::Protocol(Violation::SecondRemote { token }).into());
+                    }
+                    Some(grace) => handover = Some(Instant::now().checked_add(grace)),
+                },
                 Some(Event::DataEnd(DataEnd::Ended(epoch))) => return self.confirm(epoch),
                 Some(Event::DataEnd(DataEnd::Aborted(epoch))) => {
                     self.confirm(epoch)?;
@@ -321,6 +379,7 @@ impl Supervisor {
                 Some(Event::Connected(epoch)) => {
                     self.current = Some(epoch);
                     deadline = None;
+                    handover = None;
                 }
                 Some(Event::Lost) => match self.options.on_loss {
                     OnLoss::End => {
@@ -335,6 +394,7 @@ impl Supervisor {
                         self.current = None;
                         window = within;
                         deadline = Instant::now().checked_add(within);
+                        handover = None;
                     }
                 },
             }
@@ -362,4 +422,25 @@ impl Supervisor {
         drop(done);
         Ok(())
     }
+}
+
+/// The publishers this gateway may take as its remote: the alive ones, less those whose stream
+/// a subscriber has confirmed ended (`done`): a publisher that ended is about to go, and its
+/// token is not a new stream.
+fn candidates(seen: &Seen) -> impl Iterator<Item = (u32, &String)> {
+    seen.alive
+        .iter()
+        .filter(|(epoch, _)| !seen.done.contains(epoch))
+        .map(|(epoch, encoding)| (*epoch, encoding))
+}
+
+/// The token of a publisher other than `current` (or, without one, of the second of two), if
+/// any.
+fn second_publisher(key: &str, current: Option<u32>, seen: &Seen) -> Option<String> {
+    let mut others = candidates(seen).filter(|(epoch, _)| Some(*epoch) != current);
+    let (epoch, encoding) = match current {
+        Some(_) => others.next()?,
+        None => others.nth(1)?,
+    };
+    Some(wire::token_key(key, Role::Pub, epoch, encoding))
 }

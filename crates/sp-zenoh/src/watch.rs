@@ -43,6 +43,8 @@ pub(crate) struct Seen {
     pub(crate) stop: bool,
     /// Subscriber only: how the data path ended, set by the sample callback.
     pub(crate) data_end: Option<DataEnd>,
+    /// Subscriber only: the supervisor has ended, so the data path waits for nothing more.
+    pub(crate) ended: bool,
 }
 
 /// How a subscribing gateway's data path ended.
@@ -54,6 +56,14 @@ pub(crate) enum DataEnd {
     Aborted(u32),
     /// The data path failed (a violation, the local receiver gone).
     Failed(Error),
+}
+
+/// The earlier of two deadlines, where `None` is never.
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The liveliness declarations that feed a [`Watch`]; undeclared when dropped.

@@ -63,7 +63,7 @@ fn descriptors() -> TestResult {
 }
 
 /// A second session of this process stands in for the remote (the refusals do not depend on it).
-fn pair() -> (zenoh::Session, zenoh::Session) {
+pub(crate) fn pair() -> (zenoh::Session, zenoh::Session) {
     let port = free_port();
     let a = open_session(Some(port), &[], None);
     let b = open_session(None, &[port], None);
@@ -195,7 +195,7 @@ fn second_publisher() -> TestResult {
 }
 
 /// A sample: the 16-byte header, then length-prefixed records (docs/protocol.md).
-fn sample(seq: u64, kind: u8, flags: u8, records: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn sample(seq: u64, kind: u8, flags: u8, records: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&0xabcd_u32.to_le_bytes());
@@ -279,7 +279,7 @@ fn hostile() -> TestResult {
     Ok(())
 }
 
-fn postcard_bytes(value: &Item) -> Vec<u8> {
+pub(crate) fn postcard_bytes(value: &Item) -> Vec<u8> {
     use sp::Value;
     let mut out = vec![0; value.encoded_len().unwrap_or(0)];
     let _ = value.encode(&mut out);
@@ -287,7 +287,7 @@ fn postcard_bytes(value: &Item) -> Vec<u8> {
 }
 
 /// Waits (at most 10 s) until zenoh reports a subscriber for `publisher`.
-fn wait_matched(publisher: &zenoh::pubsub::Publisher<'_>) -> TestResult {
+pub(crate) fn wait_matched(publisher: &zenoh::pubsub::Publisher<'_>) -> TestResult {
     let listener = publisher
         .matching_listener()
         .wait()

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sp_zenoh::{Error, OnLoss, Options};
+use zenoh::Wait;
 
 use crate::items::{Checker, Item, Sizes, item, transform};
 
@@ -84,20 +85,52 @@ fn die() -> ! {
     unreachable!("SIGKILL returned");
 }
 
+/// Waits for the parent to kill this process: returns (an error) only if the parent closed
+/// its end of stdin instead, that is, ended first.
+fn hold() -> Result<(), String> {
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+    Err("stdin closed while holding: the parent ended first".into())
+}
+
+/// With `ready=1`, the liveliness token `<key>/ready`, declared on the session of the gateway
+/// just started: the parent sees it after that gateway's own token (one session's declarations
+/// reach a peer in order), so it knows the gateway's token has reached its own gateways.
+pub(crate) fn ready_token(
+    session: &zenoh::Session,
+    key: &str,
+    args: &Args,
+) -> Result<Option<zenoh::liveliness::LivelinessToken>, String> {
+    if args.num("ready")? != 1 {
+        return Ok(None);
+    }
+    session
+        .liveliness()
+        .declare_token(format!("{key}/ready"))
+        .wait()
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 fn config() -> sp::Config {
     sp::Config::new()
 }
 
 /// Receives on `key` into a local receiver and checks every value. `expect=end` requires the
 /// stream's clean end with `n` values (or `n - first` after a resume), `expect=gone` the remote's
-/// loss, `expect=failed` its failure; `die_after=K` dies after K values; `slow_us` sleeps that long per value.
+/// loss, `expect=failed` its failure; `die_after=K` dies after K values; `hold_after=K` says
+/// `held` after K values and waits to be killed; `ready=1` declares the token `<key>/ready` once
+/// its gateway's token is declared; `slow_us` sleeps that long per value.
 fn sink(args: &Args) -> Result<(), String> {
     let session = args.session();
     let (tx, mut rx) = sp::channel::<Item>(&config()).map_err(|e| e.to_string())?;
-    let gateway = sp_zenoh::subscribe(&session, args.text("key")?, tx, &args.options()?)
-        .map_err(|e| e.to_string())?;
+    let key = args.text("key")?;
+    let gateway =
+        sp_zenoh::subscribe(&session, key, tx, &args.options()?).map_err(|e| e.to_string())?;
+    let _ready = ready_token(&session, key, args)?;
     let mut checker = Checker::new(args.sizes(), args.num("transformed")? == 1);
     let (die_after, slow) = (args.num("die_after")?, args.num("slow_us")?);
+    let hold_after = args.num("hold_after")?;
     loop {
         match rx.recv() {
             Ok(value) => checker.check(&value)?,
@@ -106,6 +139,10 @@ fn sink(args: &Args) -> Result<(), String> {
         }
         if checker.n_values == die_after {
             die();
+        }
+        if checker.n_values == hold_after {
+            println!("held");
+            hold()?;
         }
         if slow > 0 {
             std::thread::sleep(Duration::from_micros(slow));
@@ -131,13 +168,17 @@ fn sink(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Publishes `n` values of stream `stream` on `key`; `die_after=K` dies after sending K.
+/// Publishes `n` values of stream `stream` on `key`; `die_after=K` dies after sending K;
+/// `hold_after=K` waits to be killed after sending K; `ready=1` as for [`sink`].
 fn source(args: &Args) -> Result<(), String> {
     let session = args.session();
     let (mut tx, rx) = sp::channel::<Item>(&config()).map_err(|e| e.to_string())?;
-    let gateway = sp_zenoh::publish(&session, args.text("key")?, rx, &args.options()?)
-        .map_err(|e| e.to_string())?;
+    let key = args.text("key")?;
+    let gateway =
+        sp_zenoh::publish(&session, key, rx, &args.options()?).map_err(|e| e.to_string())?;
+    let _ready = ready_token(&session, key, args)?;
     let (n, die_after) = (args.num("n")?, args.num("die_after")?);
+    let hold_after = args.num("hold_after")?;
     let (stream, sizes) = (args.num("stream")? as u32, args.sizes());
     for seq in 0..n {
         tx.send(&item(stream, seq, sizes))
@@ -145,6 +186,9 @@ fn source(args: &Args) -> Result<(), String> {
         if seq + 1 == die_after {
             // Mid-stream: some of these values are still in the ring or in zenoh's queue.
             die();
+        }
+        if seq + 1 == hold_after {
+            hold()?;
         }
     }
     drop(tx);
