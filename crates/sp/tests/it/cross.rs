@@ -42,36 +42,31 @@ fn round_trip<T: Value + PartialEq + std::fmt::Debug + 'static>(
     make: fn(u64) -> T,
     seq_of: fn(&T) -> u64,
 ) -> TestResult {
-    let (child, mut tx, mut rx) = sp::spawn::<T, T>(&mut child_command(role, ""), &config())
-        .map_err(|e| format!("spawn: {e}"))?;
-    let sender = std::thread::spawn(move || -> TestResult {
-        for seq in 0..n {
-            tx.send(&make(seq))
-                .map_err(|e| format!("send {seq}: {e}"))?;
-        }
-        Ok(())
-    });
-    for seq in 0..n {
-        let got = rx.recv().map_err(|e| format!("recv {seq}: {e}"))?;
-        if got != make(seq) {
-            return Err(format!("echo {seq}: got value {}", seq_of(&got)));
-        }
-    }
-    sender.join().map_err(|_| "sender panicked")??;
-    match rx.recv() {
-        Err(Error::PeerGone) => {}
-        other => return Err(format!("after the stream: {:?}", other.map(|v| seq_of(&v)))),
-    }
-    reap(child)
+    echoed(role, n, make, seq_of, Receiver::recv)
 }
 
 /// As [`round_trip`], receiving every echo into one value with `recv_into` (the child echoes
 /// with `recv`): each must equal the value sent, whatever the value held before.
-fn round_trip_into<T: Value + PartialEq + std::fmt::Debug + 'static>(
+fn round_trip_into<T: Value + PartialEq + Clone + std::fmt::Debug + 'static>(
     role: &str,
     n: u64,
     make: fn(u64) -> T,
     seq_of: fn(&T) -> u64,
+) -> TestResult {
+    let mut slot = make(u64::MAX);
+    echoed(role, n, make, seq_of, move |rx| {
+        rx.recv_into(&mut slot)?;
+        Ok(slot.clone())
+    })
+}
+
+/// The body of both round trips; `recv` takes the next echo.
+fn echoed<T: Value + PartialEq + std::fmt::Debug + 'static>(
+    role: &str,
+    n: u64,
+    make: fn(u64) -> T,
+    seq_of: fn(&T) -> u64,
+    mut recv: impl FnMut(&mut Receiver<T>) -> sp::Result<T>,
 ) -> TestResult {
     let (child, mut tx, mut rx) = sp::spawn::<T, T>(&mut child_command(role, ""), &config())
         .map_err(|e| format!("spawn: {e}"))?;
@@ -82,18 +77,16 @@ fn round_trip_into<T: Value + PartialEq + std::fmt::Debug + 'static>(
         }
         Ok(())
     });
-    let mut got = make(u64::MAX);
     for seq in 0..n {
-        rx.recv_into(&mut got)
-            .map_err(|e| format!("recv_into {seq}: {e}"))?;
+        let got = recv(&mut rx).map_err(|e| format!("recv {seq}: {e}"))?;
         if got != make(seq) {
             return Err(format!("echo {seq}: got value {}", seq_of(&got)));
         }
     }
     sender.join().map_err(|_| "sender panicked")??;
-    match rx.recv_into(&mut got) {
+    match recv(&mut rx) {
         Err(Error::PeerGone) => {}
-        other => return Err(format!("after the stream: {other:?}")),
+        other => return Err(format!("after the stream: {:?}", other.map(|v| seq_of(&v)))),
     }
     reap(child)
 }
