@@ -92,13 +92,8 @@ fn killed_source() -> TestResult {
         &format!("connect={port} key=it/killsrc n={ENDLESS} die_after=3000"),
     );
     let mut checker = Checker::new(Sizes::Mixed, false);
-    let ended = loop {
-        match rx.recv() {
-            Ok(value) => checker.check(&value)?,
-            Err(sp::Error::PeerGone) => break Instant::now(),
-            Err(err) => return Err(format!("receive: {err}")),
-        }
-    };
+    checker.drain(&mut rx, "receive")?;
+    let ended = Instant::now();
     let status = child.wait()?;
     if status.signal() != Some(9) {
         return Err(format!("the source was to die of SIGKILL: {status}"));
@@ -308,13 +303,7 @@ fn restarted_source() -> TestResult {
         ))
     });
     let mut checker = Checker::new(Sizes::Mixed, false);
-    loop {
-        match rx.recv() {
-            Ok(value) => checker.check(&value)?,
-            Err(sp::Error::PeerGone) => break,
-            Err(err) => return Err(format!("receive: {err}")),
-        }
-    }
+    checker.drain(&mut rx, "receive")?;
     restarter.join().expect("restarter")?;
     let summary = gateway.join().map_err(|e| format!("gateway: {e}"))?;
     let streams: Vec<_> = checker.starts.iter().map(|&(stream, _)| stream).collect();

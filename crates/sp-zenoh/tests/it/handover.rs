@@ -247,13 +247,7 @@ fn restarted_source() -> TestResult {
     if status.signal() != Some(9) {
         return Err(format!("the old source was to die of SIGKILL: {status}"));
     }
-    loop {
-        match rx.recv() {
-            Ok(value) => checker.check(&value)?,
-            Err(sp::Error::PeerGone) => break,
-            Err(err) => return Err(format!("receive: {err}")),
-        }
-    }
+    checker.drain(&mut rx, "receive")?;
     let summary = gateway.join().map_err(|e| format!("gateway: {e}"))?;
     let report = reap(new)?;
     if summary.resumes != 1
@@ -383,13 +377,7 @@ fn stale_publisher() -> TestResult {
         }
     }
     drop(tx);
-    loop {
-        match remote_rx.recv() {
-            Ok(value) => checker.check(&value)?,
-            Err(sp::Error::PeerGone) => break,
-            Err(err) => return Err(format!("receive: {err}")),
-        }
-    }
+    checker.drain(&mut remote_rx, "receive")?;
     let summary = subscriber.join().map_err(|e| format!("subscriber: {e}"))?;
     publisher.join().map_err(|e| format!("publisher: {e}"))?;
     if summary.records != 10 || checker.starts != [(7, 0)] {

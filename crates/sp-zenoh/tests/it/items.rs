@@ -97,6 +97,18 @@ impl Checker {
         }
     }
 
+    /// Checks every value `rx` delivers until the peer is gone (`PeerGone`); any other receive
+    /// error is named after `what`.
+    pub(crate) fn drain(&mut self, rx: &mut sp::Receiver<Item>, what: &str) -> Result<(), String> {
+        loop {
+            match rx.recv() {
+                Ok(value) => self.check(&value)?,
+                Err(sp::Error::PeerGone) => return Ok(()),
+                Err(err) => return Err(format!("{what}: {err}")),
+            }
+        }
+    }
+
     /// Checks `got`; the first value of a stream may start anywhere (a resumed stream starts
     /// where the publisher was), every later one must follow it.
     pub(crate) fn check(&mut self, got: &Item) -> Result<(), String> {

@@ -299,13 +299,7 @@ fn check_stage(args: &Args) -> Result<(), String> {
     let mut stage = sp::pipeline::join::<Item, ()>(&config()).map_err(|e| e.to_string())?;
     let mut input = stage.take_input().ok_or("no input")?;
     let mut checker = Checker::new(Sizes::Mixed, true);
-    loop {
-        match input.recv() {
-            Ok(value) => checker.check(&value)?,
-            Err(sp::Error::PeerGone) => break,
-            Err(err) => return Err(format!("check: {err}")),
-        }
-    }
+    checker.drain(&mut input, "check")?;
     stage.input_ended().map_err(|e| format!("check: {e}"))?;
     let n = args.num("n")?;
     if checker.n_values != n {

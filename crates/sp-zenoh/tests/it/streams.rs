@@ -79,13 +79,7 @@ fn child_publishes(n: u64) -> TestResult {
         &format!("connect={port} key=it/long n={n} stream=3 sizes=small"),
     );
     let mut checker = Checker::new(Sizes::Small, false);
-    loop {
-        match rx.recv() {
-            Ok(value) => checker.check(&value)?,
-            Err(sp::Error::PeerGone) => break,
-            Err(err) => return Err(format!("receive: {err}")),
-        }
-    }
+    checker.drain(&mut rx, "receive")?;
     let summary = gateway.join().map_err(|e| format!("gateway: {e}"))?;
     let report = reap(child)?;
     if checker.n_values != n || checker.first_seq != Some(0) || summary.records != n {
