@@ -72,8 +72,9 @@ impl SpawnOptions {
     /// Why: inheriting needs a step in the child between `fork` and `exec` (clearing
     /// close-on-exec on that one descriptor), and `std` starts a `Command` with such a step by
     /// `fork`, whose cost grows with this process's memory (its page tables are copied and its
-    /// pages are copy-on-write until the child execs). Without the step, `std` uses
-    /// `posix_spawn`, whose cost does not grow. docs/benchmarks.md has the figures.
+    /// pages are copy-on-write until the child execs). Without the step, `std` can use
+    /// `posix_spawn` (unless other settings, such as a uid, need `fork`), which shares the
+    /// parent's memory until the exec instead. docs/benchmarks.md has the figures.
     ///
     /// The child learns the socket's name from [`RENDEZVOUS_ENV`](crate::RENDEZVOUS_ENV); the
     /// parent gives the end only to a connection from the child's pid, and the child takes one

@@ -3,8 +3,9 @@
 //!
 //! Why: `std::process::Command` starts a child with a pre-exec step by `fork` + `exec`, and
 //! `fork` copies this process's page tables and makes its memory copy-on-write until the child
-//! execs: the cost grows with the parent's memory. A `Command` without one goes through
-//! `posix_spawn` (`clone` with `CLONE_VM | CLONE_VFORK`), whose cost does not. Clearing
+//! execs: the cost grows with the parent's memory. A `Command` without one can go through
+//! `posix_spawn` (`clone` with `CLONE_VM | CLONE_VFORK`: no copy, the memory shared until the
+//! exec), unless other settings (a uid, say) need `fork`. Clearing
 //! close-on-exec on the end needs a step in the child between `fork` and `exec`; this module
 //! avoids the step by not inheriting the end at all.
 //!

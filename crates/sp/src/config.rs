@@ -33,18 +33,20 @@ impl Config {
     /// up front, each page faults once on first use instead), values larger than the largest
     /// record go as blobs, blobs up to 4 GiB, 1 s for announced descriptors, 10 s for each step of
     /// setting up, children get `SIGKILL` when the thread that spawned them exits, and a child's
-    /// end is handed over after `exec` ([`SpawnOptions::hand_over_after_exec`]: the child is
-    /// started by `posix_spawn`, not `fork`, so a start costs the same in a parent of any size).
+    /// end is handed over after `exec` within that 10 s ([`SpawnOptions::hand_over_after_exec`]:
+    /// the child is started by `posix_spawn`, not by `fork`, whose cost grows with the parent's
+    /// memory).
     pub fn new() -> Self {
+        let setup_step = Duration::from_secs(10);
         Self {
             ring: sp_shm::Config::new().populate(false),
             blob_threshold: None,
             max_blob_len: 4 << 30,
             attachment_timeout: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: setup_step,
             spawn: SpawnOptions::new()
                 .parent_death_signal(Signal::KILL)
-                .hand_over_after_exec(Duration::from_secs(10)),
+                .hand_over_after_exec(setup_step),
         }
     }
 

@@ -18,10 +18,11 @@ use crate::wire::{self, Hello};
 /// [`adopt`] with the types the other way round (`adopt::<In, Out>`).
 ///
 /// The child gets one end of a seqpacket pair (sp-core; by default handed over after exec, so the
-/// child is started by `posix_spawn` and a start costs the same in a parent of any size; the
-/// parent's copy is closed at once, so the child's death is seen), the two sides set up one ring per direction (sp-shm's handshake)
-/// and exchange a HELLO that checks the typed protocol's version and that each side's types are
-/// encoded alike. If any of it fails, the child is killed and reaped.
+/// child is started by `posix_spawn`, not `fork`, whose cost grows with the parent's memory; the
+/// parent's copy is closed at once, so the child's death is seen), the two sides set up one ring
+/// per direction (sp-shm's handshake) and exchange a HELLO that checks the typed protocol's
+/// version and that each side's types are encoded alike. If any of it fails, the child is killed
+/// and reaped.
 ///
 /// # Errors
 /// As `Command::spawn`; [`Error::Shm`] for a refused ring; [`Error::Protocol`] with
@@ -45,7 +46,7 @@ pub fn spawn<Out: Value, In: Value>(
     cmd: &mut Command,
     config: &Config,
 ) -> Result<(Child, Sender<Out>, Receiver<In>)> {
-    let hello = wire::encode_hello(hello_of::<Out, In>());
+    let hello = hello_bytes::<Out, In>();
     let (mut child, duplex) =
         sp_shm::spawn_with_greeting(cmd, config.spawn, &config.ring, Some(&hello))?;
     match from_duplex::<Out, In>(duplex, config) {
@@ -64,7 +65,7 @@ pub fn spawn<Out: Value, In: Value>(
 /// # Errors
 /// As [`sp_core::adopt`] (wrapped in [`Error::Core`]) and [`spawn`].
 pub fn adopt<Out: Value, In: Value>(config: &Config) -> Result<(Sender<Out>, Receiver<In>)> {
-    let hello = wire::encode_hello(hello_of::<Out, In>());
+    let hello = hello_bytes::<Out, In>();
     let duplex = sp_shm::adopt_with_greeting(&config.ring, Some(&hello))?;
     from_duplex(duplex, config)
 }
@@ -78,7 +79,7 @@ pub fn connect<Out: Value, In: Value>(
     channel: Channel,
     config: &Config,
 ) -> Result<(Sender<Out>, Receiver<In>)> {
-    let hello = wire::encode_hello(hello_of::<Out, In>());
+    let hello = hello_bytes::<Out, In>();
     let duplex = Duplex::connect_with_greeting(channel, &config.ring, Some(&hello))?;
     from_duplex(duplex, config)
 }
@@ -115,6 +116,11 @@ fn hello_of<Out: Value, In: Value>() -> Hello {
         sends: Out::ENCODING,
         receives: In::ENCODING,
     }
+}
+
+/// [`hello_of`] encoded: the greeting sp-shm's handshake sends right after this side's READY.
+fn hello_bytes<Out: Value, In: Value>() -> [u8; wire::HELLO_LEN] {
+    wire::encode_hello(hello_of::<Out, In>())
 }
 
 /// After the sp-shm handshake, which sent this side's HELLO right after its READY (the sp-shm

@@ -161,9 +161,10 @@ impl<T: Value> Receiver<T> {
     }
 
     /// As [`recv`](Self::recv), decoding into `value` rather than into a new one: a serde
-    /// value's strings and vectors keep their allocations ([`Value::decode_into`]), so a loop that
-    /// receives into one value allocates nothing once its buffers have grown. Descriptors sent
-    /// with the value are closed.
+    /// value's strings and vectors keep their allocations where its `Deserialize` decodes in
+    /// place ([`Value::decode_into`]; derived impls do), so a loop that receives into one value
+    /// reuses its buffers instead of allocating new ones per value. Descriptors sent with the
+    /// value are closed.
     ///
     /// # Errors
     /// As [`recv`](Self::recv). After [`Error::Decode`], `value` holds some valid value, not
