@@ -207,6 +207,17 @@ fn print_results(results: &Results) {
     println!("{}", results.header());
     println!();
     println!("{}", results.table());
+    let rivals = results.rival_notes();
+    if !rivals.is_empty() {
+        println!();
+        println!(
+            "Against their rival, measured in the same repetitions (baseline, rival, transport; \
+             the median of the pair ratios; ×limit of the ring rows is this ratio):"
+        );
+        for note in &rivals {
+            println!("- {note}");
+        }
+    }
     let collapses = results.collapse_notes();
     if !collapses.is_empty() {
         println!();

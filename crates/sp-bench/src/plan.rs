@@ -41,6 +41,9 @@ pub struct Cell {
     /// `(baseline, transport)` samples, measured back to back. For the baseline itself both are
     /// the same sample.
     pub pairs: Vec<(Sample, Sample)>,
+    /// `(rival, transport)` samples, when the transport has a [`Transport::rival`] that can run
+    /// here: the rival measured between the baseline and the transport of the same repetition.
+    pub rivals: Vec<(Sample, Sample)>,
     /// Measurements that failed, with the reason.
     pub errors: Vec<String>,
     /// The probe (cache-line round trip, ns) taken just before the cell, if the machine has two
@@ -115,6 +118,7 @@ impl Config {
                         size,
                         mode,
                         pairs: Vec::new(),
+                        rivals: Vec::new(),
                         errors: Vec::new(),
                         probe_ns: None,
                     });
@@ -129,9 +133,9 @@ impl Config {
         let per_rep = if cell.transport.partner() == cell.transport {
             1
         } else {
-            2
+            2 + u64::from(cell.rival().is_some())
         };
-        (self.reps * per_rep) as u64
+        self.reps as u64 * per_rep
     }
 
     fn spec(&self, transport: Transport, size: usize, mode: Mode) -> RunSpec {
@@ -140,6 +144,13 @@ impl Config {
 }
 
 impl Cell {
+    /// The rival measured in this cell's repetitions, if it can run here at this size.
+    pub fn rival(&self) -> Option<Transport> {
+        self.transport
+            .rival(self.mode == Mode::Latency)
+            .filter(|r| r.unavailable().is_none() && r.carries(self.size))
+    }
+
     /// Takes the probe, then runs the cell's interleaved pairs; `on_run` is called after each
     /// measurement. A transport that cannot run here stops after its first failure.
     pub fn run(&mut self, config: &Config, exe: &Path, on_run: &mut dyn FnMut()) {
@@ -150,6 +161,7 @@ impl Cell {
         }
         let spec = config.spec(self.transport, self.size, self.mode);
         let baseline_spec = config.spec(self.transport.partner(), self.size, self.mode);
+        let rival_spec = self.rival().map(|r| config.spec(r, self.size, self.mode));
         for _ in 0..config.reps {
             let baseline = run::measure(&baseline_spec, exe);
             on_run();
@@ -164,10 +176,20 @@ impl Cell {
                 self.pairs.push((baseline.clone(), baseline));
                 continue;
             }
+            let rival = rival_spec.as_ref().map(|spec| {
+                let res = run::measure(spec, exe);
+                on_run();
+                res.map_err(|err| self.errors.push(format!("rival: {err}")))
+            });
             let res = run::measure(&spec, exe);
             on_run();
             match res {
-                Ok(sample) => self.pairs.push((baseline, sample)),
+                Ok(sample) => {
+                    if let Some(Ok(rival)) = rival {
+                        self.rivals.push((rival, sample.clone()));
+                    }
+                    self.pairs.push((baseline, sample));
+                }
                 Err(err) => {
                     let fatal = matches!(err, Error::Unsupported(_));
                     self.errors.push(err.to_string());

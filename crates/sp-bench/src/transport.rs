@@ -347,6 +347,25 @@ impl Transport {
         }
     }
 
+    /// The transport this one's speed target names, measured in the same repetitions as a third
+    /// run (baseline, rival, transport), so that the comparison is a median of interleaved pairs
+    /// rather than of two cells measured seconds apart, while the machine's cross-core speed
+    /// drifts between them. Throughput: the sp-shm ring rows against `ref-ring`, the async ring
+    /// and the typed plain-data channel against `sp-shm-adaptive`, typed serde values against
+    /// `ipc-channel-typed`. Round trips: the parked async ring against `tokio-uds`.
+    pub fn rival(self, latency: bool) -> Option<Self> {
+        let rival = match (self, latency) {
+            (Self::SpShmSpin | Self::SpShmAdaptive | Self::SpShmPark | Self::SpShmBatch, false) => {
+                Self::RefRing
+            }
+            (Self::SpShmAsync | Self::SpTypedPod, false) => Self::SpShmAdaptive,
+            (Self::SpTypedSerde, false) => Self::IpcChannelTyped,
+            (Self::SpShmAsyncPark, true) => Self::TokioUds,
+            _ => return None,
+        };
+        Some(rival)
+    }
+
     /// Worker processes or threads of a pool scenario.
     pub fn workers(self) -> usize {
         match self {

@@ -75,7 +75,7 @@ impl Results {
                 if let Some(record) = record(cell.transport, cell.size, metric, &values) {
                     records.push(Record {
                         vs_baseline: stats::median_ratio(&num, &den),
-                        ..record
+                        ..with_rival(record, cell, metric)
                     });
                 }
             }
@@ -118,6 +118,35 @@ impl Results {
     }
 }
 
+/// `record` with its ratio to the cell's rival, pair by pair, for the metrics a target compares.
+fn with_rival(record: Record, cell: &Cell, metric: Metric) -> Record {
+    let Some(rival) = cell.rival() else {
+        return record;
+    };
+    if !matches!(
+        metric,
+        Metric::Throughput | Metric::MessageRate | Metric::RttP50
+    ) {
+        return record;
+    }
+    let ratios: Vec<f64> = cell
+        .rivals
+        .iter()
+        .filter_map(|(r, t)| Some((metric.of(t)?, metric.of(r)?)))
+        .filter(|(_, r)| *r > 0.0)
+        .map(|(t, r)| t / r)
+        .collect();
+    if ratios.is_empty() {
+        return record;
+    }
+    Record {
+        rival: Some(rival.name().into()),
+        vs_rival: stats::median(&ratios),
+        rival_ratios: ratios,
+        ..record
+    }
+}
+
 fn record(transport: Transport, size: usize, metric: Metric, values: &[f64]) -> Option<Record> {
     let Summary {
         median,
@@ -140,6 +169,9 @@ fn record(transport: Transport, size: usize, metric: Metric, values: &[f64]) -> 
         vs_baseline: None,
         vs_limit: None,
         limit: None,
+        rival: None,
+        vs_rival: None,
+        rival_ratios: Vec::new(),
     })
 }
 
@@ -152,8 +184,8 @@ fn sort_key(r: &Record) -> (u64, usize, usize) {
 }
 
 /// Sets `vs_limit` and `limit`. Throughput of the sp-shm ring rows: against `ref-ring` of the same
-/// size (message rate too; the two ratios are the same at one size), none if the run has no
-/// ref-ring. Other throughput: against memcpy of the same size. Round trips: against the fastest
+/// size (message rate too; the two ratios are the same at one size): the median of the pairs when
+/// ref-ring ran as the cell's rival, else the ratio of medians, none if the run has no ref-ring. Other throughput: against memcpy of the same size. Round trips: against the fastest
 /// a round trip could be, the probe taken before the cell (one cache line there and back; the
 /// machine's cross-core speed drifts too much for one figure to serve a whole run) plus, when
 /// memcpy was measured, writing and reading the message once each way at memcpy speed
@@ -176,6 +208,14 @@ fn set_limit_ratios(records: &mut [Record], probes: &BTreeMap<(&str, u64), f64>)
     for r in records.iter_mut() {
         let is_ring = Transport::from_name(&r.transport).is_some_and(Transport::is_ring);
         let limit = match r.metric {
+            // Measured in the same repetitions: the paired ratio, not a ratio of medians.
+            Metric::Throughput | Metric::MessageRate
+                if is_ring && r.rival.as_deref() == Some(Transport::RefRing.name()) =>
+            {
+                r.vs_limit = r.vs_rival;
+                r.limit = Some(Limit::RefRing);
+                continue;
+            }
             Metric::Throughput if is_ring => {
                 ref_ring[0].get(&r.size_bytes).map(|l| (*l, Limit::RefRing))
             }
@@ -226,6 +266,7 @@ mod tests {
                     (tp(BASELINE, 200), tp(Transport::Pipe, 600)),
                     (tp(BASELINE, 400), tp(Transport::Pipe, 400)),
                 ],
+                rivals: Vec::new(),
                 errors: vec!["one failed".into()],
                 probe_ns: Some(50.0),
             },
@@ -234,6 +275,7 @@ mod tests {
                 size: 64,
                 mode: Mode::Latency,
                 pairs: vec![(lat(BASELINE, 1000.0), lat(Transport::Pipe, 500.0))],
+                rivals: Vec::new(),
                 errors: vec![],
                 probe_ns: Some(100.0),
             },
@@ -297,6 +339,7 @@ mod tests {
                     (base(Mode::Throughput), tp(36_500)),
                     (base(Mode::Throughput), tp(2_400)),
                 ],
+                rivals: Vec::new(),
                 errors: vec![],
                 probe_ns: None,
             },
@@ -310,6 +353,7 @@ mod tests {
                     (base(Mode::Latency), lat(200.0)),
                     (base(Mode::Latency), lat(300.0)),
                 ],
+                rivals: Vec::new(),
                 errors: vec![],
                 probe_ns: None,
             },
@@ -393,6 +437,53 @@ mod tests {
             old.records
                 .iter()
                 .all(|rec| !rec.collapsed && rec.reps.is_empty())
+        );
+    }
+
+    #[test]
+    fn a_rival_in_the_same_repetitions_gives_the_median_of_pair_ratios() {
+        let tp = |t, n| sample(t, Mode::Throughput, n, 0.0);
+        let spin = |n| tp(Transport::SpShmSpin, n);
+        let cells = vec![Cell {
+            transport: Transport::SpShmSpin,
+            size: 64,
+            mode: Mode::Throughput,
+            pairs: [100, 300, 200]
+                .map(|n| (tp(BASELINE, 10), spin(n)))
+                .to_vec(),
+            // Pair ratios 0.5, 2 and 2: median 2, where the ratio of medians is 200 / 150.
+            rivals: vec![
+                (tp(Transport::RefRing, 200), spin(100)),
+                (tp(Transport::RefRing, 150), spin(300)),
+                (tp(Transport::RefRing, 100), spin(200)),
+            ],
+            errors: vec![],
+            probe_ns: None,
+        }];
+        let r = Results::build(
+            &Config::quick(),
+            "now".into(),
+            Machine::detect(),
+            Probe::new(vec![50.0]),
+            &cells,
+        );
+        let rate = r.find("sp-shm-spin", 64, Metric::MessageRate).unwrap();
+        assert_eq!(rate.rival.as_deref(), Some("ref-ring"));
+        assert_eq!(rate.rival_ratios, [0.5, 2.0, 2.0]);
+        assert_eq!(
+            (rate.vs_rival, rate.vs_limit, rate.limit),
+            (Some(2.0), Some(2.0), Some(Limit::RefRing))
+        );
+        // Only the metrics a target compares carry a rival.
+        assert!(
+            r.find("sp-shm-spin", 64, Metric::CpuTx)
+                .unwrap()
+                .rival
+                .is_none()
+        );
+        assert_eq!(
+            r.rival_notes(),
+            ["sp-shm-spin 64 B message_rate: 2.00× ref-ring (pairs 0.50, 2.00, 2.00)"]
         );
     }
 

@@ -45,6 +45,9 @@ pub(super) fn rec(
         vs_baseline,
         vs_limit: None,
         limit: None,
+        rival: None,
+        vs_rival: None,
+        rival_ratios: Vec::new(),
         reps: vec![median; 3],
         collapsed: false,
     }

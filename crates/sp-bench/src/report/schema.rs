@@ -117,6 +117,16 @@ pub struct Record {
     /// memcpy for throughput and the probe for round trips).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<Limit>,
+    /// The transport's [`rival`](crate::transport::Transport::rival), measured in the same
+    /// repetitions (throughput, message rate and round-trip p50 only). Absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rival: Option<String>,
+    /// Median of transport ÷ rival over the interleaved pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_rival: Option<f64>,
+    /// Transport ÷ rival, pair by pair, in the order measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rival_ratios: Vec<f64>,
 }
 
 /// What a record's `vs_limit` is taken against.

@@ -36,7 +36,7 @@ impl Results {
              sp-pipeline-relayed, sp-start against spawn-pipe, its ratio in brackets in the \
              `start p50` column) and against the machine limit \
              (×limit, named in the `limit` column: for throughput ref-ring of the same size for \
-             the sp-shm ring rows, memcpy for the others; for round trips the cache-line probe \
+             the sp-shm ring rows, measured in the same repetitions, memcpy for the others; for round trips the cache-line probe \
              taken before the cell plus the message copied each way at memcpy speed).",
             self.profile.reps,
             self.profile.warmup_ms,
@@ -99,6 +99,26 @@ impl Results {
                     fmt_value(metric, best),
                     reps.join(", ")
                 )
+            })
+            .collect()
+    }
+
+    /// One line per record compared with its rival in the same repetitions (message rate and
+    /// round-trip p50): the median ratio and each pair's.
+    pub fn rival_notes(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .filter(|r| matches!(r.metric, Metric::MessageRate | Metric::RttP50))
+            .filter_map(|r| {
+                let (rival, ratio) = (r.rival.as_ref()?, r.vs_rival?);
+                let pairs: Vec<String> = r.rival_ratios.iter().map(|v| format!("{v:.2}")).collect();
+                Some(format!(
+                    "{} {} {}: {ratio:.2}× {rival} (pairs {})",
+                    r.transport,
+                    fmt_size(r.size_bytes),
+                    r.metric.name(),
+                    pairs.join(", ")
+                ))
             })
             .collect()
     }
