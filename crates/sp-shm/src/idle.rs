@@ -6,6 +6,10 @@
 //! A side that never parks still checks, every [`CHECK_EVERY`] steps, whether the peer hung up
 //! or the deadline passed, so nothing spins forever; it also yields then, so that two spinning
 //! processes on an oversubscribed machine (more spinning threads than cores) keep progressing.
+//!
+//! A consumer that has not received a record yet parks at once under any strategy that parks:
+//! a peer that was just started is likely on the same core (the set-up's socket wake-ups pull
+//! the woken task to the waker's core), where spinning would hold it off.
 
 /// How long a waiting side spins and yields before it parks.
 ///

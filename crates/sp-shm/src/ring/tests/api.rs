@@ -261,3 +261,24 @@ fn threads_stream_in_order_for_each_strategy() {
         assert_eq!(stats.records, u64::from(n));
     }
 }
+
+/// The first wait of a consumer parks at once (a peer just started may share this core); once
+/// a record has arrived, the strategy's spin applies again.
+#[test]
+fn the_first_wait_parks_and_later_ones_spin() {
+    // Spin without end, then park: only the first wait can park.
+    let config = small().idle(IdleStrategy::new(u32::MAX, 0, true));
+    let (mut tx, mut rx) = channel(&config).unwrap();
+    let producer = std::thread::spawn(move || {
+        for record in [b"first", b"later"] {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(record).unwrap();
+        }
+        tx
+    });
+    assert_eq!(rx.read().unwrap().to_vec(), b"first");
+    assert_eq!(rx.stats().parks, 1);
+    assert_eq!(rx.read().unwrap().to_vec(), b"later");
+    assert_eq!(rx.stats().parks, 1, "the second wait spun");
+    drop(producer.join().unwrap());
+}
