@@ -147,7 +147,7 @@ impl Cell {
     /// The rival measured in this cell's repetitions, if it can run here at this size.
     pub fn rival(&self) -> Option<Transport> {
         self.transport
-            .rival(self.mode == Mode::Latency)
+            .rival(self.size, self.mode == Mode::Latency)
             .filter(|r| r.unavailable().is_none() && r.carries(self.size))
     }
 

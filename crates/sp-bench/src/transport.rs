@@ -352,9 +352,12 @@ impl Transport {
     /// rather than of two cells measured seconds apart, while the machine's cross-core speed
     /// drifts between them. Throughput: the sp-shm ring rows against `ref-ring`, the async ring
     /// and the typed plain-data channel against `sp-shm-adaptive`, typed serde values against
-    /// `ipc-channel-typed`. Round trips: the parked async ring against `tokio-uds`.
-    pub fn rival(self, latency: bool) -> Option<Self> {
+    /// `ipc-channel-typed`, sp-core messages against `seqpacket` (`seqpacket-4m` from 1 MiB).
+    /// Round trips: the parked async ring against `tokio-uds`.
+    pub fn rival(self, size: usize, latency: bool) -> Option<Self> {
         let rival = match (self, latency) {
+            (Self::SpCore, false) if size >= 1 << 20 => Self::Seqpacket4m,
+            (Self::SpCore, false) => Self::Seqpacket,
             (Self::SpShmSpin | Self::SpShmAdaptive | Self::SpShmPark | Self::SpShmBatch, false) => {
                 Self::RefRing
             }
