@@ -251,6 +251,17 @@ mod tests {
     use super::*;
     use crate::report::fixtures::{rec, results, sample};
 
+    /// Results of a quick run of `cells`, with one probe of 50 ns.
+    fn build(cells: &[Cell]) -> Results {
+        Results::build(
+            &Config::quick(),
+            "now".into(),
+            Machine::detect(),
+            Probe::new(vec![50.0]),
+            cells,
+        )
+    }
+
     #[test]
     fn build_pairs_ratios_and_pools_the_baseline() {
         let tp = |t, n| sample(t, Mode::Throughput, n, 0.0);
@@ -358,13 +369,7 @@ mod tests {
                 probe_ns: None,
             },
         ];
-        let r = Results::build(
-            &Config::quick(),
-            "now".into(),
-            Machine::detect(),
-            Probe::new(vec![50.0]),
-            &cells,
-        );
+        let r = build(&cells);
         let tp = r.find("sp-shm-adaptive", 64, Metric::MessageRate).unwrap();
         assert!(tp.collapsed);
         assert_eq!(tp.reps, [2_350.0, 36_500.0, 2_400.0]);
@@ -460,13 +465,7 @@ mod tests {
             errors: vec![],
             probe_ns: None,
         }];
-        let r = Results::build(
-            &Config::quick(),
-            "now".into(),
-            Machine::detect(),
-            Probe::new(vec![50.0]),
-            &cells,
-        );
+        let r = build(&cells);
         let rate = r.find("sp-shm-spin", 64, Metric::MessageRate).unwrap();
         assert_eq!(rate.rival.as_deref(), Some("ref-ring"));
         assert_eq!(rate.rival_ratios, [0.5, 2.0, 2.0]);
