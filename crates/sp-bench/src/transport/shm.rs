@@ -188,6 +188,15 @@ impl Link for RingLink {
         // records are checked in place, where a copy would cost more than it frees.
         if self.size <= COPY_OUT_MAX {
             let grant = self.consumer.read()?;
+            if grant.len() > self.buf.len() {
+                // Shorter records reach the check, which reports their length; a longer one
+                // would be cut to fit the copy.
+                return Err(Error::Corrupt(format!(
+                    "a record of {} bytes, expected {}",
+                    grant.len(),
+                    self.size
+                )));
+            }
             let n = grant.copy_to_slice(&mut self.buf);
             drop(grant);
             return check(&self.buf[..n]);
