@@ -120,6 +120,24 @@ impl Gone {
     }
 }
 
+/// Sends values `0..n` of stream `stream` and waits for the old sink, started with
+/// `hold_after=n`, to say it has them all and holds.
+fn feed_until_held(
+    tx: &mut sp::Sender<Item>,
+    old: &mut crate::Kid,
+    stream: u32,
+    n: u64,
+) -> TestResult {
+    for seq in 0..n {
+        tx.send(&item(stream, seq, Sizes::Mixed))
+            .map_err(|e| format!("send {seq}: {e}"))?;
+    }
+    match old.read_line()?.as_str() {
+        "held" => Ok(()),
+        said => Err(format!("the old sink said {said:?}")),
+    }
+}
+
 /// This process publishes; the subscriber restarts. The old sink takes `OLD_SHARE` values and
 /// holds; the new one declares itself; this side fills its ring (the gateway takes nothing
 /// while two subscribers are alive: it neither fails nor sends to both); the old sink dies; the
@@ -136,15 +154,8 @@ fn restarted_sink() -> TestResult {
     );
     let (mut tx, rx) = sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
     let gateway = sp_zenoh::publish(&session, key, rx, &resume()).map_err(|e| e.to_string())?;
-    for seq in 0..OLD_SHARE {
-        tx.send(&item(5, seq, Sizes::Mixed))
-            .map_err(|e| format!("send {seq}: {e}"))?;
-    }
     // The old sink has every value so far: the gateway is idle, waiting on its ring.
-    let said = old.read_line()?;
-    if said != "held" {
-        return Err(format!("the old sink said {said:?}"));
-    }
+    feed_until_held(&mut tx, &mut old, 5, OLD_SHARE)?;
     let new = spawn_child(
         "sink",
         &format!("connect={port} key={key} n={n} ready=1 expect=end"),
@@ -280,14 +291,7 @@ fn second_sink_stays() -> TestResult {
     let (mut tx, rx) = sp::channel::<Item>(&sp::Config::new()).map_err(|e| e.to_string())?;
     let gateway = sp_zenoh::publish(&session, key, rx, &resume().handover(grace))
         .map_err(|e| e.to_string())?;
-    for seq in 0..10 {
-        tx.send(&item(6, seq, Sizes::Mixed))
-            .map_err(|e| format!("send {seq}: {e}"))?;
-    }
-    let said = old.read_line()?;
-    if said != "held" {
-        return Err(format!("the old sink said {said:?}"));
-    }
+    feed_until_held(&mut tx, &mut old, 6, 10)?;
     // The second sink expects nothing: its publisher goes (refused it) before sending it a value.
     let second = spawn_child(
         "sink",
