@@ -8,8 +8,10 @@
 //! processes on an oversubscribed machine (more spinning threads than cores) keep progressing.
 //!
 //! A consumer that has not received a record yet parks at once under any strategy that parks:
-//! a peer that was just started is likely on the same core (the set-up's socket wake-ups pull
-//! the woken task to the waker's core), where spinning would hold it off.
+//! a peer that was just started may share this core (the set-up's socket wake-ups are
+//! synchronous, which lets the kernel move the woken task to the waker's core), and spinning
+//! there would hold it off. Measured on sp's start-up: the first value reached a spinning
+//! parent 280-350 µs after the child sent it, a parked one 20-60 µs after.
 
 /// How long a waiting side spins and yields before it parks.
 ///

@@ -213,10 +213,8 @@ impl Side for RecordWait<'_> {
     }
 
     /// Until the first record, park at once (if the strategy parks at all): a peer that was
-    /// just started is likely on this core, because the set-up's socket wake-ups are
-    /// synchronous and pull the woken task to the waker's core, and spinning there holds it
-    /// off until it blocks or exits. A parked consumer is woken by the first record's wake-up
-    /// byte, which runs it at once.
+    /// just started may share this core (see `idle.rs`), and spinning there holds it off until
+    /// it blocks or exits. A parked consumer is woken by the first record's wake-up byte.
     fn idle(&self) -> IdleStrategy {
         let idle = self.consumer.idle;
         if self.consumer.stats.records == 0 && idle.parks() {
