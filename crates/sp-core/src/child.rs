@@ -299,18 +299,12 @@ fn forget_fd_env() -> bool {
     true
 }
 
-/// Whether this process has exactly one thread (`Threads:` in `/proc/self/status`); `false` when
-/// that cannot be read.
+/// Whether this process has exactly one thread (one entry in `/proc/self/task`); `false` when
+/// that cannot be read. (A directory listing, not `Threads:` in `/proc/self/status`: the kernel
+/// builds the whole status text, memory counters and all, for that one line; this runs on every
+/// child's path to its first message.)
 fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Threads:"))
-                .map(|n| n.trim() == "1")
-        })
-        .unwrap_or(false)
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
 pub(crate) fn check_unix_socket(fd: BorrowedFd<'_>) -> Result<()> {

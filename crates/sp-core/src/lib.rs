@@ -34,6 +34,7 @@ mod frame;
 mod handover;
 mod receiver;
 mod sender;
+mod spill;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod wait;

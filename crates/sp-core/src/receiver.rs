@@ -15,6 +15,7 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFl
 use crate::end::{SocketKind, poll_one};
 use crate::error::{Error, Malformed, RecvTimeoutError, Result, TryRecvError};
 use crate::frame::{HEADER_LEN, MAX_FDS, declared_fds, decode_header};
+use crate::spill::Spill;
 use crate::wait::{Stop, Wait, retry_intr};
 
 /// How much a stream receiver asks the kernel for at a time when the frame needs less.
@@ -54,6 +55,7 @@ pub struct Receiver {
     kind: SocketKind,
     max_len: usize,
     /// Seqpacket: the part of a payload that does not fit the caller's `Message` lands here.
+    spill: Spill,
     /// Stream: bytes `start..end` are received and not yet handed out.
     buf: Vec<u8>,
     start: usize,
@@ -71,6 +73,7 @@ impl Receiver {
             fd,
             kind,
             max_len,
+            spill: Spill::default(),
             buf: Vec::new(),
             start: 0,
             end: 0,
@@ -212,23 +215,17 @@ impl Receiver {
             flags |= RecvFlags::DONTWAIT;
         }
         // The payload goes straight into `msg.bytes`, as far as its initialised length already
-        // reaches, and the rest into `self.buf`: a loop over one `Message` with payloads of one
+        // reaches, and the rest into the spill: a loop over one `Message` with payloads of one
         // size copies nothing, and a payload that outgrows the message copies only its growth.
         let held = msg.bytes.len().min(self.max_len);
-        if self.buf.len() < self.max_len - held {
-            // A fresh zeroed allocation, not `resize`: for a buffer this size the allocator maps
-            // zero pages without writing them, so only the pages records fill are ever touched
-            // (`resize` would write all of `max_len`, 1 MiB by default, on a channel's first
-            // receive). The old contents are scratch.
-            self.buf = vec![0; self.max_len];
-        }
+        let spill = self.spill.get(self.max_len - held, self.max_len)?;
         let mut head = [0u8; HEADER_LEN];
         let mut fds = Vec::new();
         let (n, rflags) = loop {
             let mut iov = [
                 IoSliceMut::new(&mut head),
                 IoSliceMut::new(&mut msg.bytes[..held]),
-                IoSliceMut::new(&mut self.buf[..self.max_len - held]),
+                IoSliceMut::new(&mut *spill),
             ];
             match recvmsg_fds(&self.fd, &mut iov, flags, &mut fds) {
                 Ok(res) => break res,
@@ -272,7 +269,7 @@ impl Receiver {
         if n_bytes <= held {
             msg.bytes.truncate(n_bytes);
         } else {
-            msg.bytes.extend_from_slice(&self.buf[..n_bytes - held]);
+            msg.bytes.extend_from_slice(&spill[..n_bytes - held]);
         }
         msg.fds = fds;
         Ok(())
