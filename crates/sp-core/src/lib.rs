@@ -28,6 +28,7 @@
 mod bridge;
 mod channel;
 mod child;
+mod copy;
 mod end;
 mod error;
 mod frame;
@@ -42,6 +43,7 @@ mod wait;
 pub use bridge::Bridge;
 pub use channel::{Channel, DEFAULT_MAX_MESSAGE_LEN};
 pub use child::{Child, FD_ENV, SpawnOptions, adopt, spawn, spawn_with};
+pub use copy::{copy_bytes, extend_bytes};
 pub use end::{Credentials, End, PairOptions, Readiness, SocketKind, pair};
 pub use error::{
     BrokenError, Error, Handover, Malformed, RecvTimeoutError, Result, SendTimeoutError,

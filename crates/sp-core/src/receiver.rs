@@ -269,7 +269,7 @@ impl Receiver {
         if n_bytes <= held {
             msg.bytes.truncate(n_bytes);
         } else {
-            msg.bytes.extend_from_slice(&spill[..n_bytes - held]);
+            crate::copy::extend_bytes(&mut msg.bytes, &spill[..n_bytes - held]);
         }
         msg.fds = fds;
         Ok(())
@@ -313,8 +313,10 @@ impl Receiver {
         }
         let frame_end = self.start + HEADER_LEN + header.n_bytes;
         msg.bytes.clear();
-        msg.bytes
-            .extend_from_slice(&self.buf[self.start + HEADER_LEN..frame_end]);
+        crate::copy::extend_bytes(
+            &mut msg.bytes,
+            &self.buf[self.start + HEADER_LEN..frame_end],
+        );
         msg.fds.clear();
         msg.fds.extend(self.fd_fifo.drain(..header.n_fds));
         self.start = frame_end;

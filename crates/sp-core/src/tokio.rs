@@ -230,9 +230,9 @@ impl Sender {
             });
             if sent < HEADER_LEN {
                 self.unsent.extend_from_slice(&header[sent..]);
-                self.unsent.extend_from_slice(bytes);
+                crate::copy::extend_bytes(&mut self.unsent, bytes);
             } else {
-                self.unsent.extend_from_slice(&bytes[sent - HEADER_LEN..]);
+                crate::copy::extend_bytes(&mut self.unsent, &bytes[sent - HEADER_LEN..]);
             }
             self.flush().await?;
         }

@@ -52,7 +52,7 @@ impl Blob {
     /// # Errors
     /// When memory or descriptors run out.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Self::build(bytes.len(), |dst| dst.copy_from_slice(bytes))
+        Self::build(bytes.len(), |dst| sp_core::copy_bytes(dst, bytes))
     }
 
     /// `memfd_create(2)`, `mmap(2)`, `munmap(2)`, then `fcntl(F_ADD_SEALS)` with

@@ -120,8 +120,8 @@ impl<T: Serialize + DeserializeOwned> Value for T {
 
     #[inline]
     fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
-        match postcard::to_slice(self, out) {
-            Ok(used) => Ok(used.len()),
+        match postcard::serialize_with_flavor(self, Out { buf: out, used: 0 }) {
+            Ok(used) => Ok(used),
             Err(err) => Err(err.into()),
         }
     }
@@ -152,6 +152,45 @@ impl<T: Serialize + DeserializeOwned> Value for T {
             return Err(DecodeError::TrailingBytes { n: rest.len() });
         }
         Ok(())
+    }
+}
+
+/// postcard's output into the start of a slice, as `postcard::to_slice` writes it, with runs of
+/// bytes (strings, byte buffers) copied by [`sp_core::copy_bytes`]: `memcpy` of a long run into a
+/// ring slot or blob can otherwise hit `rep movsb`'s slow case (see there).
+struct Out<'a> {
+    buf: &'a mut [u8],
+    used: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Out<'_> {
+    type Output = usize;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        let slot = self
+            .buf
+            .get_mut(self.used)
+            .ok_or(postcard::Error::SerializeBufferFull)?;
+        *slot = byte;
+        self.used += 1;
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        let end = self.used.saturating_add(bytes.len());
+        let dst = self
+            .buf
+            .get_mut(self.used..end)
+            .ok_or(postcard::Error::SerializeBufferFull)?;
+        sp_core::copy_bytes(dst, bytes);
+        self.used = end;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.used)
     }
 }
 

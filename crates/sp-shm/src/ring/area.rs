@@ -327,7 +327,7 @@ impl DataArea<ReadWrite> {
     #[inline]
     pub(crate) fn copy_in(&mut self, payload: Payload, src: &[u8]) {
         let n = src.len().min(payload.len);
-        self.payload_mut(payload)[..n].copy_from_slice(&src[..n]);
+        sp_core::copy_bytes(&mut self.payload_mut(payload)[..n], &src[..n]);
     }
 
     /// The payload as a slice of the producer's own mapping.

@@ -28,6 +28,7 @@
 
 mod attach;
 mod deliver;
+mod scratch;
 
 pub(crate) use attach::AttachWait;
 
@@ -36,7 +37,6 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use sp_shm::{Blob, Consumer, ReadGrant};
-use zerocopy::IntoBytes;
 
 use crate::config::Config;
 use crate::error::{Error, Fail, RecvTimeoutError, Result, TryRecvError, Violation};
@@ -45,6 +45,7 @@ use crate::value::{PlainData, Value};
 use crate::wire::KIND_VALUE;
 use attach::Awaiting;
 use deliver::{Decode, DecodeInto, DecodeWithFds, Deliver, Failed, View};
+use scratch::Scratch;
 
 /// Receives values of type `T` from the peer.
 ///
@@ -88,28 +89,6 @@ enum Body {
         len: usize,
     },
     Blob(Blob),
-}
-
-/// An 8-aligned buffer for copies of records.
-#[derive(Debug, Default)]
-struct Scratch {
-    words: Vec<u64>,
-}
-
-impl Scratch {
-    #[inline]
-    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
-        let n_words = len.div_ceil(8);
-        if self.words.len() < n_words {
-            self.words.resize(n_words, 0);
-        }
-        &mut self.words.as_mut_bytes()[..len]
-    }
-
-    #[inline]
-    fn bytes(&self, start: usize, len: usize) -> &[u8] {
-        &self.words.as_bytes()[start..start + len]
-    }
 }
 
 impl<T: Value> Receiver<T> {

@@ -1,0 +1,83 @@
+//! Copying payloads in pieces small enough that `memcpy` never takes them with `rep movsb`.
+//!
+//! Why: glibc's `memcpy` copies from about 2 KiB up to several MiB with `rep movsb` on CPUs that
+//! report fast short `rep movsb` (FSRM), and on AMD Zen that instruction runs over ten times
+//! slower when the destination lies 1 to 31 bytes ahead of the source modulo a page (glibc bug
+//! 30994; this machine's glibc 2.36 has it). Buffers of the same size
+//! allocated one after the other land exactly there, as do a page-aligned mapping and an
+//! allocation glibc maps 16 bytes past a page boundary. Copied in pieces of 2 KiB (`PIECE`),
+//! each `memcpy` takes its vector loop instead, which has no such case and is as fast elsewhere.
+//! docs/benchmarks.md has this machine's figures.
+
+/// The largest piece handed to `memcpy` at once: below glibc's smallest `rep movsb` threshold
+/// (2,112 bytes with FSRM).
+pub(crate) const PIECE: usize = 2048;
+
+/// Copies `src` into `dst` as `dst.copy_from_slice(src)` does, in pieces of at most 2 KiB: each
+/// piece is copied by `memcpy`'s vector loop, never by `rep movsb`, which glibc uses for larger
+/// copies and which on AMD Zen runs over ten times slower when the destination lies 1 to 31
+/// bytes ahead of the source modulo a page (glibc bug 30994). sp copies payloads with it.
+///
+/// # Panics
+/// If the two lengths differ, as `<[u8]>::copy_from_slice` does.
+///
+/// # Examples
+/// ```
+/// let src = vec![7u8; 100_000];
+/// let mut dst = vec![0u8; 100_000];
+/// sp_core::copy_bytes(&mut dst, &src);
+/// assert_eq!(dst, src);
+/// ```
+#[inline]
+pub fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "copy_bytes: lengths differ");
+    if src.len() <= PIECE {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (dst, src) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Appends `src` to `dst` as `dst.extend_from_slice(src)` does: one reservation, then pieces of
+/// at most 2 KiB (see [`copy_bytes`]).
+///
+/// # Examples
+/// ```
+/// let mut v = b"head ".to_vec();
+/// sp_core::extend_bytes(&mut v, &[1u8; 5000]);
+/// assert_eq!(v.len(), 5005);
+/// ```
+#[inline]
+pub fn extend_bytes(dst: &mut Vec<u8>, src: &[u8]) {
+    dst.reserve(src.len());
+    for piece in src.chunks(PIECE) {
+        dst.extend_from_slice(piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_every_byte_at_every_piece_boundary() {
+        for len in [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 5] {
+            let src: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut dst = vec![0u8; len];
+            copy_bytes(&mut dst, &src);
+            assert_eq!(dst, src);
+            let mut v = vec![9u8; 3];
+            extend_bytes(&mut v, &src);
+            assert_eq!(&v[..3], &[9, 9, 9]);
+            assert_eq!(&v[3..], &src[..]);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "lengths differ")]
+    fn lengths_must_match() {
+        copy_bytes(&mut [0u8; 3], &[1u8; 4]);
+    }
+}
