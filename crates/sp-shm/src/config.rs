@@ -113,6 +113,11 @@ impl Config {
         self
     }
 
+    /// The time limit for each step of the handshake.
+    pub fn handshake_limit(&self) -> Duration {
+        self.handshake_timeout
+    }
+
     /// The configured capacity in bytes.
     pub fn capacity_bytes(&self) -> usize {
         self.capacity

@@ -23,7 +23,6 @@ pub struct Config {
     pub(crate) blob_threshold: Option<usize>,
     pub(crate) max_blob_len: u64,
     pub(crate) attachment_timeout: Duration,
-    pub(crate) handshake_timeout: Duration,
     pub(crate) spawn: SpawnOptions,
 }
 
@@ -39,22 +38,25 @@ impl Config {
     pub fn new() -> Self {
         let setup_step = Duration::from_secs(10);
         Self {
-            ring: sp_shm::Config::new().populate(false),
+            ring: sp_shm::Config::new()
+                .populate(false)
+                .handshake_timeout(setup_step),
             blob_threshold: None,
             max_blob_len: 4 << 30,
             attachment_timeout: Duration::from_secs(1),
-            handshake_timeout: setup_step,
             spawn: SpawnOptions::new()
                 .parent_death_signal(Signal::KILL)
                 .hand_over_after_exec(setup_step),
         }
     }
 
-    /// The ring this side produces into, with every sp-shm setting.
+    /// The ring this side produces into, with every sp-shm setting. Its handshake timeout is the
+    /// time limit for every step of setting up (see [`handshake_timeout`](Self::handshake_timeout)).
     #[must_use]
     pub fn ring(mut self, ring: sp_shm::Config) -> Self {
+        let limit = ring.handshake_limit();
         self.ring = ring;
-        self
+        self.handshake_timeout(limit)
     }
 
     /// The ring's capacity in bytes (see [`sp_shm::Config::capacity`]).
@@ -106,11 +108,12 @@ impl Config {
         self
     }
 
-    /// Time limit for each step of setting up (the ring handshake and the HELLO; default 10 s).
+    /// Time limit for each step of setting up (handing the child its end, the ring handshake,
+    /// the HELLO; default 10 s). It is kept in one place, the ring's settings
+    /// ([`sp_shm::Config::handshake_limit`]).
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.ring = self.ring.handshake_timeout(timeout);
-        self.handshake_timeout = timeout;
         if self.spawn.handover_timeout().is_some() {
             self.spawn = self.spawn.hand_over_after_exec(timeout);
         }
@@ -118,11 +121,17 @@ impl Config {
     }
 
     /// How [`spawn`](crate::spawn) starts the child (default: parent-death signal `SIGKILL`, the
-    /// end handed over after `exec` within the handshake timeout).
+    /// end handed over after `exec` within the handshake timeout). The hand-over's own timeout,
+    /// if `opts` hands the end over, is the one it carries.
     #[must_use]
     pub fn spawn_options(mut self, opts: SpawnOptions) -> Self {
         self.spawn = opts;
         self
+    }
+
+    /// The time limit for each step of setting up.
+    pub(crate) fn setup_limit(&self) -> Duration {
+        self.ring.handshake_limit()
     }
 
     /// The sp-shm settings of the ring.
@@ -139,5 +148,33 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_setup_limit_is_kept_in_one_place() {
+        let (one, two) = (Duration::from_secs(1), Duration::from_secs(2));
+        // The ring's settings given last bring their limit with them...
+        let config = Config::new()
+            .handshake_timeout(one)
+            .ring(sp_shm::Config::new().handshake_timeout(two));
+        assert_eq!(config.setup_limit(), two);
+        assert_eq!(config.spawn.handover_timeout(), Some(two));
+        // ...and a limit given last applies to the ring's handshake and the hand-over too.
+        let config = Config::new()
+            .ring(sp_shm::Config::new())
+            .handshake_timeout(one);
+        assert_eq!(config.ring_config().handshake_limit(), one);
+        assert_eq!(config.spawn.handover_timeout(), Some(one));
+        // A spawn that lets the child inherit its end keeps doing so.
+        let config = Config::new()
+            .spawn_options(SpawnOptions::new())
+            .handshake_timeout(two);
+        assert_eq!(config.spawn.handover_timeout(), None);
+        assert_eq!(config.setup_limit(), two);
     }
 }

@@ -192,7 +192,7 @@ pub(crate) fn send_hello(control: &Channel, ours: Hello) -> Result<()> {
 /// Receives the peer's HELLO (within the handshake time limit) and checks it against ours.
 fn check_hello(control: &mut Channel, ours: Hello, config: &Config) -> Result<()> {
     let reply = control
-        .recv_timeout(config.handshake_timeout)
+        .recv_timeout(config.setup_limit())
         .map_err(|err| match err {
             sp_core::RecvTimeoutError::Timeout => {
                 Error::Protocol(Violation::Hello(HelloMismatch::NotHello))

@@ -325,7 +325,7 @@ fn connect<In: Value, Out: Value>(
     let mut feed_producer = None;
     let mut drain_consumer = None;
     let mut up = vec![false; n];
-    let deadline = Instant::now() + config.handshake_timeout;
+    let deadline = Instant::now() + config.setup_limit();
     while up.iter().any(|u| !u)
         || pending_feed.is_some()
         || (drain.is_some() && drain_consumer.is_none())
@@ -337,7 +337,7 @@ fn connect<In: Value, Out: Value>(
             Ok(msg) => msg,
             Err(sp_core::TryRecvError::Empty) => continue,
             Err(sp_core::TryRecvError::Broken(sp_core::Error::PeerGone)) => {
-                let status = crate::reap::reap(&mut children[index], config.handshake_timeout)?;
+                let status = crate::reap::reap(&mut children[index], config.setup_limit())?;
                 return Err(Error::StageFailed {
                     stage: index,
                     status,
@@ -368,7 +368,7 @@ fn connect<In: Value, Out: Value>(
         } else if let Some(status) = wire::decode_up(&msg.bytes) {
             if status != wire::UP_OK || up[index] {
                 // The stage has said why on its own stderr; here it is named by its exit.
-                let status = crate::reap::reap(&mut children[index], config.handshake_timeout)?;
+                let status = crate::reap::reap(&mut children[index], config.setup_limit())?;
                 return Err(Error::StageFailed {
                     stage: index,
                     status,

@@ -79,7 +79,7 @@ pub fn join<In: Value, Out: Value>(config: &Config) -> Result<Stage<In, Out>> {
                 parent,
                 exits: vec![None; n_stages],
                 first_failure: None,
-                end_timeout: config.handshake_timeout,
+                end_timeout: config.setup_limit(),
             })
         }
         Err(err) => {
@@ -101,7 +101,7 @@ type Links<In, Out> = (StageSetup, Option<Receiver<In>>, Option<Sender<Out>>);
 /// in whatever order the parent relays them, then the HELLOs.
 fn link<In: Value, Out: Value>(parent: &mut Channel, config: &Config) -> Result<Links<In, Out>> {
     let msg = parent
-        .recv_timeout(config.handshake_timeout)
+        .recv_timeout(config.setup_limit())
         .map_err(setup_error)?;
     let setup = wire::decode_stage(&msg.bytes, msg.fds.len()).map_err(Error::Protocol)?;
     let config = &config.clone().idle(setup.idle);
@@ -125,7 +125,7 @@ fn link<In: Value, Out: Value>(parent: &mut Channel, config: &Config) -> Result<
     }
     let mut consumer = None;
     let mut producer = None;
-    let deadline = Instant::now() + config.handshake_timeout;
+    let deadline = Instant::now() + config.setup_limit();
     while (in_control.is_some() && consumer.is_none()) || pending.is_some() {
         let left = deadline.saturating_duration_since(Instant::now());
         let msg = parent.recv_timeout(left).map_err(setup_error)?;
