@@ -8,7 +8,8 @@
 //! touches the reactor. When it finds nothing, the side waits as its [`IdleStrategy`] says, with
 //! the blocking wait's budget: it spins (inside the poll, between tries), then yields to the
 //! runtime (the task wakes itself and returns `Pending`, so other tasks, the peer among them if it
-//! lives on this thread, can run), then parks. Parking is sp-shm's own protocol for callers that
+//! lives on this thread, can run), then parks; a consumer's first wait, before any record, parks
+//! at once, as the blocking consumer's does. Parking is sp-shm's own protocol for callers that
 //! sleep elsewhere: [`Consumer::prepare_wait`] (publish, set the waiting flag, full fence,
 //! re-check) and, if that says [`WaitPrep::Armed`], the task awaits readability of the ring's
 //! wake socket through an `AsyncFd` registered with the reactor (a duplicate of the socket, so
@@ -122,6 +123,10 @@ enum State {
 trait Park {
     fn prepare_wait(&mut self) -> Result<WaitPrep>;
     fn finish_wait(&mut self) -> Result<()>;
+    /// The strategy of the wait that starts now, given the side's own.
+    fn strategy(&self, idle: IdleStrategy) -> IdleStrategy {
+        idle
+    }
 }
 
 impl Park for Consumer {
@@ -131,6 +136,16 @@ impl Park for Consumer {
 
     fn finish_wait(&mut self) -> Result<()> {
         Consumer::finish_wait(self)
+    }
+
+    /// As the blocking consumer's (`ring/wait.rs`): until the first record, park at once if the
+    /// strategy parks at all; a peer just started may share this core.
+    fn strategy(&self, idle: IdleStrategy) -> IdleStrategy {
+        if idle.parks() && self.stats().records == 0 {
+            IdleStrategy::park()
+        } else {
+            idle
+        }
     }
 }
 
@@ -251,7 +266,9 @@ impl RingWait {
     fn poll_step(&mut self, cx: &mut Context<'_>, side: &mut dyn Park) -> Poll<Result<()>> {
         loop {
             match &mut self.state {
-                State::Idle => self.state = State::Backing(Backoff::new(self.idle)),
+                State::Idle => {
+                    self.state = State::Backing(Backoff::new(side.strategy(self.idle)));
+                }
                 State::Backing(backoff) => match backoff.next_step() {
                     Step::Spin => {
                         for _ in 0..self.pauses {

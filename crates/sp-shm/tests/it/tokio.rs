@@ -76,7 +76,42 @@ pub(crate) fn trials() -> Vec<Trial> {
         "tokio_ping_pong_parked_child_without_membarrier",
         || runtime("current_thread").block_on(ping_pong(true)),
     ));
+    trials.push(trial("tokio_first_wait_parks_and_later_ones_spin", || {
+        runtime("current_thread").block_on(first_wait_parks())
+    }));
     trials
+}
+
+/// As the blocking consumer's: with a strategy that spins without end before it would park, only
+/// the first wait (before any record) parks.
+async fn first_wait_parks() -> TestResult {
+    let config = sp_shm::Config::new()
+        .capacity(64 << 10)
+        .idle(sp_shm::IdleStrategy::new(u32::MAX, 0, true));
+    let (mut tx, rx) = sp_shm::channel(&config).map_err(|e| e.to_string())?;
+    let mut rx = AsyncConsumer::new(rx).map_err(|e| e.to_string())?;
+    let producer = std::thread::spawn(move || {
+        for record in [b"first", b"later"] {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(record).map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(tx)
+    });
+    let mut buf = Vec::new();
+    within("the first record", rx.recv_into(&mut buf))
+        .await?
+        .map_err(|e| e.to_string())?;
+    if buf != b"first" || rx.get_ref().stats().parks != 1 {
+        return Err(format!("first wait: {buf:?}, {:?}", rx.get_ref().stats()));
+    }
+    within("the second record", rx.recv_into(&mut buf))
+        .await?
+        .map_err(|e| e.to_string())?;
+    if buf != b"later" || rx.get_ref().stats().parks != 1 {
+        return Err(format!("second wait parked: {:?}", rx.get_ref().stats()));
+    }
+    drop(producer.join().map_err(|_| "producer panicked")??);
+    Ok(())
 }
 
 fn runtime(flavour: &str) -> Runtime {
