@@ -1,22 +1,16 @@
-//! Copying payloads in pieces small enough that `memcpy` never takes them with `rep movsb`.
-//!
-//! Why: glibc's `memcpy` copies from about 2 KiB up to several MiB with `rep movsb` on CPUs that
-//! report fast short `rep movsb` (FSRM), and on AMD Zen that instruction runs over ten times
-//! slower when the destination lies 1 to 31 bytes ahead of the source modulo a page (glibc bug
-//! 30994; this machine's glibc 2.36 has it). Buffers of the same size
-//! allocated one after the other land exactly there, as do a page-aligned mapping and an
-//! allocation glibc maps 16 bytes past a page boundary. Copied in pieces of 2 KiB (`PIECE`),
-//! each `memcpy` takes its vector loop instead, which has no such case and is as fast elsewhere.
-//! docs/benchmarks.md has this machine's figures.
+//! Copying payloads in pieces small enough that `memcpy` never takes them with `rep movsb` (why:
+//! [`copy_bytes`]). Buffers of one size allocated one after the other sit at the slow distance,
+//! as do a page-aligned mapping and an allocation glibc maps 16 bytes past a page boundary.
 
-/// The largest piece handed to `memcpy` at once: below glibc's smallest `rep movsb` threshold
-/// (2,112 bytes with FSRM).
+/// The largest piece handed to `memcpy` at once. Measured here (docs/benchmarks.md): copies of
+/// 2 KiB ran at full speed at every distance, copies of 4 KiB and more did not.
 pub(crate) const PIECE: usize = 2048;
 
 /// Copies `src` into `dst` as `dst.copy_from_slice(src)` does, in pieces of at most 2 KiB: each
-/// piece is copied by `memcpy`'s vector loop, never by `rep movsb`, which glibc uses for larger
-/// copies and which on AMD Zen runs over ten times slower when the destination lies 1 to 31
-/// bytes ahead of the source modulo a page (glibc bug 30994). sp copies payloads with it.
+/// piece is copied by `memcpy`'s vector loop, never by `rep movsb`, which glibc (2.36 here) uses
+/// for larger copies and which on AMD Zen runs over ten times slower when the destination lies 1
+/// to 31 bytes ahead of the source modulo a page (glibc bug 30994). At other distances the pieces
+/// were as fast as one `memcpy` at every size measured here. sp copies payloads with it.
 ///
 /// # Panics
 /// If the two lengths differ, as `<[u8]>::copy_from_slice` does.

@@ -10,8 +10,8 @@
 //! A consumer that has not received a record yet parks at once under any strategy that parks:
 //! a peer that was just started may share this core (the set-up's socket wake-ups are
 //! synchronous, which lets the kernel move the woken task to the waker's core), and spinning
-//! there would hold it off. Measured on sp's start-up: the first value reached a spinning
-//! parent 280-350 µs after the child sent it, a parked one 20-60 µs after.
+//! there would hold it off (`Consumer::wait_strategy`; docs/benchmarks.md has the start-up
+//! measurements).
 
 /// How long a waiting side spins and yields before it parks.
 ///

@@ -100,7 +100,6 @@ pub struct AsyncProducer {
 pub struct RingWait {
     /// A duplicate of the side's wake socket, registered with the reactor.
     io: AsyncFd<OwnedFd>,
-    idle: IdleStrategy,
     pauses: u32,
     state: State,
 }
@@ -123,10 +122,8 @@ enum State {
 trait Park {
     fn prepare_wait(&mut self) -> Result<WaitPrep>;
     fn finish_wait(&mut self) -> Result<()>;
-    /// The strategy of the wait that starts now, given the side's own.
-    fn strategy(&self, idle: IdleStrategy) -> IdleStrategy {
-        idle
-    }
+    /// The idle strategy of the wait that starts now.
+    fn strategy(&self) -> IdleStrategy;
 }
 
 impl Park for Consumer {
@@ -138,14 +135,8 @@ impl Park for Consumer {
         Consumer::finish_wait(self)
     }
 
-    /// As the blocking consumer's (`ring/wait.rs`): until the first record, park at once if the
-    /// strategy parks at all; a peer just started may share this core.
-    fn strategy(&self, idle: IdleStrategy) -> IdleStrategy {
-        if idle.parks() && self.stats().records == 0 {
-            IdleStrategy::park()
-        } else {
-            idle
-        }
+    fn strategy(&self) -> IdleStrategy {
+        self.wait_strategy()
     }
 }
 
@@ -160,6 +151,10 @@ impl Park for Room<'_> {
     fn finish_wait(&mut self) -> Result<()> {
         self.0.finish_wait()
     }
+
+    fn strategy(&self) -> IdleStrategy {
+        self.0.idle_strategy()
+    }
 }
 
 impl RingWait {
@@ -172,11 +167,7 @@ impl RingWait {
     /// # Panics
     /// Outside a tokio runtime with its I/O driver.
     pub fn for_consumer(consumer: &Consumer) -> Result<Self> {
-        Self::new(
-            consumer.wake_fd(),
-            consumer.idle_strategy(),
-            CONSUMER_PAUSES,
-        )
+        Self::new(consumer.wake_fd(), CONSUMER_PAUSES)
     }
 
     /// The wait of a producer; see [`for_consumer`](Self::for_consumer).
@@ -187,14 +178,10 @@ impl RingWait {
     /// # Panics
     /// As [`for_consumer`](Self::for_consumer).
     pub fn for_producer(producer: &Producer) -> Result<Self> {
-        Self::new(
-            producer.wake_fd(),
-            producer.idle_strategy(),
-            PRODUCER_PAUSES,
-        )
+        Self::new(producer.wake_fd(), PRODUCER_PAUSES)
     }
 
-    fn new(wake: BorrowedFd<'_>, idle: IdleStrategy, pauses: u32) -> Result<Self> {
+    fn new(wake: BorrowedFd<'_>, pauses: u32) -> Result<Self> {
         // Invariant: every descriptor sp creates is close-on-exec from the call that makes it.
         let dup = rustix::io::fcntl_dupfd_cloexec(wake, 0)?;
         // SAFETY: the `AsyncFd` owns `dup`, so the descriptor stays open and names the same
@@ -203,7 +190,6 @@ impl RingWait {
             .map_err(std::io::Error::from)?;
         Ok(Self {
             io,
-            idle,
             pauses,
             state: State::Idle,
         })
@@ -267,7 +253,7 @@ impl RingWait {
         loop {
             match &mut self.state {
                 State::Idle => {
-                    self.state = State::Backing(Backoff::new(side.strategy(self.idle)));
+                    self.state = State::Backing(Backoff::new(side.strategy()));
                 }
                 State::Backing(backoff) => match backoff.next_step() {
                     Step::Spin => {

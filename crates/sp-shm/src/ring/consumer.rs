@@ -291,10 +291,17 @@ impl Consumer {
         self.stats
     }
 
-    /// The idle strategy this side waits by (for the async waits of `crate::tokio`).
-    #[cfg(feature = "tokio")]
-    pub(crate) fn idle_strategy(&self) -> IdleStrategy {
-        self.idle
+    /// The idle strategy of the wait that starts now, blocking (`wait.rs`) or async
+    /// (`crate::tokio`): this side's own, except that until the first record it parks at once if
+    /// it parks at all. A peer that was just started may share this core (see `idle.rs`), and
+    /// spinning there holds it off until it blocks or exits; a parked consumer is woken by the
+    /// first record's wake-up byte.
+    pub(crate) fn wait_strategy(&self) -> IdleStrategy {
+        if self.stats.records == 0 && self.idle.parks() {
+            IdleStrategy::park()
+        } else {
+            self.idle
+        }
     }
 
     /// What a non-blocking call reports when no record is committed, after publishing the head

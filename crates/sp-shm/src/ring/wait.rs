@@ -212,16 +212,8 @@ impl Side for RecordWait<'_> {
         &self.consumer.wake
     }
 
-    /// Until the first record, park at once (if the strategy parks at all): a peer that was
-    /// just started may share this core (see `idle.rs`), and spinning there holds it off until
-    /// it blocks or exits. A parked consumer is woken by the first record's wake-up byte.
     fn idle(&self) -> IdleStrategy {
-        let idle = self.consumer.idle;
-        if self.consumer.stats.records == 0 && idle.parks() {
-            IdleStrategy::park()
-        } else {
-            idle
-        }
+        self.consumer.wait_strategy()
     }
 
     fn stats(&mut self) -> &mut Stats {

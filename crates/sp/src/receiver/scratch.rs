@@ -14,14 +14,12 @@ pub(super) struct Scratch {
 
 /// Where a copy of a record starts within a page.
 ///
-/// Decoders copy out of it (a string, a byte buffer) into fresh allocations, and glibc's
-/// `memcpy` takes copies of 4 KiB to several MiB with `rep movsb` on CPUs that have FSRM; on AMD
-/// Zen that runs over ten times slower when the destination is 1 to 31 bytes ahead of the source
-/// modulo a page (glibc bug 30994; docs/benchmarks.md has this machine's figures). An 8-aligned
-/// `Vec` on the heap, with the decoder's allocation placed right after it, lands there for every
-/// record size; so do large allocations (glibc maps them 16 bytes past a page boundary) against
-/// a page-aligned source. Copies at this offset (plus the encoding's own prefix) are level with or
-/// ahead of the second kind, and away from the first.
+/// Decoders `memcpy` out of it (a string, a byte buffer) into fresh allocations, which we cannot
+/// route through [`sp_core::copy_bytes`]; that function says which distances between source and
+/// destination are slow. An 8-aligned `Vec` on the heap, with the decoder's allocation placed
+/// right after it, is at one for every record size; so is a large allocation (glibc maps those
+/// 16 bytes past a page boundary) against a page-aligned source. Copies at this offset (plus the
+/// encoding's own prefix) are level with or ahead of the second kind, and away from the first.
 const COPY_PAGE_OFFSET: usize = 16;
 const PAGE: usize = 4096;
 
@@ -42,7 +40,7 @@ impl Scratch {
         let mut words = vec![0u64; (len + PAGE).div_ceil(8)];
         let pad = (PAGE + COPY_PAGE_OFFSET - words.as_ptr() as usize % PAGE) % PAGE;
         let old = self.words.as_bytes().get(self.pad..).unwrap_or_default();
-        words.as_mut_bytes()[pad..pad + old.len()].copy_from_slice(old);
+        sp_core::copy_bytes(&mut words.as_mut_bytes()[pad..pad + old.len()], old);
         self.words = words;
         self.pad = pad;
     }
