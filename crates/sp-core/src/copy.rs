@@ -40,8 +40,8 @@ pub fn copy_bytes(dst: &mut [u8], src: &[u8]) {
 }
 
 /// Copies up to 16 bytes with loads and stores of fixed size (two that overlap when the length
-/// is not a power of two), not a call of `memcpy`: a serializer's integers and short fields
-/// arrive a few bytes at a time, and a call per field costs more than the copy.
+/// is not a power of two), not a call of `memcpy`: a serializer's short fields arrive a few
+/// bytes at a time, and a call per field costs more than the copy.
 #[inline(always)]
 fn copy_short(dst: &mut [u8], src: &[u8]) {
     let n = src.len();

@@ -101,7 +101,7 @@ impl Blob {
             rustix::fs::ftruncate(&fd, len as u64)?;
         }
         region::add_seals(&fd, BLOB_SEALS)?;
-        Self::map(fd, len)
+        Self::map(fd, len, false)
     }
 
     /// Checks a received memfd (seals `WRITE | SHRINK | GROW | SEAL`, exactly `len` bytes) and
@@ -112,18 +112,26 @@ impl Blob {
     pub fn from_fd(fd: OwnedFd, len: u64) -> Result<Self> {
         region::check_memfd(&fd, BLOB_SEALS, len)?;
         let len = usize::try_from(len).map_err(|_| Error::Refused(RefuseReason::SizeMismatch))?;
-        Self::map(fd, len)
+        Self::map(fd, len, true)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> Result<Self> {
+    /// Maps the sealed memfd read-only; `populate` for a received blob, which its reader reads
+    /// whole (its pages mapped by one system call instead of one fault each), not for a built
+    /// one, which its sender usually only sends: mapping its pages again would be work done for
+    /// nothing on every blob.
+    fn map(fd: OwnedFd, len: usize, populate: bool) -> Result<Self> {
         let map = if len == 0 {
             None
         } else {
+            let mut options = MmapOptions::new();
+            options.len(len);
+            if populate {
+                options.populate();
+            }
             // SAFETY: the memfd is sealed against writes, shrinking and growing (checked or
             // applied by the callers), so its `len` bytes can neither change nor disappear while
-            // mapped: a `&[u8]` over them is sound. Populated: a blob is read whole, so its
-            // pages are faulted in by one system call rather than one fault each.
-            Some(unsafe { MmapOptions::new().len(len).populate().map(&fd)? })
+            // mapped: a `&[u8]` over them is sound.
+            Some(unsafe { options.map(&fd)? })
         };
         Ok(Self { fd, map, len })
     }

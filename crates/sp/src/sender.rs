@@ -52,8 +52,10 @@ pub struct Sender<T> {
     /// How much to reserve for a postcard value before its length is known.
     guess: usize,
     /// The encoded length of the last postcard value sent as a blob, 0 if the last one went in
-    /// the ring. While values come large, the next is encoded straight into a blob of up to
-    /// one and a half times this, without a pass to compute its length first.
+    /// the ring. While values come large, the next is encoded straight into a blob of up to an
+    /// eighth more than this, without a pass to compute its length first (every byte of that
+    /// bound is a page the kernel allocates and clears: a wider margin costs on every value, a
+    /// miss costs one length pass).
     last_blob_len: usize,
     /// The ring space the last reservation asked for: what an async send that found the ring
     /// full waits for (`crate::tokio`).
@@ -259,7 +261,7 @@ impl<T: Value> Sender<T> {
         // The longest encoding that still goes in the ring.
         let room = self.threshold.saturating_sub(prefix);
         if self.last_blob_len > 0 && T::ENCODING == Encoding::Postcard {
-            let bound = self.last_blob_len.saturating_add(self.last_blob_len / 2);
+            let bound = self.last_blob_len.saturating_add(self.last_blob_len / 8);
             if self.send_blob_up_to(bound, value, fds, limit)? {
                 return Ok(());
             }

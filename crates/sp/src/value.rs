@@ -156,17 +156,22 @@ impl<T: Serialize + DeserializeOwned> Value for T {
 }
 
 /// postcard's output into the start of a slice, as `postcard::to_slice` writes it, with runs of
-/// bytes (strings, byte buffers) copied by [`sp_core::copy_bytes`]: `memcpy` of a long run into a
-/// ring slot or blob can otherwise hit `rep movsb`'s slow case (see there).
+/// bytes (strings, byte buffers) copied by [`sp_core::copy_bytes`] (`memcpy` of a long run into a
+/// ring slot or blob can otherwise hit `rep movsb`'s slow case, see there) and varints byte by
+/// byte (see `try_extend`).
 struct Out<'a> {
     buf: &'a mut [u8],
     used: usize,
 }
 
+/// The longest varint postcard writes for the integers up to `u64` (and for lengths): the runs
+/// `Out` copies byte by byte.
+const VARINT_MAX: usize = 10;
+
 impl postcard::ser_flavors::Flavor for Out<'_> {
     type Output = usize;
 
-    #[inline]
+    #[inline(always)]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         let slot = self
             .buf
@@ -177,14 +182,27 @@ impl postcard::ser_flavors::Flavor for Out<'_> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         let end = self.used.saturating_add(bytes.len());
         let dst = self
             .buf
             .get_mut(self.used..end)
             .ok_or(postcard::Error::SerializeBufferFull)?;
-        sp_core::copy_bytes(dst, bytes);
+        // postcard hands over each integer as a varint it has just built byte by byte in a stack
+        // buffer. Copied with loads wider than a byte, those loads wait for the byte stores to
+        // retire (store forwarding fails), twice per integer; byte loads forward. Unrolled, with
+        // no call: inlined into the serializer (`inline(always)`, which the generic code of
+        // another crate does not otherwise get).
+        if bytes.len() <= VARINT_MAX {
+            for i in 0..VARINT_MAX {
+                if i < bytes.len() {
+                    dst[i] = bytes[i];
+                }
+            }
+        } else {
+            sp_core::copy_bytes(dst, bytes);
+        }
         self.used = end;
         Ok(())
     }
