@@ -83,6 +83,19 @@ fn sp_round(
     let started = Instant::now();
     let mut seq = 0u64;
     while started.elapsed() < duration {
+        // The answers already there first: their buffers are the next items' (otherwise, while
+        // the workers keep up, answers pile up in the pool and every item is a new buffer).
+        loop {
+            match pool.try_recv() {
+                Ok(Some(reply)) => check(reply, &mut expected, &mut spare)?,
+                Ok(None) | Err(sp::TryRecvError::Empty) => break,
+                Err(err) => {
+                    return Err(err
+                        .into_broken()
+                        .map_or(Error::Child("pool".into()), Error::Sp));
+                }
+            }
+        }
         let mut item = spare.pop().unwrap_or_else(|| vec![0u8; size]);
         let total = fill(&mut item, seq);
         let mut item = ByteBuf::from(item);
@@ -160,6 +173,10 @@ pub(super) fn measure_crossbeam(spec: &RunSpec) -> Result<Sample> {
         let started = Instant::now();
         let round = (|| -> Result<()> {
             while started.elapsed() < duration {
+                // As the sp pool's round: the answers already there first.
+                while let Ok(answer) = answer_rx.try_recv() {
+                    take(answer, &mut expected, &mut spare)?;
+                }
                 let mut item = spare.pop().unwrap_or_else(|| vec![0u8; spec.size]);
                 let total = fill(&mut item, seq);
                 expected.insert(seq, (seq, total));
