@@ -126,9 +126,10 @@ fn sp_round(
     Ok((n, started.elapsed()))
 }
 
-/// The sp pool's worker.
+/// The sp pool's worker: reads each item where it arrived (`serve_bytes`), as a crossbeam
+/// worker reads the buffer it was handed.
 pub(super) fn worker() -> Result<()> {
-    sp::pool::serve(|item: ByteBuf| sum(&item))?;
+    sp::pool::serve_bytes(sum)?;
     Ok(())
 }
 

@@ -48,7 +48,7 @@ use sp_shm::IdleStrategy;
 
 pub use config::{PoolConfig, WORKER_ENV, idle_for};
 pub use reply::{Lost, Reply, SubmitError};
-pub use worker::{serve, serve_with, worker_index};
+pub use worker::{serve, serve_bytes, serve_bytes_with, serve_with, worker_index};
 
 use crate::error::{
     Error, Fail, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,

@@ -2,9 +2,10 @@
 //! result of a function, until the pool closes the channel.
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{DecodeError, Error, Result};
 use crate::pool::config::{WORKER_ENV, WorkerSetup};
-use crate::pool::envelope::Envelope;
+use crate::pool::envelope::{Envelope, ID_LEN};
+use crate::receiver::Receiver;
 use crate::value::Value;
 
 /// In a worker started by a [`Pool`](crate::Pool): answers every item with `work(item)`, in the
@@ -39,18 +40,77 @@ pub fn serve_with<In: Value, Out: Value>(
     config: &Config,
     mut work: impl FnMut(In) -> Out,
 ) -> Result<()> {
+    serve_loop::<In, Out>(config, |items| {
+        let item = items.recv()?;
+        Ok((item.id, work(item.value)))
+    })
+}
+
+/// As [`serve`], for a pool whose items are byte buffers: `work` gets each item's bytes where
+/// they were received, not a new buffer holding a copy of them. The pool's items may be
+/// `serde_bytes::ByteBuf`, `Vec<u8>` or `String` (postcard encodes all three as a length and
+/// the bytes); a value that came in the ring is lent from the receiver's own copy of the record
+/// (taken as for any value from a peer), one that came as a blob from its sealed memory.
+///
+/// ```no_run
+/// fn main() -> Result<(), sp::Error> {
+///     // The pool is a `Pool<serde_bytes::ByteBuf, u64>`: it sends chunks, gets their sums back.
+///     sp::pool::serve_bytes(|chunk| chunk.iter().map(|&b| u64::from(b)).sum::<u64>())
+/// }
+/// ```
+///
+/// # Errors
+/// As [`serve`]; an item that is not a length and that many bytes is [`Error::Decode`].
+pub fn serve_bytes<Out: Value>(work: impl FnMut(&[u8]) -> Out) -> Result<()> {
+    let config = setup().map_or_else(Config::new, |setup| setup.config());
+    serve_bytes_with(&config, work)
+}
+
+/// As [`serve_bytes`], with this side's channel settings given rather than read from
+/// [`WORKER_ENV`].
+///
+/// # Errors
+/// As [`serve_bytes`].
+pub fn serve_bytes_with<Out: Value>(
+    config: &Config,
+    mut work: impl FnMut(&[u8]) -> Out,
+) -> Result<()> {
+    // `Vec<u8>` names the encoding for the HELLO; no item is decoded as one.
+    serve_loop::<Vec<u8>, Out>(config, |items| {
+        // Descriptors never come with pool items; any that did are closed here.
+        items.recv_encoded(|bytes, _fds| -> Result<(u64, Out)> {
+            let (id, value) = split_bytes_item(bytes).map_err(Error::Decode)?;
+            Ok((id, work(value)))
+        })?
+    })
+}
+
+/// An item's id and the bytes of its value (a postcard length, then exactly that many bytes).
+fn split_bytes_item(bytes: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
+    let Some((id, rest)) = bytes.split_first_chunk::<ID_LEN>() else {
+        return Err(DecodeError::UnexpectedEnd);
+    };
+    let (value, rest) = postcard::take_from_bytes::<&[u8]>(rest)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes { n: rest.len() });
+    }
+    Ok((u64::from_le_bytes(*id), value))
+}
+
+/// Adopts the pool's channel and answers items until the pool closes it: `next` waits for the
+/// next item and returns its id and its result.
+fn serve_loop<In: Value, Out: Value>(
+    config: &Config,
+    mut next: impl FnMut(&mut Receiver<Envelope<In>>) -> Result<(u64, Out)>,
+) -> Result<()> {
     let (mut results, mut items) = crate::adopt::<Envelope<Out>, Envelope<In>>(config)?;
     loop {
-        let item: Envelope<In> = match items.recv() {
-            Ok(item) => item,
+        let (id, value) = match next(&mut items) {
+            Ok(answer) => answer,
             Err(Error::PeerGone) => return Ok(()),
             Err(err) => return Err(err),
         };
-        let result = Envelope {
-            id: item.id,
-            value: work(item.value),
-        };
-        match results.send(&result) {
+        match results.send(&Envelope { id, value }) {
             Ok(()) => {}
             Err(Error::PeerGone) => return Ok(()),
             Err(err) => return Err(err),

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
                     .map_err(|_| "index".to_string())
                     .and_then(select::pong_child),
                 "pool-worker" => pool::worker(),
+                "pool-bytes" => pool::bytes_worker(),
                 "pool-stall" => pool::stall_worker(),
                 "pool-stubborn" => pool::stubborn_worker(),
                 "stage-gen" => arg

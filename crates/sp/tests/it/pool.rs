@@ -24,6 +24,10 @@ pub(crate) fn trials() -> Vec<Trial> {
         trial("pool_backpressure_when_workers_stall", backpressure),
         trial("pool_shutdown_no_zombie", shutdown_no_zombie),
         trial("pool_answers_in_submission_order", in_submission_order),
+        trial(
+            "pool_serve_bytes_lends_ring_and_blob_items_refuses_others",
+            serve_bytes_items,
+        ),
     ]
 }
 
@@ -362,6 +366,75 @@ fn in_submission_order() -> TestResult {
     Ok(())
 }
 
+/// What a `pool-bytes` worker answers for an item: its length and a position-weighted sum.
+fn bytes_answer(bytes: &[u8]) -> (u64, u64) {
+    let sum = bytes.iter().enumerate().fold(0u64, |acc, (i, &b)| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(b) ^ i as u64)
+    });
+    (bytes.len() as u64, sum)
+}
+
+/// `serve_bytes` workers answer `ByteBuf` items of every size (empty, in the ring, and over the
+/// blob threshold, so lent from a blob), and `String` items, which postcard encodes the same way;
+/// a pool whose items are not byte buffers loses its items to a decode error, reported, not a
+/// hang or a wrong answer.
+fn serve_bytes_items() -> TestResult {
+    use serde_bytes::ByteBuf;
+    let config = PoolConfig::new().channel(sp::Config::new().blob_threshold(4096));
+    let mut pool =
+        Pool::<ByteBuf, (u64, u64)>::spawn(2, |_| child_command("pool-bytes", ""), &config)
+            .map_err(|e| format!("spawn: {e}"))?;
+    let sizes = [0usize, 1, 7, 100, 4000, 4096, 5000, 65_536, 1 << 20, 3];
+    let mut want = BTreeMap::new();
+    for (k, &len) in sizes.iter().cycle().take(60).enumerate() {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + k) as u8).collect();
+        let id = pool
+            .submit(ByteBuf::from(bytes.clone()))
+            .map_err(|e| e.to_string())?;
+        want.insert(id, bytes_answer(&bytes));
+    }
+    while let Some(reply) = pool.recv_timeout(WAIT).map_err(|e| e.to_string())? {
+        let got = reply.result.map_err(|lost| format!("lost: {lost}"))?;
+        if want.remove(&reply.id) != Some(got) {
+            return Err(format!("item {}: answer {got:?}", reply.id));
+        }
+    }
+    if !want.is_empty() {
+        return Err(format!("{} items unanswered", want.len()));
+    }
+    pool.close().map_err(|e| e.to_string())?;
+
+    let mut pool =
+        Pool::<String, (u64, u64)>::spawn(1, |_| child_command("pool-bytes", ""), &config)
+            .map_err(|e| format!("spawn: {e}"))?;
+    let text = "sp lends the bytes ".repeat(500);
+    pool.submit(text.clone()).map_err(|e| e.to_string())?;
+    let reply = pool.recv_timeout(WAIT).map_err(|e| e.to_string())?;
+    match reply {
+        Some(Reply {
+            result: Ok(got), ..
+        }) if got == bytes_answer(text.as_bytes()) => {}
+        other => return Err(format!("string item: {other:?}")),
+    }
+    pool.close().map_err(|e| e.to_string())?;
+
+    // A `u64` item is a varint, not a length and bytes: the worker ends with a decode error.
+    let mut pool =
+        Pool::<u64, (u64, u64)>::spawn(1, |_| child_command("pool-bytes", ""), &PoolConfig::new())
+            .map_err(|e| format!("spawn: {e}"))?;
+    pool.submit(300).map_err(|e| e.to_string())?;
+    match pool.recv_timeout(WAIT).map_err(|e| e.to_string())? {
+        Some(Reply {
+            result: Err(lost),
+            item: None,
+            ..
+        }) if lost.item == 300 => {}
+        other => return Err(format!("u64 item to a bytes worker: {other:?}")),
+    }
+    let _ = pool.close();
+    Ok(())
+}
+
 fn kill(pid: u32) -> TestResult {
     let pid = rustix::process::Pid::from_raw(pid as i32).ok_or("pid")?;
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| e.to_string())
@@ -371,6 +444,11 @@ fn kill(pid: u32) -> TestResult {
 
 pub(crate) fn worker() -> TestResult {
     sp::pool::serve(work).map_err(|e| e.to_string())
+}
+
+/// Answers byte-buffer items through `serve_bytes`.
+pub(crate) fn bytes_worker() -> TestResult {
+    sp::pool::serve_bytes(bytes_answer).map_err(|e| e.to_string())
 }
 
 /// Stalls on its first item until the test writes a byte into the FIFO.
