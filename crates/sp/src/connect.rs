@@ -85,7 +85,9 @@ pub fn connect<Out: Value, In: Value>(
 }
 
 /// A typed channel within one process (between threads, or for tests): the same ring, control
-/// socket and blobs as between processes.
+/// socket and blobs as between processes. Its receiver decodes records in place in the ring (as
+/// [`Receiver::trust_peer`] allows between processes): the sender writing them is in this
+/// process too.
 ///
 /// # Errors
 /// When memory or descriptors run out, or for a bad ring configuration.
@@ -106,7 +108,7 @@ pub fn channel<T: Value>(config: &Config) -> Result<(Sender<T>, Receiver<T>)> {
     let (_, rx) = theirs.split();
     Ok((
         Sender::new(producer, Control::new(tx, control), config),
-        Receiver::new(consumer, rx, config),
+        Receiver::new(consumer, rx, config).in_process(),
     ))
 }
 

@@ -36,7 +36,40 @@ pub(crate) fn trials() -> Vec<Trial> {
             blob_over_the_limit_sends_nothing,
         ),
         trial("local_peer_gone_after_drain", peer_gone_after_drain),
+        trial(
+            "local_receiver_reads_records_in_place",
+            receiver_reads_records_in_place,
+        ),
     ]
+}
+
+/// The receiver of an in-process channel lends records where they lie in the ring (each at its
+/// own place, the ring moving on), not from one copy buffer reused for every record (which a
+/// receiver from `connect`/`adopt` does); the bytes are the values all the same.
+fn receiver_reads_records_in_place() -> TestResult {
+    let (mut tx, mut rx) = sp::channel::<Vec<u8>>(&small_ring()).map_err(|e| e.to_string())?;
+    let mut places = Vec::new();
+    for k in 0..4u64 {
+        let value = bytes_for(k, 1000);
+        tx.send(&value).map_err(|e| e.to_string())?;
+        let (place, same) = rx
+            .recv_encoded(|bytes, _| {
+                let back: Vec<u8> = postcard::from_bytes(bytes).unwrap_or_default();
+                (bytes.as_ptr() as usize, back == value)
+            })
+            .map_err(|e| e.to_string())?;
+        if !same {
+            return Err(format!("value {k} differs"));
+        }
+        places.push(place);
+    }
+    places.dedup();
+    if places.len() != 4 {
+        return Err(format!(
+            "records lent from {places:x?}: a copy buffer, not the ring"
+        ));
+    }
+    Ok(())
 }
 
 fn small_ring() -> Config {
