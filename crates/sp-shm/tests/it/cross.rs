@@ -107,6 +107,23 @@ pub(crate) fn stream_both_ways(idle: &str, no_membarrier: bool) -> TestResult {
     }
     let (mut child, duplex) = spawn_child(&mut cmd, &config_for(idle))?;
     let (mut producer, mut consumer, _control) = duplex.into_parts();
+    if no_membarrier && idle == "park" {
+        // The child must park at least once (its check), which a stream that keeps both its
+        // rings busy need not do: wait until it has started its producer thread (the handshake
+        // is over) and its main thread waits in `poll` for the first record (the only wait left
+        // there), then send.
+        let pid = child.id();
+        let deadline = Instant::now() + PROMPT;
+        while std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count) < 2 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the child started no producer thread in {PROMPT:?}"
+                ));
+            }
+            std::thread::yield_now();
+        }
+        wait_until_thread_in_poll(pid, pid, PROMPT)?;
+    }
     let sender = std::thread::spawn(move || {
         let res = produce(&mut producer, n);
         (res, producer.stats())
