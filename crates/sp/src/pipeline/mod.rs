@@ -164,10 +164,11 @@ impl Builder {
         if n == 0 {
             return Err(Error::Os(std::io::ErrorKind::InvalidInput.into()));
         }
-        // The processes on the data path: the stages, and the parent when it is at both ends.
+        // Adaptive only while every process on the data path (the stages, and the parent when
+        // it is at both ends) has a core of its own: `idle_for` counts them as workers.
         let idle = self
             .idle
-            .unwrap_or_else(|| crate::pool::idle_for(n + usize::from(ends) - 1));
+            .unwrap_or_else(|| crate::pool::idle_for(n + usize::from(ends)));
         let config = &config.clone().idle(idle);
         let mut children = Vec::with_capacity(n);
         let mut channels = Vec::with_capacity(n);

@@ -105,11 +105,13 @@ impl Default for PoolConfig {
 }
 
 /// The idle strategy of a pool of `n_workers`: [`IdleStrategy::adaptive`] (spin a while, then
-/// yield, then park) while every worker and the parent can have a core of their own
-/// (`n_workers + 1 <= cores`, from `std::thread::available_parallelism`), otherwise
-/// [`IdleStrategy::park`]. A process that spins holds a core; when there are more processes
-/// waiting than cores, spinning takes the core from the one that has work, so every side parks
-/// at once instead (one wake-up byte per idle period, and no CPU while idle).
+/// park) while the workers do not outnumber the cores (`n_workers <= cores`, from
+/// `std::thread::available_parallelism`), otherwise [`IdleStrategy::park`]. A process that spins
+/// holds a core; once workers outnumber the cores, spinning takes the core from one that has
+/// work, so every side parks at once instead (one wake-up byte per idle period, no CPU while
+/// idle). The parent is not counted: between submissions it waits for answers, and a worker
+/// that spins a while catches its next item without the wake-up and the context switch a parked
+/// one pays for every item (docs/benchmarks.md, pools).
 ///
 /// # Examples
 /// ```
@@ -118,7 +120,7 @@ impl Default for PoolConfig {
 /// ```
 pub fn idle_for(n_workers: usize) -> IdleStrategy {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if n_workers < cores {
+    if n_workers <= cores {
         IdleStrategy::adaptive()
     } else {
         IdleStrategy::park()
