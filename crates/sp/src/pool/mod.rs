@@ -29,8 +29,8 @@
 //! - **Closing** ([`Pool::close`], or dropping the pool) closes every ring, waits for every
 //!   worker at most [`PoolConfig::stop_timeout`], kills the rest and reaps them all: no zombie,
 //!   no descriptor left.
-//! - **Idle.** With more workers than cores minus one the pool and its workers park at once
-//!   instead of spinning ([`idle_for`]).
+//! - **Idle.** With more workers than cores the pool and its workers park at once instead of
+//!   spinning a while first ([`idle_for`]).
 
 mod config;
 mod envelope;
@@ -48,7 +48,9 @@ use sp_shm::IdleStrategy;
 
 pub use config::{PoolConfig, WORKER_ENV, idle_for};
 pub use reply::{Lost, Reply, SubmitError};
-pub use worker::{serve, serve_bytes, serve_bytes_with, serve_with, worker_index};
+pub use worker::{
+    serve, serve_bytes, serve_bytes_trusted, serve_bytes_with, serve_with, worker_index,
+};
 
 use crate::error::{
     Error, Fail, RecvTimeoutError, Result, SendTimeoutError, TryRecvError, TrySendError,

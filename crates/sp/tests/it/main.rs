@@ -50,6 +50,7 @@ fn main() -> ExitCode {
                     .and_then(select::pong_child),
                 "pool-worker" => pool::worker(),
                 "pool-bytes" => pool::bytes_worker(),
+                "pool-bytes-trusted" => pool::trusted_bytes_worker(),
                 "pool-stall" => pool::stall_worker(),
                 "pool-stubborn" => pool::stubborn_worker(),
                 "stage-gen" => arg

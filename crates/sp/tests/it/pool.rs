@@ -26,7 +26,11 @@ pub(crate) fn trials() -> Vec<Trial> {
         trial("pool_answers_in_submission_order", in_submission_order),
         trial(
             "pool_serve_bytes_lends_ring_and_blob_items_refuses_others",
-            serve_bytes_items,
+            || serve_bytes_items("pool-bytes"),
+        ),
+        trial(
+            "pool_serve_bytes_trusted_reads_ring_items_in_place_refuses_others",
+            || serve_bytes_items("pool-bytes-trusted"),
         ),
     ]
 }
@@ -374,16 +378,15 @@ fn bytes_answer(bytes: &[u8]) -> (u64, u64) {
     (bytes.len() as u64, sum)
 }
 
-/// `serve_bytes` workers answer `ByteBuf` items of every size (empty, in the ring, and over the
-/// blob threshold, so lent from a blob), and `String` items, which postcard encodes the same way;
-/// a pool whose items are not byte buffers loses its items to a decode error, reported, not a
-/// hang or a wrong answer.
-fn serve_bytes_items() -> TestResult {
+/// `serve_bytes` workers (`serve_bytes_trusted` ones with `role` `pool-bytes-trusted`) answer
+/// `ByteBuf` items of every size (empty, in the ring, and over the blob threshold, so lent from a
+/// blob), and `String` items, which postcard encodes the same way; a pool whose items are not
+/// byte buffers loses its items to a decode error, reported, not a hang or a wrong answer.
+fn serve_bytes_items(role: &'static str) -> TestResult {
     use serde_bytes::ByteBuf;
     let config = PoolConfig::new().channel(sp::Config::new().blob_threshold(4096));
-    let mut pool =
-        Pool::<ByteBuf, (u64, u64)>::spawn(2, |_| child_command("pool-bytes", ""), &config)
-            .map_err(|e| format!("spawn: {e}"))?;
+    let mut pool = Pool::<ByteBuf, (u64, u64)>::spawn(2, |_| child_command(role, ""), &config)
+        .map_err(|e| format!("spawn: {e}"))?;
     let sizes = [0usize, 1, 7, 100, 4000, 4096, 5000, 65_536, 1 << 20, 3];
     let mut want = BTreeMap::new();
     for (k, &len) in sizes.iter().cycle().take(60).enumerate() {
@@ -404,9 +407,8 @@ fn serve_bytes_items() -> TestResult {
     }
     pool.close().map_err(|e| e.to_string())?;
 
-    let mut pool =
-        Pool::<String, (u64, u64)>::spawn(1, |_| child_command("pool-bytes", ""), &config)
-            .map_err(|e| format!("spawn: {e}"))?;
+    let mut pool = Pool::<String, (u64, u64)>::spawn(1, |_| child_command(role, ""), &config)
+        .map_err(|e| format!("spawn: {e}"))?;
     let text = "sp lends the bytes ".repeat(500);
     pool.submit(text.clone()).map_err(|e| e.to_string())?;
     let reply = pool.recv_timeout(WAIT).map_err(|e| e.to_string())?;
@@ -420,7 +422,7 @@ fn serve_bytes_items() -> TestResult {
 
     // A `u64` item is a varint, not a length and bytes: the worker ends with a decode error.
     let mut pool =
-        Pool::<u64, (u64, u64)>::spawn(1, |_| child_command("pool-bytes", ""), &PoolConfig::new())
+        Pool::<u64, (u64, u64)>::spawn(1, |_| child_command(role, ""), &PoolConfig::new())
             .map_err(|e| format!("spawn: {e}"))?;
     pool.submit(300).map_err(|e| e.to_string())?;
     match pool.recv_timeout(WAIT).map_err(|e| e.to_string())? {
@@ -449,6 +451,14 @@ pub(crate) fn worker() -> TestResult {
 /// Answers byte-buffer items through `serve_bytes`.
 pub(crate) fn bytes_worker() -> TestResult {
     sp::pool::serve_bytes(bytes_answer).map_err(|e| e.to_string())
+}
+
+/// Answers byte-buffer items through `serve_bytes_trusted`, reading them in the pool's ring.
+#[allow(unsafe_code)] // The worker's opt-in to trust its pool.
+pub(crate) fn trusted_bytes_worker() -> TestResult {
+    // SAFETY: the pool is this test's, an sp `Pool`, which never writes the ring space of an
+    // item this worker has not released.
+    unsafe { sp::pool::serve_bytes_trusted(bytes_answer) }.map_err(|e| e.to_string())
 }
 
 /// Stalls on its first item until the test writes a byte into the FIFO.
