@@ -8,6 +8,11 @@
 //!   travels as `(id, item)` (an envelope: `docs/protocol.md`, "sp pools"); the worker answers `(id, result)`. The
 //!   pool keeps each item, moved in (no `Clone` needed), until its result arrives, so that a
 //!   worker's death hands back exactly the items it had not answered.
+//!   An item type may write its bytes where they travel: its [`Value::encode`] runs on the
+//!   ring slot reserved for it, so an item that is a recipe (a file range, a sequence number)
+//!   whose encoding produces a byte buffer's bytes (postcard: the length as a varint, then the
+//!   bytes) reaches a [`serve_bytes`] worker with no copy in the parent, and the pool keeps only
+//!   the recipe. With [`serve_bytes_trusted`] the worker reads it in the ring too.
 //! - **Choosing a worker.** [`Pool::submit`] gives the item to the live worker with the fewest
 //!   items in flight, among those below [`PoolConfig::max_in_flight`] whose ring took the last
 //!   item (a full ring marks the worker full until it answers). When every worker is full it
