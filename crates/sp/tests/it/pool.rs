@@ -32,6 +32,10 @@ pub(crate) fn trials() -> Vec<Trial> {
             "pool_serve_bytes_trusted_reads_ring_items_in_place_refuses_others",
             || serve_bytes_items("pool-bytes-trusted"),
         ),
+        trial(
+            "pool_items_written_in_the_ring_reach_bytes_workers",
+            items_written_in_the_ring,
+        ),
     ]
 }
 
@@ -434,6 +438,86 @@ fn serve_bytes_items(role: &'static str) -> TestResult {
         other => return Err(format!("u64 item to a bytes worker: {other:?}")),
     }
     let _ = pool.close();
+    Ok(())
+}
+
+/// An item that is a recipe: its encoding writes `len` bytes made from `seed` straight into the
+/// ring slot, as a byte buffer's (postcard: the length as a varint, then the bytes).
+#[derive(Debug, PartialEq)]
+struct Recipe {
+    seed: u64,
+    len: usize,
+}
+
+impl Recipe {
+    fn byte(&self, i: usize) -> u8 {
+        (i as u64).wrapping_mul(7).wrapping_add(self.seed) as u8
+    }
+
+    fn prefix(&self) -> ([u8; 10], usize) {
+        let mut prefix = [0u8; 10];
+        let n = postcard::to_slice(&(self.len as u64), &mut prefix).map_or(0, |used| used.len());
+        (prefix, n)
+    }
+}
+
+impl sp::Value for Recipe {
+    const ENCODING: sp::Encoding = sp::Encoding::Postcard;
+
+    fn encode(&self, out: &mut [u8]) -> Result<usize, sp::EncodeError> {
+        let (prefix, n) = self.prefix();
+        let Some(dst) = out.get_mut(..n + self.len) else {
+            return Err(sp::EncodeError::BufferFull);
+        };
+        dst[..n].copy_from_slice(&prefix[..n]);
+        for (i, byte) in dst[n..].iter_mut().enumerate() {
+            *byte = self.byte(i);
+        }
+        Ok(n + self.len)
+    }
+
+    fn encoded_len(&self) -> Result<usize, sp::EncodeError> {
+        Ok(self.prefix().1 + self.len)
+    }
+
+    /// A recipe cannot be read back from its bytes (and the pool never decodes its items).
+    fn decode(_: &[u8]) -> Result<Self, sp::DecodeError> {
+        Err(sp::DecodeError::Unsupported)
+    }
+}
+
+/// Items whose encoding writes their bytes in the ring (and over the blob threshold, in a blob)
+/// reach `serve_bytes` workers, trusted or not, as the bytes they wrote; each reply hands back
+/// its recipe.
+fn items_written_in_the_ring() -> TestResult {
+    let config = PoolConfig::new().channel(sp::Config::new().blob_threshold(8192));
+    for role in ["pool-bytes", "pool-bytes-trusted"] {
+        let mut pool = Pool::<Recipe, (u64, u64)>::spawn(2, |_| child_command(role, ""), &config)
+            .map_err(|e| format!("spawn: {e}"))?;
+        let mut want = BTreeMap::new();
+        for seed in 0..40u64 {
+            let recipe = Recipe {
+                seed,
+                len: [0, 1, 127, 128, 5000, 16_384, 100_000][seed as usize % 7],
+            };
+            let bytes: Vec<u8> = (0..recipe.len).map(|i| recipe.byte(i)).collect();
+            let id = pool.submit(recipe).map_err(|e| e.to_string())?;
+            want.insert(id, (seed, bytes_answer(&bytes)));
+        }
+        while let Some(reply) = pool.recv_timeout(WAIT).map_err(|e| e.to_string())? {
+            let got = reply
+                .result
+                .map_err(|lost| format!("{role}: lost: {lost}"))?;
+            let seed = reply.item.as_ref().map(|r| r.seed);
+            if want.remove(&reply.id).map(|(s, a)| (Some(s), a)) != Some((seed, got)) {
+                return Err(format!("{role}: item {}: {got:?} for {seed:?}", reply.id));
+            }
+        }
+        if !want.is_empty() {
+            return Err(format!("{role}: {} items unanswered", want.len()));
+        }
+        pool.close().map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
