@@ -19,7 +19,7 @@ use crate::error::{
 };
 use crate::limit::Limit;
 use crate::receiver::{AttachWait, Receiver};
-use crate::sender::Sender;
+use crate::sender::{Sender, Wake};
 use crate::value::Value;
 
 impl<T: Value> Receiver<T> {
@@ -95,6 +95,7 @@ impl<T: Value> Sender<T> {
             bytes.len(),
             |out| out.copy_from_slice(bytes),
             Limit::Forever,
+            Wake::Now,
         )
         .map_err(|fail| match fail {
             Fail::Broken(err) => err,
@@ -108,8 +109,13 @@ impl<T: Value> Sender<T> {
     /// [`TrySendError::Full`](sp_core::TrySendError::Full) when it has not (nothing was sent);
     /// otherwise as [`send_encoded`](Self::send_encoded).
     pub fn try_send_encoded(&mut self, bytes: &[u8]) -> Result<(), TrySendError> {
-        self.send_filled(bytes.len(), |out| out.copy_from_slice(bytes), Limit::Now)
-            .map_err(|fail| waited(fail, TrySendError::Full))
+        self.send_filled(
+            bytes.len(),
+            |out| out.copy_from_slice(bytes),
+            Limit::Now,
+            Wake::Now,
+        )
+        .map_err(|fail| waited(fail, TrySendError::Full))
     }
 
     /// As [`send_encoded`](Self::send_encoded), waiting at most `timeout` for room.
@@ -123,8 +129,13 @@ impl<T: Value> Sender<T> {
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
         let limit = Limit::after(timeout);
-        self.send_filled(bytes.len(), |out| out.copy_from_slice(bytes), limit)
-            .map_err(|fail| waited(fail, SendTimeoutError::Timeout))
+        self.send_filled(
+            bytes.len(),
+            |out| out.copy_from_slice(bytes),
+            limit,
+            Wake::Now,
+        )
+        .map_err(|fail| waited(fail, SendTimeoutError::Timeout))
     }
 }
 
@@ -145,7 +156,7 @@ impl<T: Value> Sender<T> {
     /// # Ok::<(), sp::Error>(())
     /// ```
     pub fn send_encoded_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
-        self.send_filled(len, fill, Limit::Forever)
+        self.send_filled(len, fill, Limit::Forever, Wake::Now)
             .map_err(|fail| match fail {
                 Fail::Broken(err) => err,
                 Fail::Wait => Error::Os(std::io::ErrorKind::WouldBlock.into()),
@@ -166,7 +177,41 @@ impl<T: Value> Sender<T> {
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
         let limit = Limit::after(timeout);
-        self.send_filled(len, &mut fill, limit)
+        self.send_filled(len, &mut fill, limit, Wake::Now)
+            .map_err(|fail| waited(fail, SendTimeoutError::Timeout))
+    }
+
+    /// As [`send_encoded_with_timeout`](Self::send_encoded_with_timeout), but a receiver parked
+    /// in a wait is not woken for this value yet: the next [`flush`](Self::flush), the next
+    /// send that wakes, or this sender's next wait for room wakes it for every value held back
+    /// (a receiver that is not parked sees the value at once). A relay that unpacks a batch of
+    /// values sends them this way and flushes once, so that its receiver wakes once per batch
+    /// rather than once per value. If nothing is sent (no room in time), the values held back
+    /// are flushed before this returns.
+    ///
+    /// # Errors
+    /// As [`send_encoded_with_timeout`](Self::send_encoded_with_timeout).
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::time::Duration;
+    /// let (mut tx, mut rx) = sp::channel::<sp::Plain<[u8; 2]>>(&sp::Config::new())?;
+    /// for pair in [*b"ab", *b"cd"] {
+    ///     tx.send_encoded_held_timeout(2, |slot| slot.copy_from_slice(&pair), Duration::ZERO)?;
+    /// }
+    /// tx.flush()?; // one wake-up for both, if the receiver was parked
+    /// assert_eq!(rx.recv()?.0, *b"ab");
+    /// assert_eq!(rx.recv()?.0, *b"cd");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_encoded_held_timeout(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(&mut [u8]),
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
+        let limit = Limit::after(timeout);
+        self.send_filled(len, &mut fill, limit, Wake::Held)
             .map_err(|fail| waited(fail, SendTimeoutError::Timeout))
     }
 }
@@ -182,8 +227,20 @@ fn waited<E: From<Error>>(fail: Fail, wait: E) -> E {
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
+    use std::thread;
+    use std::time::Duration;
 
-    use crate::{Config, Plain, channel};
+    use crate::{Config, IdleStrategy, Plain, channel};
+
+    /// Long enough for a reader on an empty ring to park. A reader that has not parked yet needs
+    /// no wake-up, so the held-wake-up tests cannot fail for want of it; they only stop proving
+    /// that the flush is what woke it.
+    const PARK_TIME: Duration = Duration::from_millis(100);
+    /// How long the held-wake-up tests' reader waits for a value: far past [`WOKEN_WITHIN`], so
+    /// that only a wake-up (not its own deadline) brings it back in time.
+    const READER_LIMIT: Duration = Duration::from_secs(60);
+    /// The bound on being woken.
+    const WOKEN_WITHIN: Duration = Duration::from_secs(5);
 
     #[test]
     fn encodings_relay_between_channels_unchanged() {
@@ -253,6 +310,64 @@ mod tests {
         tx.send_with_fds(&7, &[file.as_fd()]).unwrap();
         let (bytes, n_fds) = rx.recv_encoded(|b, fds| (b.to_vec(), fds.len())).unwrap();
         assert_eq!((bytes.as_slice(), n_fds), (&[7u8][..], 1));
+    }
+
+    #[test]
+    fn held_values_wake_a_parked_receiver_once_at_the_flush() {
+        let config = Config::new().idle(IdleStrategy::park());
+        let (mut tx, mut rx) = channel::<Plain<[u8; 4]>>(&config).unwrap();
+        let (done, got) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let values = (0..3)
+                .map(|_| rx.recv_timeout(READER_LIMIT).map(|v| v.0[0]))
+                .collect::<Result<Vec<u8>, _>>();
+            let _ = done.send(values.map_err(|err| err.to_string()));
+        });
+        thread::sleep(PARK_TIME);
+        for i in 0..3 {
+            tx.send_encoded_held_timeout(4, |slot| slot.fill(i), Duration::ZERO)
+                .unwrap();
+        }
+        assert_eq!(tx.stats().wakes_sent, 0, "a held value woke the receiver");
+        tx.flush().unwrap();
+        assert!(tx.stats().wakes_sent <= 1);
+        // Without the flush's wake-up the parked reader would sleep until its own limit.
+        let values = got
+            .recv_timeout(WOKEN_WITHIN)
+            .expect("the flush did not wake the reader");
+        assert_eq!(values.unwrap(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_held_send_that_finds_no_room_wakes_the_receiver_first() {
+        let config = Config::new()
+            .idle(IdleStrategy::park())
+            .capacity(4096)
+            .max_payload(512);
+        let (mut tx, mut rx) = channel::<Plain<[u8; 64]>>(&config).unwrap();
+        let (done, got) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let first = rx.recv_timeout(READER_LIMIT).map(|v| v.0[0]);
+            let _ = done.send((first.map_err(|err| err.to_string()), rx));
+        });
+        thread::sleep(PARK_TIME);
+        let mut sent = 0u8;
+        let full = loop {
+            match tx.send_encoded_held_timeout(64, |slot| slot.fill(sent), Duration::ZERO) {
+                Ok(()) => sent += 1,
+                Err(err) => break err,
+            }
+        };
+        assert!(full.is_timeout());
+        assert!(sent > 1);
+        // No flush here: the send that found the ring full woke the reader for what it holds.
+        let (first, mut rx) = got
+            .recv_timeout(WOKEN_WITHIN)
+            .expect("the full ring did not wake the reader");
+        assert_eq!(first.unwrap(), 0);
+        for i in 1..sent {
+            assert_eq!(rx.try_recv().unwrap().0, [i; 64]);
+        }
     }
 
     #[test]

@@ -225,17 +225,46 @@ impl<T: Value> Sender<T> {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
         limit: Limit,
+        wake: Wake,
     ) -> Result<(), Fail> {
         if len > self.threshold {
             let fill = |bytes: &mut [u8]| {
                 fill(bytes);
                 Ok(())
             };
+            // A blob's record wakes the receiver for it and for every record held before it.
             return self.send_blob(len, fill, &[], limit);
         }
-        let mut grant = reserve(&mut self.producer, &mut self.wanted, len, limit)?;
+        let mut grant = match reserve(&mut self.producer, &mut self.wanted, len, limit) {
+            Ok(grant) => grant,
+            Err(fail) => {
+                // Not sent: nothing held back may wait for a wake-up that this failure
+                // postpones (`try_*` returns without the wait that would have given it).
+                if wake == Wake::Held {
+                    self.producer.flush().map_err(Fail::from)?;
+                }
+                return Err(fail);
+            }
+        };
         fill(&mut grant[..len]);
-        commit(grant, len, &[], &self.control, &mut self.seq, limit)
+        match wake {
+            Wake::Now => commit(grant, len, &[], &self.control, &mut self.seq, limit),
+            Wake::Held => {
+                grant.set_kind(wire::KIND_VALUE)?;
+                grant.commit_deferred(len);
+                Ok(())
+            }
+        }
+    }
+
+    /// Wakes the receiver, if it is parked, for the values sent with a held wake-up (see
+    /// [`send_encoded_held_timeout`](Self::send_encoded_held_timeout)). Every other send, and
+    /// every wait of this sender for room, does the same.
+    ///
+    /// # Errors
+    /// [`Error::PeerGone`] if the receiver is parked and its process is gone.
+    pub fn flush(&mut self) -> Result<()> {
+        Ok(self.producer.flush()?)
     }
 
     /// The ring, the space the last reservation asked for, and the control socket's descriptor
@@ -476,6 +505,14 @@ fn fill_in_place<T: PlainData + FromZeros>(bytes: &mut [u8], fill: impl FnOnce(&
             bytes.copy_from_slice(value.as_bytes());
         }
     }
+}
+
+/// Whether a send checks for a parked receiver to wake at once, or leaves that to the next
+/// publishing call (a relay's burst of records, woken once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    Now,
+    Held,
 }
 
 /// Reserves `n_bytes` in the ring within `limit`. Inlined, like sp-shm's own `reserve`, so that
