@@ -6,9 +6,10 @@
 //! - **Data**, on zenoh's receiving thread: a callback per sample checks the header (the
 //!   stream's epoch, the sequence number: loss or duplication is a [`Violation::Sequence`]), and
 //!   writes each record from zenoh's buffers straight into the local ring
-//!   ([`sp::Sender::send_encoded_with_timeout`]: one copy, even of a sample that arrived in
-//!   fragments). When the local ring is full the
-//!   callback waits, so zenoh stops reading the connection and the publisher's `put` blocks:
+//!   ([`sp::Sender::send_encoded_held_timeout`]: one copy, even of a sample that arrived in
+//!   fragments), then wakes the local receiver once for the whole sample
+//!   ([`sp::Sender::flush`]) rather than once per record. When the local ring is full the
+//!   callback waits (waking the receiver first), so zenoh stops reading the connection and the publisher's `put` blocks:
 //!   backpressure to the far producer, with nothing dropped and nothing queued without bound.
 //!   The wait looks at a stop request every [`CHECK_PERIOD`].
 //! - **Supervision**, on the gateway's thread: the publisher's token (encoding, appearance,
@@ -172,7 +173,14 @@ fn on_sample<T: Value>(inbound: &Mutex<Inbound<T>>, sample: &Sample) {
     if inbound.tx.is_none() {
         return;
     }
-    let end = match inbound.take_sample(sample.payload().reader()) {
+    let step = inbound.take_sample(sample.payload().reader());
+    // The sample's records went in with their wake-ups held: one for all of them.
+    let flushed = inbound.tx.as_mut().map_or(Ok(()), sp::Sender::flush);
+    let step = match (step, flushed) {
+        (Ok(_), Err(err)) => Err(Error::Local(err)),
+        (step, _) => step,
+    };
+    let end = match step {
         Ok(Step::Continue) | Ok(Step::Stopped) => return,
         Ok(Step::Ended(epoch)) => DataEnd::Ended(epoch),
         Ok(Step::Aborted(epoch)) => DataEnd::Aborted(epoch),
@@ -257,13 +265,14 @@ impl<T: Value> Inbound<T> {
     }
 
     /// Sends the next record, `len` bytes, from `records` straight into the local ring (one
-    /// copy), waiting for room; `false` if the gateway was asked to stop meanwhile.
+    /// copy), waiting for room; `false` if the gateway was asked to stop meanwhile. The local
+    /// receiver is woken once the sample is in (`on_sample`), or by a wait for room.
     fn deliver(&mut self, len: usize, records: &mut Records<impl Source>) -> Result<bool> {
         let Some(tx) = self.tx.as_mut() else {
             return Ok(false);
         };
         loop {
-            match tx.send_encoded_with_timeout(len, |slot| records.read(slot), CHECK_PERIOD) {
+            match tx.send_encoded_held_timeout(len, |slot| records.read(slot), CHECK_PERIOD) {
                 Ok(()) => return Ok(true),
                 Err(SendTimeoutError::Timeout) => {
                     if self.watch.lock().stop {
