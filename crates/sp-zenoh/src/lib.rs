@@ -62,7 +62,7 @@ mod wire;
 
 pub use error::{Error, Refusal, Result, Violation};
 pub use gateway::{Gateway, Summary};
-pub use options::{OnLoss, Options, peer_config};
+pub use options::{OnLoss, Options, RX_BUFFER_BYTES, peer_config};
 pub use publish::{publish, publish_with};
 pub use stage::{Proxy, STAGE_KEY_ENV, StageSummary, ZENOH_CONFIG_ENV, remote_stage, serve_stage};
 pub use subscribe::subscribe;

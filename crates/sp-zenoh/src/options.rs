@@ -53,14 +53,14 @@ pub struct Options {
 
 impl Options {
     /// Defaults: end on loss, 10 s for the remote side to appear, values up to 256 MiB, samples
-    /// of up to 64 KiB of records when several are waiting, 5 s of lingering after the end, 20 s
+    /// of up to 1 MiB of records when several are waiting, 5 s of lingering after the end, 20 s
     /// for a handover.
     pub fn new() -> Self {
         Self {
             on_loss: OnLoss::End,
             connect_timeout: Duration::from_secs(10),
             max_value_len: 256 << 20,
-            batch_bytes: 64 << 10,
+            batch_bytes: 1 << 20,
             linger: Duration::from_secs(5),
             handover: Duration::from_secs(20),
         }
@@ -92,9 +92,12 @@ impl Options {
     }
 
     /// The most bytes of records a publishing gateway puts in one sample when several records
-    /// are already waiting in its ring (default 64 KiB; a larger record goes alone). It never
+    /// are already waiting in its ring (default 1 MiB; a larger record goes alone). It never
     /// waits for a record to fill a sample, so batching adds no delay; 0 sends one record per
-    /// sample.
+    /// sample. Much of zenoh's CPU time goes per sample, not per byte, so large samples are what
+    /// let a stream of 64 KiB records through the gateways keep up with zenoh's own 64 KiB
+    /// samples (docs/benchmarks.md); the subscriber's zenoh should have a receive buffer that
+    /// holds a sample ([`RX_BUFFER_BYTES`]).
     #[must_use]
     pub fn batch_bytes(mut self, n_bytes: usize) -> Self {
         self.batch_bytes = n_bytes;
@@ -146,9 +149,18 @@ impl Default for Options {
     }
 }
 
+/// What [`peer_config`] gives zenoh's `transport/link/rx/buffer_size`: room for the fragments of
+/// two full samples ([`Options::batch_bytes`]'s default). zenoh's default, one 64 KiB batch, keeps
+/// a single receive buffer per link: every further fragment of a large sample gets a new,
+/// zero-filled one, and the heap's growing and shrinking under them cost the receiving side as
+/// much again as the data (docs/benchmarks.md). zenoh's own configuration advises raising it for
+/// large messages.
+pub const RX_BUFFER_BYTES: usize = 2 << 20;
+
 /// A zenoh configuration for a peer that listens on `listen` and connects to `connect` (zenoh
 /// endpoints such as `tcp/127.0.0.1:7447`), with multicast scouting off: it meets exactly the
-/// peers it is told of. Anything else is set on the result with zenoh's own
+/// peers it is told of, and a receive buffer of [`RX_BUFFER_BYTES`] per link (a configuration
+/// of one's own should raise zenoh's too, to hold a sample). Anything else is set on the result with zenoh's own
 /// [`insert_json5`](zenoh::Config::insert_json5) (the lease after which a silent peer counts as
 /// gone is `transport/link/tx/lease`, in milliseconds).
 ///
@@ -167,6 +179,10 @@ pub fn peer_config(listen: &[&str], connect: &[&str]) -> Result<zenoh::Config> {
     config.insert_json5("scouting/multicast/enabled", "false")?;
     config.insert_json5("listen/endpoints", &json_list(listen))?;
     config.insert_json5("connect/endpoints", &json_list(connect))?;
+    config.insert_json5(
+        "transport/link/rx/buffer_size",
+        &RX_BUFFER_BYTES.to_string(),
+    )?;
     Ok(config)
 }
 
@@ -205,6 +221,10 @@ mod tests {
                 .get_json("connect/endpoints")
                 .unwrap()
                 .contains("tcp/127.0.0.1:7448")
+        );
+        assert_eq!(
+            config.get_json("transport/link/rx/buffer_size").unwrap(),
+            RX_BUFFER_BYTES.to_string()
         );
         assert!(peer_config(&["no-such-protocol"], &[]).is_err());
     }
