@@ -160,9 +160,9 @@ pub const RX_BUFFER_BYTES: usize = 2 << 20;
 /// A zenoh configuration for a peer that listens on `listen` and connects to `connect` (zenoh
 /// endpoints such as `tcp/127.0.0.1:7447`), with multicast scouting off: it meets exactly the
 /// peers it is told of, and a receive buffer of [`RX_BUFFER_BYTES`] per link (a configuration
-/// of one's own should raise zenoh's too, to hold a sample). Anything else is set on the result with zenoh's own
-/// [`insert_json5`](zenoh::Config::insert_json5) (the lease after which a silent peer counts as
-/// gone is `transport/link/tx/lease`, in milliseconds).
+/// of one's own should raise zenoh's too, to hold a sample). Anything else is set on the result
+/// with zenoh's own [`insert_json5`](zenoh::Config::insert_json5) (the lease after which a
+/// silent peer counts as gone is `transport/link/tx/lease`, in milliseconds).
 ///
 /// # Errors
 /// [`Error::Zenoh`](crate::Error::Zenoh) for an endpoint zenoh cannot parse.

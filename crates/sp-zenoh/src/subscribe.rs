@@ -9,8 +9,9 @@
 //!   ([`sp::Sender::send_encoded_held_timeout`]: one copy, even of a sample that arrived in
 //!   fragments), then wakes the local receiver once for the whole sample
 //!   ([`sp::Sender::flush`]) rather than once per record. When the local ring is full the
-//!   callback waits (waking the receiver first), so zenoh stops reading the connection and the publisher's `put` blocks:
-//!   backpressure to the far producer, with nothing dropped and nothing queued without bound.
+//!   callback waits (waking the receiver first), so zenoh stops reading the connection and the
+//!   publisher's `put` blocks: backpressure to the far producer, with nothing dropped and
+//!   nothing queued without bound.
 //!   The wait looks at a stop request every [`CHECK_PERIOD`].
 //! - **Supervision**, on the gateway's thread: the publisher's token (encoding, appearance,
 //!   loss), the end of the data path, the deadlines ([`Options::connect_timeout`], a resume's
