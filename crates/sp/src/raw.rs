@@ -128,14 +128,12 @@ impl<T: Value> Sender<T> {
         bytes: &[u8],
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
-        let limit = Limit::after(timeout);
-        self.send_filled(
+        self.send_filled_within(
             bytes.len(),
             |out| out.copy_from_slice(bytes),
-            limit,
+            timeout,
             Wake::Now,
         )
-        .map_err(|fail| waited(fail, SendTimeoutError::Timeout))
     }
 }
 
@@ -176,9 +174,7 @@ impl<T: Value> Sender<T> {
         mut fill: impl FnMut(&mut [u8]),
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
-        let limit = Limit::after(timeout);
-        self.send_filled(len, &mut fill, limit, Wake::Now)
-            .map_err(|fail| waited(fail, SendTimeoutError::Timeout))
+        self.send_filled_within(len, &mut fill, timeout, Wake::Now)
     }
 
     /// As [`send_encoded_with_timeout`](Self::send_encoded_with_timeout), but a receiver parked
@@ -210,8 +206,18 @@ impl<T: Value> Sender<T> {
         mut fill: impl FnMut(&mut [u8]),
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
-        let limit = Limit::after(timeout);
-        self.send_filled(len, &mut fill, limit, Wake::Held)
+        self.send_filled_within(len, &mut fill, timeout, Wake::Held)
+    }
+
+    /// The `*_timeout` sends: `send_filled` within `timeout`, its "would wait" as `Timeout`.
+    fn send_filled_within(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        timeout: Duration,
+        wake: Wake,
+    ) -> Result<(), SendTimeoutError> {
+        self.send_filled(len, fill, Limit::after(timeout), wake)
             .map_err(|fail| waited(fail, SendTimeoutError::Timeout))
     }
 }
