@@ -1,7 +1,8 @@
 """sp-core frames, written from docs/protocol.md, section "sp-core frames" only.
 
-One connected AF_UNIX socket (seqpacket or stream) carries frames both ways: an 8-byte header
-(magic 0x5350 as a little-endian u16, version 1, n_fds, n_bytes as a u32) and n_bytes of
+One connected AF_UNIX socket (seqpacket or stream) carries frames both ways: a 16-byte header
+(magic 0x5350 as a little-endian u16, version 2, n_fds, n_bytes as a u32, 8 reserved zero bytes)
+and n_bytes of
 payload, the frame's descriptors in one SCM_RIGHTS control message. This module is a peer, not a
 library: any error raises, and the caller ends the process (a stream channel cannot go on after
 an error anyway, see "Receiving").
@@ -17,9 +18,9 @@ import time
 
 # "Header": the fields, their widths and values.
 FRAME_MAGIC = 0x5350
-FRAME_VERSION = 1
-HEADER = struct.Struct("<HBBI")  # magic, version, n_fds, n_bytes
-HEADER_LEN = HEADER.size  # 8
+FRAME_VERSION = 2
+HEADER = struct.Struct("<HBBIQ")  # magic, version, n_fds, n_bytes, reserved
+HEADER_LEN = HEADER.size  # 16
 MAX_FDS = 64
 DEFAULT_MAX_MESSAGE_LEN = 1 << 20  # 1 MiB, "Limits"
 # "Receiving": a control buffer of CMSG_SPACE(64 x 4) bytes, which holds exactly 64 descriptors.
@@ -156,7 +157,7 @@ class Channel:
             raise FrameError(f"TooManyFds: {len(fds)}")
         if len(payload) > self.max_len:
             raise FrameError(f"TooLarge: {len(payload)} > {self.max_len}")
-        frame = HEADER.pack(FRAME_MAGIC, FRAME_VERSION, len(fds), len(payload)) + bytes(payload)
+        frame = HEADER.pack(FRAME_MAGIC, FRAME_VERSION, len(fds), len(payload), 0) + bytes(payload)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         try:
             sent = self.sock.sendmsg([frame], anc, socket.MSG_NOSIGNAL)
@@ -208,7 +209,7 @@ class Channel:
         return any(ev & (select.POLLHUP | POLLRDHUP) for _, ev in p.poll(0))
 
     def _recv_seqpacket(self, deadline):
-        # "Seqpacket, per record". A buffer of exactly 8 + max: a longer record sets MSG_TRUNC.
+        # "Seqpacket, per record". A buffer of exactly 16 + max: a longer record sets MSG_TRUNC.
         data, fds, flags = self._recvmsg(HEADER_LEN + self.max_len, deadline)
         try:
             # 1: an empty result without descriptors is end of file if the peer hung up and no
@@ -232,12 +233,14 @@ class Channel:
             # 4
             if len(data) < HEADER_LEN:
                 raise FrameError(f"Malformed(ShortFrame {{ len: {len(data)} }})")
-            magic, version, n_fds, n_bytes = HEADER.unpack_from(data)
-            # 5, 6, 7, 8, 9
+            magic, version, n_fds, n_bytes, reserved = HEADER.unpack_from(data)
+            # 5, 6, 7, 8, 9, 10
             if magic != FRAME_MAGIC:
                 raise FrameError(f"Malformed(BadMagic {{ found: {magic:#x} }})")
             if version != FRAME_VERSION:
                 raise FrameError(f"Malformed(BadVersion {{ found: {version} }})")
+            if reserved != 0:
+                raise FrameError(f"Malformed(BadReserved {{ found: {reserved:#x} }})")
             if n_fds > MAX_FDS:
                 raise FrameError(f"Malformed(TooManyFdsDeclared {{ declared: {n_fds} }})")
             if n_bytes != len(data) - HEADER_LEN:
@@ -275,11 +278,13 @@ class Channel:
     def _take_stream_frame(self):
         if len(self.buf) < HEADER_LEN:
             return None
-        magic, version, n_fds, n_bytes = HEADER.unpack_from(self.buf)
+        magic, version, n_fds, n_bytes, reserved = HEADER.unpack_from(self.buf)
         if magic != FRAME_MAGIC:  # 4
             raise FrameError(f"Malformed(BadMagic {{ found: {magic:#x} }})")
         if version != FRAME_VERSION:
             raise FrameError(f"Malformed(BadVersion {{ found: {version} }})")
+        if reserved != 0:
+            raise FrameError(f"Malformed(BadReserved {{ found: {reserved:#x} }})")
         if n_fds > MAX_FDS:
             raise FrameError(f"Malformed(TooManyFdsDeclared {{ declared: {n_fds} }})")
         if n_bytes > self.max_len:  # 5: at once, without waiting for the payload

@@ -121,6 +121,11 @@ pub enum Malformed {
         /// The version byte.
         found: u8,
     },
+    /// The header's reserved bytes (8 to 15) are not zero.
+    BadReserved {
+        /// The reserved bytes, read as a little-endian `u64`.
+        found: u64,
+    },
     /// The header declares more descriptors than [`MAX_FDS`](crate::MAX_FDS).
     TooManyFdsDeclared {
         /// The declared count.
@@ -205,6 +210,9 @@ impl fmt::Display for Malformed {
             }
             Self::BadMagic { found } => write!(f, "bad magic {found:#06x}"),
             Self::BadVersion { found } => write!(f, "unsupported frame version {found}"),
+            Self::BadReserved { found } => {
+                write!(f, "reserved header bytes are {found:#x}, not zero")
+            }
             Self::TooManyFdsDeclared { declared } => {
                 write!(f, "{declared} descriptors declared, more than MAX_FDS")
             }

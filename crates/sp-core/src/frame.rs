@@ -1,11 +1,19 @@
-//! The frame: the 8-byte header in front of every message's payload, and its encoder and parser.
+//! The frame: the 16-byte header in front of every message's payload, and its encoder and parser.
 //!
 //! | offset | size | field                                                          |
 //! |--------|------|----------------------------------------------------------------|
 //! | 0      | 2    | [`FRAME_MAGIC`] `0x5350`, little-endian (bytes `0x50 0x53`)      |
-//! | 2      | 1    | [`FRAME_VERSION`], 1                                           |
+//! | 2      | 1    | [`FRAME_VERSION`], 2                                           |
 //! | 3      | 1    | `n_fds`: descriptors sent with the frame, 0 to [`MAX_FDS`]     |
 //! | 4      | 4    | `n_bytes`: payload length, little-endian `u32`                 |
+//! | 8      | 8    | reserved, zero                                                 |
+//!
+//! Why 16 bytes: the kernel copies a seqpacket record into the receiver's buffers with `rep movsb`,
+//! which some CPUs (this project's AMD EPYC hosts) run many times slower when the destination
+//! lies 1 to 31 bytes past the source modulo a page (docs/benchmarks.md, "`memcpy` at a bad
+//! distance"). A large record's data starts on a page boundary in the kernel, and glibc places
+//! every large allocation 16 bytes past one, so a payload at offset 16 of the record lands at the
+//! same distance as the buffer it is received into: zero. At offset 8 it was 8, in the slow band.
 //!
 //! docs/protocol.md ("sp-core frames") specifies the rest: how a frame travels on a seqpacket and
 //! on a stream pair, and every check a receiver makes.
@@ -24,17 +32,17 @@ use crate::error::Malformed;
 /// [`Malformed::TooManyFdsDeclared`].
 pub const MAX_FDS: usize = 64;
 
-/// Bytes of frame header in front of every payload: the magic (2), the version (1), `n_fds` (1)
-/// and `n_bytes` (4), in that order.
-pub const HEADER_LEN: usize = 8;
+/// Bytes of frame header in front of every payload: the magic (2), the version (1), `n_fds` (1),
+/// `n_bytes` (4) and 8 reserved zero bytes, in that order.
+pub const HEADER_LEN: usize = 16;
 
 /// The first two bytes of every frame header, little-endian (`0x50`, `0x53` on the wire). A
 /// header with anything else is [`Malformed::BadMagic`].
 pub const FRAME_MAGIC: u16 = 0x5350;
 
 /// The frame format's version, byte 2 of every header. A receiver accepts only this value;
-/// anything else is [`Malformed::BadVersion`].
-pub const FRAME_VERSION: u8 = 1;
+/// anything else is [`Malformed::BadVersion`]. (Version 1 had an 8-byte header.)
+pub const FRAME_VERSION: u8 = 2;
 
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +61,7 @@ pub(crate) fn encode_header(header: Header) -> [u8; HEADER_LEN] {
     // Both fit: n_fds <= MAX_FDS < 256 and n_bytes <= max_len <= u32::MAX, checked by the caller.
     out[3] = header.n_fds as u8;
     out[4..8].copy_from_slice(&(header.n_bytes as u32).to_le_bytes());
+    // Bytes 8..16 stay zero (reserved).
     out
 }
 
@@ -68,6 +77,10 @@ fn raw_header(bytes: &[u8]) -> Result<(usize, usize), Malformed> {
     }
     if head[2] != FRAME_VERSION {
         return Err(Malformed::BadVersion { found: head[2] });
+    }
+    let reserved = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
+    if reserved != 0 {
+        return Err(Malformed::BadReserved { found: reserved });
     }
     let n_bytes = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
     Ok((usize::from(head[3]), n_bytes))
@@ -111,6 +124,10 @@ mod tests {
         );
         assert_eq!(
             decode_header(&[0; 8]),
+            Err(Malformed::ShortFrame { len: 8 })
+        );
+        assert_eq!(
+            decode_header(&[0; 16]),
             Err(Malformed::BadMagic { found: 0 })
         );
         let mut h = encode_header(Header {
@@ -119,6 +136,18 @@ mod tests {
         });
         h[2] = 9;
         assert_eq!(decode_header(&h), Err(Malformed::BadVersion { found: 9 }));
+        // A version 1 header (8 bytes, then the payload) is refused by its version.
+        h[2] = 1;
+        assert_eq!(decode_header(&h), Err(Malformed::BadVersion { found: 1 }));
+        let mut h = encode_header(Header {
+            n_fds: 0,
+            n_bytes: 0,
+        });
+        h[15] = 1;
+        assert_eq!(
+            decode_header(&h),
+            Err(Malformed::BadReserved { found: 1 << 56 })
+        );
         let mut h = encode_header(Header {
             n_fds: 0,
             n_bytes: 0,
@@ -132,10 +161,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any bytes: a header that decodes has the magic, version 1 and at most `MAX_FDS`
-        /// descriptors, and re-encodes to the same 8 bytes; anything else is `Malformed`.
+        /// Any bytes: a header that decodes has the magic, version 2, zero reserved bytes and at
+        /// most `MAX_FDS` descriptors, and re-encodes to the same 16 bytes; anything else is
+        /// `Malformed`.
         #[test]
-        fn header_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+        fn header_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32)) {
             if let Ok(h) = decode_header(&bytes) {
                 proptest::prop_assert!(h.n_fds <= MAX_FDS);
                 proptest::prop_assert_eq!(&encode_header(h)[..], &bytes[..HEADER_LEN]);

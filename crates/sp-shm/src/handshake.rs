@@ -416,8 +416,9 @@ mod tests {
     #[test]
     fn offer_missing_descriptors_is_answered_with_ready() {
         let (raw, ours) = sp_core::pair(SocketKind::SeqPacket).unwrap();
-        let mut frame = vec![0x50, 0x53, 1, 3];
+        let mut frame = vec![0x50, 0x53, sp_core::FRAME_VERSION, 3];
         frame.extend_from_slice(&(OFFER_LEN as u32).to_le_bytes());
+        frame.extend_from_slice(&[0; 8]);
         frame.extend_from_slice(&[0; OFFER_LEN]);
         let memfds: Vec<OwnedFd> = (0..2)
             .map(|_| crate::region::create_memfd("t", 4096, false).unwrap())

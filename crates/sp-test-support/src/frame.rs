@@ -1,5 +1,6 @@
-//! sp-core frames written and read by hand, from `docs/protocol.md`, "sp-core frames": an 8-byte
-//! header (magic `0x5350`, version 1, `n_fds`, `n_bytes`, little-endian) and the payload, sent
+//! sp-core frames written and read by hand, from `docs/protocol.md`, "sp-core frames": a 16-byte
+//! header (magic `0x5350`, version 2, `n_fds`, `n_bytes`, little-endian, 8 reserved zero bytes)
+//! and the payload, sent
 //! with one `sendmsg(2)` carrying the descriptors as `SCM_RIGHTS`.
 //!
 //! [`send_raw`] sends any bytes with any descriptors, so a hostile peer can break every rule;
@@ -21,9 +22,9 @@ use rustix::net::{
 /// The frame magic, `0x5350` as a little-endian `u16` (bytes `0x50 0x53`).
 pub const MAGIC: u16 = 0x5350;
 /// The frame version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes of frame header.
-pub const HEADER_LEN: usize = 8;
+pub const HEADER_LEN: usize = 16;
 /// The most descriptors one frame may carry, and what a receiver's control buffer holds.
 pub const MAX_FDS: usize = 64;
 /// The largest payload [`recv`] takes (sp-core's default maximum, 1 MiB).
@@ -196,7 +197,7 @@ fn check(
     let magic = u16::from_le_bytes([h[0], h[1]]);
     let n_fds = usize::from(h[3]);
     let n_bytes = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-    if magic != MAGIC || h[2] != VERSION || n_fds > MAX_FDS {
+    if magic != MAGIC || h[2] != VERSION || h[8..].iter().any(|&b| b != 0) || n_fds > MAX_FDS {
         return bad(format!("header {h:02x?}"));
     }
     if n_bytes != len - HEADER_LEN || fds.len() != n_fds {
@@ -221,7 +222,10 @@ mod tests {
     fn frame_is_the_documents_example() {
         assert_eq!(
             frame(1, b"hi"),
-            [0x50, 0x53, 0x01, 0x01, 0x02, 0x00, 0x00, 0x00, 0x68, 0x69]
+            [
+                0x50, 0x53, 0x02, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x68, 0x69
+            ]
         );
     }
 
@@ -232,12 +236,15 @@ mod tests {
         let mut bad_magic = frame(0, b"abc");
         bad_magic[0] ^= 1;
         let mut bad_version = frame(0, b"abc");
-        bad_version[2] = 2;
+        bad_version[2] = 1;
+        let mut bad_reserved = frame(0, b"abc");
+        bad_reserved[12] = 1;
         let mut long = frame(0, b"abc");
         long[4] = 4;
         for bytes in [
             bad_magic,
             bad_version,
+            bad_reserved,
             long,
             frame(1, b"abc"),
             header(MAGIC, VERSION, 65, 0).to_vec(),

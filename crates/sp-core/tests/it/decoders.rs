@@ -17,7 +17,7 @@ use sp_core::{Channel, Error, HEADER_LEN, MAX_FDS, SocketKind, TryRecvError};
 use crate::messages::MSG_KINDS;
 use crate::pairs::kind_name;
 use crate::{TestResult, count_fds_to, memfd_with, trial};
-use sp_test_support::frame::{MAGIC, header, send_raw};
+use sp_test_support::frame::{MAGIC, VERSION, header, send_raw};
 
 const FD_NAME: &str = "sp-it-decoder";
 
@@ -46,7 +46,7 @@ struct Record {
 fn record() -> impl Strategy<Value = Record> {
     let payload = proptest::collection::vec(any::<u8>(), 0..40);
     let valid = (payload.clone(), 0usize..4).prop_map(|(payload, n_fds)| {
-        let mut bytes = header(MAGIC, 1, n_fds as u8, payload.len() as u32).to_vec();
+        let mut bytes = header(MAGIC, VERSION, n_fds as u8, payload.len() as u32).to_vec();
         bytes.extend_from_slice(&payload);
         Record { bytes, n_fds }
     });
@@ -69,7 +69,11 @@ fn record() -> impl Strategy<Value = Record> {
 /// What a valid frame in `bytes` declares: `(n_fds, n_bytes)`.
 fn parse(bytes: &[u8]) -> Option<(usize, usize)> {
     let h = bytes.first_chunk::<HEADER_LEN>()?;
-    if u16::from_le_bytes([h[0], h[1]]) != MAGIC || h[2] != 1 || usize::from(h[3]) > MAX_FDS {
+    if u16::from_le_bytes([h[0], h[1]]) != MAGIC
+        || h[2] != VERSION
+        || h[8..].iter().any(|&b| b != 0)
+        || usize::from(h[3]) > MAX_FDS
+    {
         return None;
     }
     Some((

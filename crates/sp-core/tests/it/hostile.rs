@@ -1,8 +1,8 @@
 //! Trials with a hostile peer: raw frames written with `sendmsg(2)` on a plain `End` by the
-//! independent peer (`sp_test_support::frame`: the documented 8-byte header, magic `0x5350` LE,
-//! version 1, `n_fds`, `n_bytes` LE), against a `Channel` on the other end. The receiver must
-//! answer with an error, close every descriptor that arrived (checked by name while the channel
-//! is still alive), never panic, and on a seqpacket pair keep working.
+//! independent peer (`sp_test_support::frame`: the documented 16-byte header, magic `0x5350` LE,
+//! version 2, `n_fds`, `n_bytes` LE, 8 reserved zero bytes), against a `Channel` on the other
+//! end. The receiver must answer with an error, close every descriptor that arrived (checked by
+//! name while the channel is still alive), never panic, and on a seqpacket pair keep working.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -58,6 +58,10 @@ pub fn trials_for<R: HostileRx + 'static>(prefix: &'static str) -> Vec<Trial> {
             trial(
                 format!("{prefix}hostile_{k}_bad_version_is_malformed_fds_closed"),
                 move || malformed::<R>(kind, Bad::Version),
+            ),
+            trial(
+                format!("{prefix}hostile_{k}_reserved_bytes_not_zero_is_malformed_fds_closed"),
+                move || malformed::<R>(kind, Bad::Reserved),
             ),
             trial(
                 format!("{prefix}hostile_{k}_n_fds_over_max_declared_is_malformed"),
@@ -236,6 +240,7 @@ fn fds_truncated<R: HostileRx>(kind: SocketKind) -> TestResult {
 enum Bad {
     Magic,
     Version,
+    Reserved,
     TooManyDeclared,
     Short,
     LengthMismatch,
@@ -250,8 +255,16 @@ fn malformed<R: HostileRx>(kind: SocketKind, bad: Bad) -> TestResult {
             f.extend_from_slice(b"data");
             f
         }
+        // Version 1, whose 8-byte header an old peer would send (here padded to the new length,
+        // so that only the version is wrong).
         Bad::Version => {
-            let mut f = header(MAGIC, 2, 1, 4).to_vec();
+            let mut f = header(MAGIC, 1, 1, 4).to_vec();
+            f.extend_from_slice(b"data");
+            f
+        }
+        Bad::Reserved => {
+            let mut f = header(MAGIC, VERSION, 1, 4).to_vec();
+            f[9] = 0xab;
             f.extend_from_slice(b"data");
             f
         }
@@ -267,7 +280,8 @@ fn malformed<R: HostileRx>(kind: SocketKind, bad: Bad) -> TestResult {
     drop(memfd);
     let want = match bad {
         Bad::Magic => Malformed::BadMagic { found: 0x5053 },
-        Bad::Version => Malformed::BadVersion { found: 2 },
+        Bad::Version => Malformed::BadVersion { found: 1 },
+        Bad::Reserved => Malformed::BadReserved { found: 0xab00 },
         Bad::TooManyDeclared => Malformed::TooManyFdsDeclared {
             declared: MAX_FDS + 1,
         },
