@@ -252,13 +252,15 @@ fn pingpong_sample(spec: &RunSpec) -> Result<Sample> {
 fn pingpong(duration: Duration, pin: bool) -> Result<Vec<f64>> {
     let line = Arc::new(Line::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let (line2, stop2) = (Arc::clone(&line), Arc::clone(&stop));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (line2, stop2, ready2) = (Arc::clone(&line), Arc::clone(&stop), Arc::clone(&ready));
     let helper = std::thread::Builder::new()
         .name("sp-bench-pingpong".into())
         .spawn(move || {
             if pin {
                 cpu::pin_current_thread(cpu::PEER_CPU);
             }
+            ready2.store(true, Ordering::Release);
             let mut expect = 1u64;
             loop {
                 // SYNC POINT: Acquire pairs with the driver's Release store of an odd value.
@@ -270,6 +272,18 @@ fn pingpong(duration: Duration, pin: bool) -> Result<Vec<f64>> {
                 expect += 2;
             }
         })?;
+    // The helper starts on this thread's core and must run there once to move to its own; the
+    // clock starts when it has (a spinning driver would hold the core for a time slice, which a
+    // short probe would report as its round trip).
+    let waiting = Instant::now();
+    while !ready.load(Ordering::Acquire) {
+        if waiting.elapsed() > SPIN_LIMIT {
+            stop.store(true, Ordering::Relaxed);
+            let _ = helper.join();
+            return Err(Error::TimedOut("the ping-pong helper did not start"));
+        }
+        std::thread::yield_now();
+    }
     let mut batches = Vec::new();
     let mut value = 0u64;
     let t0 = Instant::now();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sp_bench::plan::Config;
+use sp_bench::plan::{Config, Progress};
 use sp_bench::report::{Machine, Probe, Results, change_table, compare};
 use sp_bench::size::{fmt_size, parse_size};
 use sp_bench::{PEER_ARG, Transport};
@@ -112,8 +112,11 @@ fn main() -> Result<()> {
             fmt_size(cell.size as u64),
             cell.mode
         ));
-        cell.run(&config, &exe, &mut || bar.inc(1));
-        done += config.runs_per_cell(cell);
+        cell.run(&config, &exe, &mut |progress| match progress {
+            Progress::Measured => bar.inc(1),
+            Progress::Redo(n) => bar.inc_length(n),
+        });
+        done += config.runs_per_cell(cell) + cell.redone.len() as u64 * cell.runs_per_rep();
         bar.set_position(done);
     }
     let mut probes: Vec<f64> = cells.iter().filter_map(|c| c.probe_ns).collect();

@@ -35,6 +35,23 @@ impl Results {
                     cell.mode
                 ));
             }
+            if !cell.redone.is_empty() {
+                let (lo, hi) = cell
+                    .redone
+                    .iter()
+                    .flatten()
+                    .fold((f64::INFINITY, 0.0f64), |(lo, hi), &p| {
+                        (lo.min(p), hi.max(p))
+                    });
+                notes.push(format!(
+                    "{} {} B {:?}: {} repetition(s) measured again, the probe moving between \
+                     {lo:.0} and {hi:.0} ns within them",
+                    cell.transport.name(),
+                    cell.size,
+                    cell.mode,
+                    cell.redone.len()
+                ));
+            }
             let key = (
                 cell.transport.partner(),
                 cell.size,
@@ -44,16 +61,29 @@ impl Results {
                 .entry(key)
                 .or_default()
                 .extend(cell.pairs.iter().map(|(b, _)| b));
-            if let (Some(probe), Mode::Latency) = (cell.probe_ns, cell.mode) {
+            if cell.mode == Mode::Latency {
+                // The probes that bracket each measurement where the cell has them (the first two
+                // of a repetition around its baseline, the last two around the transport), else
+                // the one taken before the cell.
+                let around = |first: bool| -> Vec<f64> {
+                    cell.rep_probes
+                        .iter()
+                        .filter(|p| p.len() >= 2)
+                        .flat_map(|p| if first { &p[..2] } else { &p[p.len() - 2..] })
+                        .copied()
+                        .collect()
+                };
+                let fallback: Vec<f64> = cell.probe_ns.into_iter().collect();
+                let or_cell = |v: Vec<f64>| if v.is_empty() { fallback.clone() } else { v };
                 probes
                     .entry((BASELINE.name(), cell.size as u64))
                     .or_default()
-                    .push(probe);
+                    .extend(or_cell(around(true)));
                 if cell.transport != BASELINE {
                     probes
                         .entry((cell.transport.name(), cell.size as u64))
                         .or_default()
-                        .push(probe);
+                        .extend(or_cell(around(false)));
                 }
             }
         }
@@ -75,6 +105,8 @@ impl Results {
                 if let Some(record) = record(cell.transport, cell.size, metric, &values) {
                     records.push(Record {
                         vs_baseline: stats::median_ratio(&num, &den),
+                        rep_probes: cell.rep_probes.clone(),
+                        redone: cell.redone.len(),
                         ..with_rival(record, cell, metric)
                     });
                 }
@@ -172,6 +204,8 @@ fn record(transport: Transport, size: usize, metric: Metric, values: &[f64]) -> 
         rival: None,
         vs_rival: None,
         rival_ratios: Vec::new(),
+        rep_probes: Vec::new(),
+        redone: 0,
     })
 }
 
@@ -185,9 +219,11 @@ fn sort_key(r: &Record) -> (u64, usize, usize) {
 
 /// Sets `vs_limit` and `limit`. Throughput of the sp-shm ring rows: against `ref-ring` of the same
 /// size (message rate too; the two ratios are the same at one size): the median of the pairs when
-/// ref-ring ran as the cell's rival, else the ratio of medians, none if the run has no ref-ring. Other throughput: against memcpy of the same size. Round trips: against the fastest
-/// a round trip could be, the probe taken before the cell (one cache line there and back; the
-/// machine's cross-core speed drifts too much for one figure to serve a whole run) plus, when
+/// ref-ring ran as the cell's rival, else the ratio of medians, none if the run has no ref-ring.
+/// Other throughput: against memcpy of the same size. Round trips: against the fastest a round
+/// trip could be, the probes taken just before and after the transport's measurements (else the
+/// one before the cell): one cache line there and back, in the machine's phase of the moment (its
+/// cross-core speed drifts too much for one figure to serve a whole run), plus, when
 /// memcpy was measured, writing and reading the message once each way at memcpy speed
 /// (`2 × size ÷ memcpy`). Without a probe the pingpong ceiling stands in for it.
 fn set_limit_ratios(records: &mut [Record], probes: &BTreeMap<(&str, u64), f64>) {
@@ -280,6 +316,9 @@ mod tests {
                 rivals: Vec::new(),
                 errors: vec!["one failed".into()],
                 probe_ns: Some(50.0),
+                rep_probes: vec![vec![60.0, 62.0, 61.0]; 3],
+                // One repetition measured again: the probe halved within it.
+                redone: vec![vec![63.0, 29.0, 30.0]],
             },
             Cell {
                 transport: Transport::Pipe,
@@ -289,6 +328,8 @@ mod tests {
                 rivals: Vec::new(),
                 errors: vec![],
                 probe_ns: Some(100.0),
+                rep_probes: Vec::new(),
+                redone: Vec::new(),
             },
         ];
         let r = Results::build(
@@ -310,8 +351,45 @@ mod tests {
         assert_eq!(rtt.vs_baseline, Some(0.5));
         // No memcpy in this run: the limit is the cell's probe alone.
         assert_eq!(rtt.vs_limit, Some(5.0));
-        assert_eq!(r.notes.len(), 1);
+        // The cell's repetitions and the one redone reach its records and the notes.
+        assert_eq!((pipe.redone, pipe.rep_probes.len()), (1, 3));
+        assert_eq!((rtt.redone, rtt.rep_probes.len()), (0, 0));
+        assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
+        assert!(
+            r.notes[1].contains("1 repetition(s) measured again")
+                && r.notes[1].contains("between 29 and 63 ns"),
+            "{:?}",
+            r.notes
+        );
         assert!(r.table().to_string().contains("pipe"));
+    }
+
+    /// A round trip is held to the probes around its own measurements, not to the probe before
+    /// the cell, which may have caught the machine in another phase.
+    #[test]
+    fn round_trips_are_held_to_the_probes_of_their_repetitions() {
+        let lat = |t, p50| sample(t, Mode::Latency, 1, p50);
+        let cell = |rep_probes: Vec<Vec<f64>>| Cell {
+            transport: Transport::Pipe,
+            size: 64,
+            mode: Mode::Latency,
+            pairs: vec![(lat(BASELINE, 1000.0), lat(Transport::Pipe, 500.0))],
+            rivals: Vec::new(),
+            errors: vec![],
+            probe_ns: Some(300.0),
+            rep_probes,
+            redone: Vec::new(),
+        };
+        // Around the baseline 300 and 300, around the pipe 50 and 50 (a rival ran in between).
+        let r = build(&[cell(vec![vec![300.0, 300.0, 50.0, 50.0]])]);
+        let rtt = r.find("pipe", 64, Metric::RttP50).unwrap();
+        assert_eq!((rtt.vs_limit, rtt.limit), (Some(10.0), Some(Limit::Probe)));
+        let base = r.find(BASELINE.name(), 64, Metric::RttP50).unwrap();
+        assert_eq!(base.vs_limit, Some(1000.0 / 300.0));
+        // Without them, the cell's probe.
+        let r = build(&[cell(Vec::new())]);
+        let rtt = r.find("pipe", 64, Metric::RttP50).unwrap();
+        assert_eq!(rtt.vs_limit, Some(500.0 / 300.0));
     }
 
     #[test]
@@ -353,6 +431,8 @@ mod tests {
                 rivals: Vec::new(),
                 errors: vec![],
                 probe_ns: None,
+                rep_probes: Vec::new(),
+                redone: Vec::new(),
             },
             Cell {
                 transport: Transport::SpShmAdaptive,
@@ -367,6 +447,8 @@ mod tests {
                 rivals: Vec::new(),
                 errors: vec![],
                 probe_ns: None,
+                rep_probes: Vec::new(),
+                redone: Vec::new(),
             },
         ];
         let r = build(&cells);
@@ -464,6 +546,8 @@ mod tests {
             ],
             errors: vec![],
             probe_ns: None,
+            rep_probes: Vec::new(),
+            redone: Vec::new(),
         }];
         let r = build(&cells);
         let rate = r.find("sp-shm-spin", 64, Metric::MessageRate).unwrap();

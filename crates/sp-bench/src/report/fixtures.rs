@@ -48,6 +48,8 @@ pub(super) fn rec(
         rival: None,
         vs_rival: None,
         rival_ratios: Vec::new(),
+        rep_probes: Vec::new(),
+        redone: 0,
         reps: vec![median; 3],
         collapsed: false,
     }

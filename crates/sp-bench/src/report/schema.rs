@@ -127,6 +127,18 @@ pub struct Record {
     /// Transport ÷ rival, pair by pair, in the order measured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rival_ratios: Vec<f64>,
+    /// The probes (round trips, ns) before and after each measurement of every repetition kept,
+    /// in order (cells compared with a partner or rival): within a repetition they agree to
+    /// [`PHASE_RATIO`](crate::plan::PHASE_RATIO) unless its cell ran out of repetitions to redo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rep_probes: Vec<Vec<f64>>,
+    /// Repetitions measured again because the machine changed phase during them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redone: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What a record's `vs_limit` is taken against.
@@ -138,8 +150,9 @@ pub enum Limit {
     /// `ref-ring` of the same size in the same run (throughput and message rate of the sp-shm
     /// ring rows): a plain ring between the same two processes.
     RefRing,
-    /// The cache-line probe taken before the cell, plus the message copied each way at memcpy
-    /// speed when memcpy was measured (round trips).
+    /// The cache-line probes taken just before and after the transport's measurements (else the
+    /// one before the cell), plus the message copied each way at memcpy speed when memcpy was
+    /// measured (round trips).
     Probe,
     /// The pingpong ceiling's p50, for round trips of a cell that has no probe of its own.
     Pingpong,

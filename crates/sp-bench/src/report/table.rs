@@ -37,7 +37,8 @@ impl Results {
              `start p50` column) and against the machine limit \
              (×limit, named in the `limit` column: for throughput ref-ring of the same size for \
              the sp-shm ring rows, measured in the same repetitions, memcpy for the others; for round trips the cache-line probe \
-             taken before the cell plus the message copied each way at memcpy speed).",
+             taken around the transport's measurements plus the message copied each way at \
+             memcpy speed).",
             self.profile.reps,
             self.profile.warmup_ms,
             self.profile.duration_ms,
