@@ -27,6 +27,82 @@ pub const BLOB_MSG_LEN: usize = 16;
 /// The seals a blob must carry.
 const BLOB_SEALS: SealFlags = BASE_SEALS.union(SealFlags::WRITE);
 
+/// A blob whose bytes are appended with `write(2)` as they are produced (an encoder's output,
+/// in pieces), then sealed by [`finish`](Self::finish).
+///
+/// Cheaper than [`Blob::build`] for large blobs: `write` allocates the memfd's pages without
+/// clearing them first (each is written whole) and sets up no page tables, where a mapping
+/// costs a fault or a cleared page per page and a `munmap`. The writer holds no mapping, so the
+/// seals go on at once. Dropped unfinished, it closes the memfd and nothing is left.
+///
+/// # Examples
+/// ```
+/// let mut writer = sp_shm::BlobWriter::new()?;
+/// writer.append(b"in ")?;
+/// writer.append(b"pieces")?;
+/// assert_eq!(&*writer.finish()?, b"in pieces");
+/// # Ok::<(), sp_shm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct BlobWriter {
+    fd: OwnedFd,
+    len: u64,
+}
+
+impl BlobWriter {
+    /// `memfd_create(2)`: an empty blob to append to.
+    ///
+    /// # Errors
+    /// When descriptors run out.
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            fd: region::create_memfd("sp-shm-blob", 0, false)?,
+            len: 0,
+        })
+    }
+
+    /// `write(2)`: appends `bytes`.
+    ///
+    /// # Errors
+    /// When memory runs out (`ENOSPC`, `ENOMEM`, or the file size limit); the writer is then
+    /// of no further use.
+    pub fn append(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            // The memfd is ours alone and nothing else moves its offset: every write lands at
+            // the end of what was written before.
+            let n = rustix::io::retry_on_intr(|| rustix::io::write(&self.fd, bytes))?;
+            if n == 0 {
+                // Not for a memfd with room; a loop that made no progress would never end.
+                return Err(rustix::io::Errno::NOSPC.into());
+            }
+            self.len += n as u64;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Bytes appended so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Seals the memfd (`WRITE | SHRINK | GROW | SEAL`) and maps it read-only: the blob.
+    ///
+    /// # Errors
+    /// When sealing or mapping fails.
+    pub fn finish(self) -> Result<Blob> {
+        region::add_seals(&self.fd, BLOB_SEALS)?;
+        let len =
+            usize::try_from(self.len).map_err(|_| Error::Refused(RefuseReason::SizeMismatch))?;
+        Blob::map(self.fd, len, false)
+    }
+}
+
 /// A sealed, immutable, read-only mapped memfd.
 ///
 /// # Examples
@@ -52,7 +128,9 @@ impl Blob {
     /// # Errors
     /// When memory or descriptors run out.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Self::build(bytes.len(), |dst| sp_core::copy_bytes(dst, bytes))
+        let mut writer = BlobWriter::new()?;
+        writer.append(bytes)?;
+        writer.finish()
     }
 
     /// `memfd_create(2)`, `mmap(2)`, `munmap(2)`, then `fcntl(F_ADD_SEALS)` with
@@ -245,6 +323,26 @@ mod tests {
         // A claim past the bound is the bound.
         assert_eq!(Blob::build_up_to(16, |_| 100).unwrap().len(), 16);
         assert!(Blob::build_up_to(0, |_| 7).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_written_blob_holds_its_pieces_in_order_and_is_sealed() {
+        let mut writer = BlobWriter::new().unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        writer.append(b"head").unwrap();
+        writer.append(&big).unwrap();
+        writer.append(&[]).unwrap();
+        writer.append(b"tail").unwrap();
+        assert_eq!(writer.len(), 4 + 300_000 + 4);
+        let blob = writer.finish().unwrap();
+        assert_eq!(&blob[..4], b"head");
+        assert_eq!(&blob[4..300_004], &big[..]);
+        assert_eq!(&blob[300_004..], b"tail");
+        assert!(rustix::fs::ftruncate(&blob, 0).is_err());
+        assert!(rustix::io::pwrite(&blob, b"X", 0).is_err());
+        let fd = rustix::io::fcntl_dupfd_cloexec(&blob, 0).unwrap();
+        assert_eq!(Blob::from_fd(fd, 300_008).unwrap().len(), 300_008);
+        assert!(BlobWriter::new().unwrap().finish().unwrap().is_empty());
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub mod tokio;
 mod wake;
 
 #[cfg(not(sp_loom))]
-pub use blob::{BLOB_MAGIC, BLOB_MSG_LEN, Blob};
+pub use blob::{BLOB_MAGIC, BLOB_MSG_LEN, Blob, BlobWriter};
 pub use config::Config;
 pub use error::{
     Corruption, Error, InvalidConfig, RecvTimeoutError, RefuseReason, Result, SendTimeoutError,

@@ -8,7 +8,10 @@
 //!    send, and `try_*`/`*_timeout` bound it.
 //! 2. Encode into the slot. If the guess was too small, abandon the slot (nothing becomes visible),
 //!    ask the value for its exact length and reserve again; a value longer than the blob threshold
-//!    is encoded into a fresh memfd instead, which is then sealed (`sp_shm::Blob`).
+//!    is encoded into a fresh memfd instead, which is then sealed (`sp_shm::Blob`). A postcard
+//!    value is written to the memfd in pieces as it is encoded (`sp_shm::BlobWriter`); while
+//!    values come that large, the next goes there at once, without the ring try and the length
+//!    pass.
 //! 3. If descriptors or a blob go with the value, send an ATTACH message carrying them on the
 //!    control socket, **then** commit the record that announces them. A receiver that sees the
 //!    record therefore finds the ATTACH already queued (the kernel queues it before `sendmsg`
@@ -23,7 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::event::PollFlags;
-use sp_shm::{Blob, Producer, WriteGrant};
+use sp_shm::{Blob, BlobWriter, Producer, WriteGrant};
 use zerocopy::FromZeros;
 
 use crate::config::Config;
@@ -51,12 +54,11 @@ pub struct Sender<T> {
     max_blob_len: u64,
     /// How much to reserve for a postcard value before its length is known.
     guess: usize,
-    /// The encoded length of the last postcard value sent as a blob, 0 if the last one went in
-    /// the ring. While values come large, the next is encoded straight into a blob of up to an
-    /// eighth more than this, without a pass to compute its length first (every byte of that
-    /// bound is a page the kernel allocates and clears: a wider margin costs on every value, a
-    /// miss costs one length pass).
-    last_blob_len: usize,
+    /// Whether the last postcard value went as a blob: the next is then encoded straight into
+    /// one, without a try in the ring and a pass to compute its length first.
+    last_was_blob: bool,
+    /// The pieces of a blob's encoding on their way to its memfd (empty until the first blob).
+    scratch: Vec<u8>,
     /// The ring space the last reservation asked for: what an async send that found the ring
     /// full waits for (`crate::tokio`).
     wanted: usize,
@@ -101,7 +103,8 @@ impl<T: Value> Sender<T> {
             threshold,
             max_blob_len: config.max_blob_len,
             guess: MIN_GUESS,
-            last_blob_len: 0,
+            last_was_blob: false,
+            scratch: Vec::new(),
             wanted: 0,
             _type: PhantomData,
         }
@@ -289,11 +292,11 @@ impl<T: Value> Sender<T> {
         let prefix = if fds.is_empty() { 0 } else { FDS_PREFIX_LEN };
         // The longest encoding that still goes in the ring.
         let room = self.threshold.saturating_sub(prefix);
-        if self.last_blob_len > 0 && T::ENCODING == Encoding::Postcard {
-            let bound = self.last_blob_len.saturating_add(self.last_blob_len / 8);
-            if self.send_blob_up_to(bound, value, fds, limit)? {
-                return Ok(());
-            }
+        if self.last_was_blob
+            && T::ENCODING == Encoding::Postcard
+            && self.send_blob_in_pieces(value, fds, limit, false)?
+        {
+            return Ok(());
         }
         let first_try = match T::ENCODING {
             Encoding::Plain { size } => (size <= room).then_some(size),
@@ -324,7 +327,7 @@ impl<T: Value> Sender<T> {
         }
         let len = value.encoded_len().map_err(Error::Encode)?;
         if len <= room {
-            self.last_blob_len = 0;
+            self.last_was_blob = false;
             self.guess = len.next_power_of_two().max(MIN_GUESS);
             let mut grant = reserve(&mut self.producer, &mut self.wanted, prefix + len, limit)?;
             let used = value.encode(&mut grant[prefix..]).map_err(Error::Encode)?;
@@ -337,45 +340,72 @@ impl<T: Value> Sender<T> {
                 limit,
             );
         }
+        self.check_blob_len(len)?;
         if T::ENCODING == Encoding::Postcard {
-            self.last_blob_len = len;
+            return self
+                .send_blob_in_pieces(value, fds, limit, true)
+                .map(|_| ());
         }
         self.send_blob(len, |bytes| value.encode(bytes).map(|_| ()), fds, limit)
     }
 
-    /// Encodes `value` straight into a blob of at most `bound` bytes (cut to the encoding's
-    /// length) and sends it; `Ok(false)`, with nothing sent, if the encoding is longer, or
-    /// shorter than a ring record can carry (the value goes the usual way then).
-    fn send_blob_up_to(
+    /// Encodes `value` into a blob as the encoding is produced (`write(2)` to the memfd in
+    /// pieces) and sends it. Unless `always`, `Ok(false)`, with nothing sent, if the encoding is
+    /// short enough for a ring record after all (the value goes the usual way then).
+    fn send_blob_in_pieces(
         &mut self,
-        bound: usize,
         value: &T,
         fds: &[BorrowedFd<'_>],
         limit: Limit,
+        always: bool,
     ) -> Result<bool, Fail> {
-        let bound = bound.min(usize::try_from(self.max_blob_len).unwrap_or(usize::MAX));
         // The record first: a try that finds no room must not have built a blob for nothing.
         let grant = reserve(&mut self.producer, &mut self.wanted, BLOB_RECORD_LEN, limit)?;
-        let mut encoded = Ok(0);
-        let blob = Blob::build_up_to(bound, |bytes| {
-            encoded = value.encode(bytes);
-            *encoded.as_ref().unwrap_or(&0)
-        })
-        .map_err(Error::from)?;
-        match encoded {
-            Ok(len) if len > self.threshold => {
-                self.last_blob_len = len;
-                announce_blob(grant, blob, fds, &self.control, &mut self.seq, limit)?;
-                Ok(true)
+        let mut writer = BlobWriter::new().map_err(Error::from)?;
+        let max = self.max_blob_len;
+        let mut failed = None;
+        let mut sink = |piece: &[u8]| {
+            if writer.len() + piece.len() as u64 > max {
+                return false;
             }
-            // Small enough for the ring after all: the next value goes the usual way.
-            Ok(_) => {
-                self.last_blob_len = 0;
-                Ok(false)
-            }
-            Err(EncodeError::BufferFull) => Ok(false),
-            Err(err) => Err(Error::Encode(err).into()),
+            writer
+                .append(piece)
+                .map_err(|err| failed = Some(err))
+                .is_ok()
+        };
+        let encoded = value.encode_in_pieces(&mut self.scratch, &mut sink);
+        if let Some(err) = failed {
+            return Err(Error::from(err).into());
         }
+        let len = match encoded {
+            Ok(len) => len,
+            Err(EncodeError::BufferFull) => {
+                // Over `max_blob_len`: the length pass, on this error path only, names the length.
+                let len = value.encoded_len().map_err(Error::Encode)?;
+                self.check_blob_len(len)?;
+                return Err(Error::Encode(EncodeError::Other).into());
+            }
+            Err(err) => return Err(Error::Encode(err).into()),
+        };
+        self.last_was_blob = always || len > self.threshold;
+        if !self.last_was_blob {
+            return Ok(false);
+        }
+        let blob = writer.finish().map_err(Error::from)?;
+        announce_blob(grant, blob, fds, &self.control, &mut self.seq, limit)?;
+        Ok(true)
+    }
+
+    /// [`Error::TooLarge`] for a blob of `len` bytes over [`Config::max_blob_len`].
+    fn check_blob_len(&self, len: usize) -> Result<(), Fail> {
+        if len as u64 > self.max_blob_len {
+            return Err(Error::TooLarge {
+                len,
+                max: usize::try_from(self.max_blob_len).unwrap_or(usize::MAX),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Sends a value of `len` encoded bytes as a blob that `fill` writes.
@@ -386,13 +416,7 @@ impl<T: Value> Sender<T> {
         fds: &[BorrowedFd<'_>],
         limit: Limit,
     ) -> Result<(), Fail> {
-        if len as u64 > self.max_blob_len {
-            return Err(Error::TooLarge {
-                len,
-                max: usize::try_from(self.max_blob_len).unwrap_or(usize::MAX),
-            }
-            .into());
-        }
+        self.check_blob_len(len)?;
         // The record first: a try that finds no room must not have built a blob for nothing.
         let grant = reserve(&mut self.producer, &mut self.wanted, BLOB_RECORD_LEN, limit)?;
         let mut filled = Ok(());

@@ -33,6 +33,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, TryFromBytes};
 
 use crate::error::{DecodeError, EncodeError};
 
+mod flavor;
+
+use flavor::{Out, PIECE, Pieces};
+
 /// A type that can travel through an sp channel.
 ///
 /// Implemented for every serde type (postcard encoding) and, through [`plain_data!`](crate::plain_data),
@@ -72,6 +76,30 @@ pub trait Value: Sized {
     fn decode_into(bytes: &[u8], place: &mut Self) -> Result<(), DecodeError> {
         *place = Self::decode(bytes)?;
         Ok(())
+    }
+
+    /// Encodes `self` as [`encode`](Self::encode) does, handing the bytes to `sink` in order, in
+    /// pieces, through `scratch` (resized as needed; what it holds on entry is ignored); returns
+    /// how many bytes were handed over. This is how a value sent as a blob is written: straight
+    /// into the blob's memfd as the encoding is produced, with no pass for its length first.
+    /// The default encodes the whole value into `scratch` and hands it over in one piece.
+    ///
+    /// # Errors
+    /// [`EncodeError::BufferFull`] if `sink` refused a piece (returned `false`); otherwise as
+    /// [`encode`](Self::encode).
+    fn encode_in_pieces(
+        &self,
+        scratch: &mut Vec<u8>,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<usize, EncodeError> {
+        let len = self.encoded_len()?;
+        scratch.resize(len, 0);
+        let used = self.encode(scratch)?;
+        if sink(&scratch[..used]) {
+            Ok(used)
+        } else {
+            Err(EncodeError::BufferFull)
+        }
     }
 }
 
@@ -120,10 +148,21 @@ impl<T: Serialize + DeserializeOwned> Value for T {
 
     #[inline]
     fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
-        match postcard::serialize_with_flavor(self, Out { buf: out, used: 0 }) {
+        match postcard::serialize_with_flavor(self, Out::new(out)) {
             Ok(used) => Ok(used),
             Err(err) => Err(err.into()),
         }
+    }
+
+    fn encode_in_pieces(
+        &self,
+        scratch: &mut Vec<u8>,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<usize, EncodeError> {
+        if scratch.len() < PIECE {
+            scratch.resize(PIECE, 0);
+        }
+        postcard::serialize_with_flavor(self, Pieces::new(scratch, sink)).map_err(EncodeError::from)
     }
 
     fn encoded_len(&self) -> Result<usize, EncodeError> {
@@ -152,63 +191,6 @@ impl<T: Serialize + DeserializeOwned> Value for T {
             return Err(DecodeError::TrailingBytes { n: rest.len() });
         }
         Ok(())
-    }
-}
-
-/// postcard's output into the start of a slice, as `postcard::to_slice` writes it, with runs of
-/// bytes (strings, byte buffers) copied by [`sp_core::copy_bytes`] (`memcpy` of a long run into a
-/// ring slot or blob can otherwise hit `rep movsb`'s slow case, see there) and varints byte by
-/// byte (see `try_extend`).
-struct Out<'a> {
-    buf: &'a mut [u8],
-    used: usize,
-}
-
-/// The longest varint postcard writes for the integers up to `u64` (and for lengths): the runs
-/// `Out` copies byte by byte.
-const VARINT_MAX: usize = 10;
-
-impl postcard::ser_flavors::Flavor for Out<'_> {
-    type Output = usize;
-
-    #[inline(always)]
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        let slot = self
-            .buf
-            .get_mut(self.used)
-            .ok_or(postcard::Error::SerializeBufferFull)?;
-        *slot = byte;
-        self.used += 1;
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        let end = self.used.saturating_add(bytes.len());
-        let dst = self
-            .buf
-            .get_mut(self.used..end)
-            .ok_or(postcard::Error::SerializeBufferFull)?;
-        // postcard hands over each integer as a varint it has just built byte by byte in a stack
-        // buffer. Copied with loads wider than a byte, those loads wait for the byte stores to
-        // retire (store forwarding fails), twice per integer; byte loads forward. Unrolled, with
-        // no call: inlined into the serializer (`inline(always)`, which the generic code of
-        // another crate does not otherwise get).
-        if bytes.len() <= VARINT_MAX {
-            for i in 0..VARINT_MAX {
-                if i < bytes.len() {
-                    dst[i] = bytes[i];
-                }
-            }
-        } else {
-            sp_core::copy_bytes(dst, bytes);
-        }
-        self.used = end;
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<usize> {
-        Ok(self.used)
     }
 }
 

@@ -383,8 +383,22 @@ fn blob_over_the_limit_sends_nothing() -> TestResult {
     }
     tx.send(&vec![7; 900]).map_err(|e| e.to_string())?;
     match (rx.try_recv().map(|v| v.len()), rx.try_recv()) {
-        (Ok(900), Err(TryRecvError::Empty)) => Ok(()),
-        other => Err(format!("after the refusal: {other:?}")),
+        (Ok(900), Err(TryRecvError::Empty)) => {}
+        other => return Err(format!("after the refusal: {other:?}")),
+    }
+    // After a blob, the next value is encoded straight into one (no length pass first): over the
+    // limit it is refused the same way, and nothing of it is sent.
+    match tx.send(&vec![8; 3000]) {
+        Err(Error::TooLarge {
+            len: 3002,
+            max: 1000,
+        }) => {}
+        other => return Err(format!("over the limit after a blob: {other:?}")),
+    }
+    tx.send(&vec![9; 800]).map_err(|e| e.to_string())?;
+    match (rx.try_recv(), rx.try_recv()) {
+        (Ok(v), Err(TryRecvError::Empty)) if v == vec![9; 800] => Ok(()),
+        other => Err(format!("after the second refusal: {other:?}")),
     }
 }
 
