@@ -1,6 +1,7 @@
 //! Immutable blobs of any size handed over by descriptor: zero-copy for data larger than a ring.
 //!
-//! The sender fills an anonymous memfd, unmaps it, and seals it `WRITE | SHRINK | GROW | SEAL`
+//! The sender fills an anonymous memfd (through a mapping it then unmaps, [`Blob::build`], or
+//! with `write(2)`, [`BlobWriter`]) and seals it `WRITE | SHRINK | GROW | SEAL`
 //! (`F_SEAL_WRITE` is refused while any writable shared mapping exists, so after it succeeds
 //! nobody, the sender included, can change the bytes again). The memfd travels by `SCM_RIGHTS`
 //! in a 16-byte BLOB message on the control channel. The receiver checks the seals and the size
