@@ -48,6 +48,25 @@ const BLOB_SEALS: SealFlags = BASE_SEALS.union(SealFlags::WRITE);
 pub struct BlobWriter {
     fd: OwnedFd,
     len: u64,
+    /// Where bytes at a slow distance are staged ([`slow_distance`]); empty until needed.
+    bounce: Vec<u8>,
+}
+
+/// A page: a memfd's pages lie at file offsets that are multiples of it.
+const PAGE: usize = 4096;
+
+/// The most bytes staged in the bounce buffer at once.
+const BOUNCE: usize = 64 << 10;
+
+/// Whether the kernel's copy of `write(2)` from `src` to file offset `offset` runs at the slow
+/// distance: the destination 1 to 31 bytes ahead of the source modulo a page, where `rep movsb`
+/// (which the kernel copies with too) runs over ten times slower on AMD Zen (see
+/// [`sp_core::copy_bytes`]; `write` of 1 MiB into a memfd from a source 8 bytes short of a page
+/// boundary, measured here: 3.0 GB/s, against 12.5–14.7 at the other distances tried). A
+/// page-cache page is page-aligned, so the destination's place in its page is the offset's.
+fn slow_distance(offset: u64, src: *const u8) -> bool {
+    let distance = (offset as usize).wrapping_sub(src as usize) % PAGE;
+    (1..32).contains(&distance)
 }
 
 impl BlobWriter {
@@ -59,25 +78,30 @@ impl BlobWriter {
         Ok(Self {
             fd: region::create_memfd("sp-shm-blob", 0, false)?,
             len: 0,
+            bounce: Vec::new(),
         })
     }
 
-    /// `write(2)`: appends `bytes`.
+    /// `write(2)`: appends `bytes`. Bytes that would be copied at the slow distance (longer than
+    /// 2 KiB, which every distance copies fast) are first copied in pieces by
+    /// [`sp_core::copy_bytes`] to a place at distance zero.
     ///
     /// # Errors
     /// When memory runs out (`ENOSPC`, `ENOMEM`, or the file size limit); the writer is then
     /// of no further use.
-    pub fn append(&mut self, mut bytes: &[u8]) -> Result<()> {
-        while !bytes.is_empty() {
-            // The memfd is ours alone and nothing else moves its offset: every write lands at
-            // the end of what was written before.
-            let n = rustix::io::retry_on_intr(|| rustix::io::write(&self.fd, bytes))?;
-            if n == 0 {
-                // Not for a memfd with room; a loop that made no progress would never end.
-                return Err(rustix::io::Errno::NOSPC.into());
-            }
-            self.len += n as u64;
-            bytes = &bytes[n..];
+    pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() <= 2048 || !slow_distance(self.len, bytes.as_ptr()) {
+            return write_all(&self.fd, &mut self.len, bytes);
+        }
+        if self.bounce.is_empty() {
+            self.bounce = vec![0; BOUNCE + PAGE];
+        }
+        for piece in bytes.chunks(BOUNCE) {
+            // The place in the bounce buffer that lies where the piece lands in its page.
+            let at = (self.len as usize).wrapping_sub(self.bounce.as_ptr() as usize) % PAGE;
+            let staged = &mut self.bounce[at..at + piece.len()];
+            sp_core::copy_bytes(staged, piece);
+            write_all(&self.fd, &mut self.len, staged)?;
         }
         Ok(())
     }
@@ -102,6 +126,22 @@ impl BlobWriter {
             usize::try_from(self.len).map_err(|_| Error::Refused(RefuseReason::SizeMismatch))?;
         Blob::map(self.fd, len, false)
     }
+}
+
+/// Writes all of `bytes` at the end of the memfd `fd`, `len` bytes long so far.
+fn write_all(fd: &OwnedFd, len: &mut u64, mut bytes: &[u8]) -> Result<()> {
+    while !bytes.is_empty() {
+        // The memfd is its writer's alone and nothing else moves its offset: every write lands
+        // at the end of what was written before.
+        let n = rustix::io::retry_on_intr(|| rustix::io::write(fd, bytes))?;
+        if n == 0 {
+            // Not for a memfd with room; a loop that made no progress would never end.
+            return Err(rustix::io::Errno::NOSPC.into());
+        }
+        *len += n as u64;
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
 /// A sealed, immutable, read-only mapped memfd.
@@ -344,6 +384,32 @@ mod tests {
         let fd = rustix::io::fcntl_dupfd_cloexec(&blob, 0).unwrap();
         assert_eq!(Blob::from_fd(fd, 300_008).unwrap().len(), 300_008);
         assert!(BlobWriter::new().unwrap().finish().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bytes_at_the_slow_distance_are_written_whole_and_in_order() {
+        assert!(slow_distance(0, (PAGE - 8) as *const u8));
+        assert!(slow_distance(5, (PAGE - 3) as *const u8));
+        assert!(!slow_distance(0, PAGE as *const u8));
+        assert!(!slow_distance(0, 16 as *const u8));
+        let src: Vec<u8> = (0..(3 * BOUNCE + 3 * PAGE) as u32)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut writer = BlobWriter::new().unwrap();
+        let mut want = Vec::new();
+        for (head, skip) in [(0, 8), (3, 20), (4095, 1)] {
+            writer.append(&src[..head]).unwrap();
+            want.extend_from_slice(&src[..head]);
+            // A source `skip` bytes short of where the file's end lies in its page.
+            let base = src.as_ptr() as usize;
+            let from = (writer.len() as usize + PAGE - skip - base % PAGE) % PAGE;
+            let piece = &src[from..from + BOUNCE + 1000];
+            assert!(slow_distance(writer.len(), piece.as_ptr()));
+            writer.append(piece).unwrap();
+            want.extend_from_slice(piece);
+        }
+        assert_eq!(writer.len(), want.len() as u64);
+        assert_eq!(&*writer.finish().unwrap(), &want[..]);
     }
 
     #[test]
