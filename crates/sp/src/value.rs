@@ -33,9 +33,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, TryFromBytes};
 
 use crate::error::{DecodeError, EncodeError};
 
+mod encoder;
 mod flavor;
 
-use flavor::{Out, PIECE, Pieces};
+use flavor::{Count, Out, PIECE, Pieces};
 
 /// A type that can travel through an sp channel.
 ///
@@ -148,7 +149,7 @@ impl<T: Serialize + DeserializeOwned> Value for T {
 
     #[inline]
     fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
-        match postcard::serialize_with_flavor(self, Out::new(out)) {
+        match encoder::encode(self, Out::new(out)) {
             Ok(used) => Ok(used),
             Err(err) => Err(err.into()),
         }
@@ -162,15 +163,11 @@ impl<T: Serialize + DeserializeOwned> Value for T {
         if scratch.len() < PIECE {
             scratch.resize(PIECE, 0);
         }
-        postcard::serialize_with_flavor(self, Pieces::new(scratch, sink)).map_err(EncodeError::from)
+        encoder::encode(self, Pieces::new(scratch, sink)).map_err(EncodeError::from)
     }
 
     fn encoded_len(&self) -> Result<usize, EncodeError> {
-        postcard::serialize_with_flavor::<Self, postcard::ser_flavors::Size, usize>(
-            self,
-            postcard::ser_flavors::Size::default(),
-        )
-        .map_err(EncodeError::from)
+        encoder::encode(self, Count::default()).map_err(EncodeError::from)
     }
 
     #[inline]

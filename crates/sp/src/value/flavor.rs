@@ -1,25 +1,64 @@
-//! Where postcard writes a value: [`Out`], the start of a slice (a ring slot), and [`Pieces`], a
-//! scratch buffer handed on piece by piece (a blob's memfd, written as the encoding is produced).
+//! Where a value's encoding goes ([`Sink`]): [`Out`], the start of a slice (a ring slot);
+//! [`Pieces`], a scratch buffer handed on piece by piece (a blob's memfd, written as the encoding
+//! is produced); and [`Count`], nowhere (the size pass).
 //!
-//! Both copy runs of bytes (strings, byte buffers) with [`sp_core::copy_bytes`] (`memcpy` of a
-//! long run into a ring slot can otherwise hit `rep movsb`'s slow case, see there) and varints
-//! byte by byte ([`copy_short`]).
+//! [`Out`] and [`Pieces`] write a varint in place when ten bytes are at hand, and copy runs of
+//! bytes (strings, byte buffers) with [`sp_core::copy_bytes`] (`memcpy` of a long run into a ring
+//! slot can otherwise hit `rep movsb`'s slow case, see there).
+
+use postcard::{Error, Result};
 
 /// The bytes [`Pieces`] gathers before handing them on: each piece is one `write(2)` to a blob,
 /// so larger pieces make fewer calls; small enough to stay in the core's cache.
 pub(super) const PIECE: usize = 128 << 10;
 
-/// The longest varint postcard writes for the integers up to `u64` (and for lengths): the runs
-/// copied byte by byte.
+/// The longest varint (a `u64`'s, and a length's).
 const VARINT_MAX: usize = 10;
 
-/// Copies `bytes` into `dst` (of the same length).
-///
-/// postcard hands over each integer as a varint it has just built byte by byte in a stack
-/// buffer. Copied with loads wider than a byte, those loads wait for the byte stores to retire
-/// (store forwarding fails), twice per integer; byte loads forward. Unrolled, with no call:
-/// inlined into the serializer (`inline(always)`, which the generic code of another crate does
-/// not otherwise get).
+/// Where the [encoder](super::encoder) writes.
+pub(super) trait Sink {
+    /// What the sink gives when the encoding is done.
+    type Output;
+
+    /// Appends one byte.
+    fn push(&mut self, byte: u8) -> Result<()>;
+
+    /// Appends `bytes`.
+    fn extend(&mut self, bytes: &[u8]) -> Result<()>;
+
+    /// Appends `v` as a varint: seven bits a byte, least significant first, the top bit set on
+    /// every byte but the last.
+    fn varint(&mut self, v: u64) -> Result<()>;
+
+    /// Ends the encoding.
+    fn finish(self) -> Result<Self::Output>;
+}
+
+/// Writes `v` as a varint at the start of `dst`; returns its length.
+#[inline(always)]
+fn put_varint(dst: &mut [u8; VARINT_MAX], mut v: u64) -> usize {
+    let mut i = 0;
+    // At most nine rounds: each takes seven of the 64 bits.
+    while v >= 0x80 {
+        dst[i] = v as u8 | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    dst[i] = v as u8;
+    i + 1
+}
+
+/// Appends `v` as a varint through `extend`: the path for a sink with fewer than ten bytes left
+/// before it must flush or fail.
+#[cold]
+fn varint_through(sink: &mut impl Sink, v: u64) -> Result<()> {
+    let mut buf = [0; VARINT_MAX];
+    let n = put_varint(&mut buf, v);
+    sink.extend(&buf[..n])
+}
+
+/// Copies `bytes` into `dst` (of the same length): a short run (a float, a short string) byte
+/// by byte, unrolled and with no call; a long one with [`sp_core::copy_bytes`].
 #[inline(always)]
 fn copy_short(dst: &mut [u8], bytes: &[u8]) {
     if bytes.len() <= VARINT_MAX {
@@ -33,7 +72,8 @@ fn copy_short(dst: &mut [u8], bytes: &[u8]) {
     }
 }
 
-/// postcard's output into the start of a slice, as `postcard::to_slice` writes it.
+/// The encoding written into the start of a slice, as `postcard::to_slice` writes it; the output
+/// is its length.
 pub(super) struct Out<'a> {
     buf: &'a mut [u8],
     used: usize,
@@ -45,41 +85,52 @@ impl<'a> Out<'a> {
     }
 }
 
-impl postcard::ser_flavors::Flavor for Out<'_> {
+impl Sink for Out<'_> {
     type Output = usize;
 
     #[inline(always)]
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+    fn push(&mut self, byte: u8) -> Result<()> {
         let slot = self
             .buf
             .get_mut(self.used)
-            .ok_or(postcard::Error::SerializeBufferFull)?;
+            .ok_or(Error::SerializeBufferFull)?;
         *slot = byte;
         self.used += 1;
         Ok(())
     }
 
     #[inline(always)]
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+    fn extend(&mut self, bytes: &[u8]) -> Result<()> {
         let end = self.used.saturating_add(bytes.len());
         let dst = self
             .buf
             .get_mut(self.used..end)
-            .ok_or(postcard::Error::SerializeBufferFull)?;
+            .ok_or(Error::SerializeBufferFull)?;
         copy_short(dst, bytes);
         self.used = end;
         Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<usize> {
+    #[inline(always)]
+    fn varint(&mut self, v: u64) -> Result<()> {
+        // `used` never passes the slice's end, so the range is never reversed.
+        match self.buf[self.used..].first_chunk_mut::<VARINT_MAX>() {
+            Some(dst) => {
+                self.used += put_varint(dst, v);
+                Ok(())
+            }
+            None => varint_through(self, v),
+        }
+    }
+
+    fn finish(self) -> Result<usize> {
         Ok(self.used)
     }
 }
 
-/// postcard's output gathered in `buf` and handed to `sink` whenever `buf` is full (and at the
-/// end); a run longer than `buf` goes to `sink` directly. The output is the number of bytes
-/// handed over. A sink that refuses a piece (returns `false`) ends the encoding with
-/// `SerializeBufferFull`.
+/// The encoding gathered in `buf` and handed to `sink` whenever `buf` is full (and at the end); a
+/// run longer than `buf` goes to `sink` directly. The output is the number of bytes handed over.
+/// A sink that refuses a piece (returns `false`) ends the encoding with `SerializeBufferFull`.
 pub(super) struct Pieces<'a> {
     buf: &'a mut [u8],
     used: usize,
@@ -101,13 +152,9 @@ impl<'a> Pieces<'a> {
     }
 
     /// Hands `bytes` to the sink.
-    fn hand_on(
-        sink: &mut dyn FnMut(&[u8]) -> bool,
-        sent: &mut usize,
-        bytes: &[u8],
-    ) -> postcard::Result<()> {
+    fn hand_on(sink: &mut dyn FnMut(&[u8]) -> bool, sent: &mut usize, bytes: &[u8]) -> Result<()> {
         if !sink(bytes) {
-            return Err(postcard::Error::SerializeBufferFull);
+            return Err(Error::SerializeBufferFull);
         }
         *sent += bytes.len();
         Ok(())
@@ -115,7 +162,7 @@ impl<'a> Pieces<'a> {
 
     /// Hands what `buf` holds to the sink.
     #[cold]
-    fn flush(&mut self) -> postcard::Result<()> {
+    fn flush(&mut self) -> Result<()> {
         if self.used > 0 {
             Self::hand_on(self.sink, &mut self.sent, &self.buf[..self.used])?;
             self.used = 0;
@@ -124,11 +171,11 @@ impl<'a> Pieces<'a> {
     }
 }
 
-impl postcard::ser_flavors::Flavor for Pieces<'_> {
+impl Sink for Pieces<'_> {
     type Output = usize;
 
     #[inline(always)]
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+    fn push(&mut self, byte: u8) -> Result<()> {
         if self.used == self.buf.len() {
             self.flush()?;
         }
@@ -138,7 +185,7 @@ impl postcard::ser_flavors::Flavor for Pieces<'_> {
     }
 
     #[inline(always)]
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+    fn extend(&mut self, bytes: &[u8]) -> Result<()> {
         if bytes.len() > self.buf.len() - self.used {
             self.flush()?;
             if bytes.len() > self.buf.len() {
@@ -151,15 +198,58 @@ impl postcard::ser_flavors::Flavor for Pieces<'_> {
         Ok(())
     }
 
-    fn finalize(mut self) -> postcard::Result<usize> {
+    #[inline(always)]
+    fn varint(&mut self, v: u64) -> Result<()> {
+        match self.buf[self.used..].first_chunk_mut::<VARINT_MAX>() {
+            Some(dst) => {
+                self.used += put_varint(dst, v);
+                Ok(())
+            }
+            None => varint_through(self, v),
+        }
+    }
+
+    fn finish(mut self) -> Result<usize> {
         self.flush()?;
         Ok(self.sent)
+    }
+}
+
+/// Counts the bytes of the encoding and writes none.
+#[derive(Default)]
+pub(super) struct Count(usize);
+
+impl Sink for Count {
+    type Output = usize;
+
+    #[inline(always)]
+    fn push(&mut self, _byte: u8) -> Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn extend(&mut self, bytes: &[u8]) -> Result<()> {
+        self.0 += bytes.len();
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, v: u64) -> Result<()> {
+        // Seven bits a byte, at least one byte.
+        self.0 += (u64::BITS - (v | 1).leading_zeros()).div_ceil(7) as usize;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<usize> {
+        Ok(self.0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::encoder::encode;
 
     /// Everything a sink was handed, and the size of each piece.
     fn gathered(buf_len: usize, value: &impl serde::Serialize) -> (Vec<u8>, Vec<usize>) {
@@ -171,7 +261,7 @@ mod tests {
             true
         };
         let mut buf = vec![0u8; buf_len];
-        let n = postcard::serialize_with_flavor(value, Pieces::new(&mut buf, &mut sink)).unwrap();
+        let n = encode(value, Pieces::new(&mut buf, &mut sink)).unwrap();
         assert_eq!(n, all.len());
         (all, sizes)
     }
@@ -205,10 +295,7 @@ mod tests {
             calls < 3
         };
         let mut buf = [0u8; 16];
-        let got = postcard::serialize_with_flavor(
-            &vec![1u64 << 60; 100],
-            Pieces::new(&mut buf, &mut sink),
-        );
+        let got = encode(&vec![1u64 << 60; 100], Pieces::new(&mut buf, &mut sink));
         assert_eq!(got, Err(postcard::Error::SerializeBufferFull));
         assert_eq!(calls, 3);
     }
