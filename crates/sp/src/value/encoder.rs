@@ -267,8 +267,8 @@ impl<S: Sink> ser::Serializer for &mut Encoder<S> {
                 Ok(())
             }
         }
-        struct Into<'a, S>(&'a mut S);
-        impl<S: Sink> fmt::Write for Into<'_, S> {
+        struct Text<'a, S>(&'a mut S);
+        impl<S: Sink> fmt::Write for Text<'_, S> {
             fn write_str(&mut self, s: &str) -> fmt::Result {
                 self.0.extend(s.as_bytes()).map_err(|_| fmt::Error)
             }
@@ -276,7 +276,7 @@ impl<S: Sink> ser::Serializer for &mut Encoder<S> {
         let mut count = Count(0);
         write!(count, "{value}").map_err(|_| Error::CollectStrError)?;
         self.out.varint(count.0 as u64)?;
-        write!(Into(&mut self.out), "{value}").map_err(|_| Error::CollectStrError)
+        write!(Text(&mut self.out), "{value}").map_err(|_| Error::CollectStrError)
     }
 }
 
