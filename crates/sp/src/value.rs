@@ -3,9 +3,10 @@
 //!
 //! [`Value`] has two kinds of implementation, and a type has exactly one of them:
 //!
-//! - every `T: Serialize + DeserializeOwned` gets the blanket impl, which encodes with postcard
-//!   straight into the slice it is given (the reserved ring slot or the blob's memory) and decodes
-//!   from a bounded slice;
+//! - every `T: Serialize + DeserializeOwned` gets the blanket impl, which encodes in postcard's
+//!   format straight into the slice it is given (the reserved ring slot, or the blob's pieces),
+//!   with sp's own serializer (`value/encoder.rs`: the same bytes, each varint written in place),
+//!   and decodes with postcard from a bounded slice;
 //! - a plain-data type (`#[repr(C)]` or similar, deriving zerocopy's `TryFromBytes`, `IntoBytes`,
 //!   `KnownLayout` and `Immutable`) gets its impl from [`plain_data!`](crate::plain_data): the
 //!   encoding is the value's bytes, and bytes from a peer become a value only after zerocopy has
