@@ -48,6 +48,19 @@ fn put_varint(dst: &mut [u8; VARINT_MAX], mut v: u64) -> usize {
     i + 1
 }
 
+/// Writes `v` as a varint at `buf[*used..]` and advances `used`, if ten bytes are there (`used`
+/// never passes the end of `buf`); whether it did.
+#[inline(always)]
+fn put_varint_at(buf: &mut [u8], used: &mut usize, v: u64) -> bool {
+    match buf[*used..].first_chunk_mut::<VARINT_MAX>() {
+        Some(dst) => {
+            *used += put_varint(dst, v);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Appends `v` as a varint through `extend`: the path for a sink with fewer than ten bytes left
 /// before it must flush or fail.
 #[cold]
@@ -113,13 +126,10 @@ impl Sink for Out<'_> {
 
     #[inline(always)]
     fn varint(&mut self, v: u64) -> Result<()> {
-        // `used` never passes the slice's end, so the range is never reversed.
-        match self.buf[self.used..].first_chunk_mut::<VARINT_MAX>() {
-            Some(dst) => {
-                self.used += put_varint(dst, v);
-                Ok(())
-            }
-            None => varint_through(self, v),
+        if put_varint_at(self.buf, &mut self.used, v) {
+            Ok(())
+        } else {
+            varint_through(self, v)
         }
     }
 
@@ -200,12 +210,10 @@ impl Sink for Pieces<'_> {
 
     #[inline(always)]
     fn varint(&mut self, v: u64) -> Result<()> {
-        match self.buf[self.used..].first_chunk_mut::<VARINT_MAX>() {
-            Some(dst) => {
-                self.used += put_varint(dst, v);
-                Ok(())
-            }
-            None => varint_through(self, v),
+        if put_varint_at(self.buf, &mut self.used, v) {
+            Ok(())
+        } else {
+            varint_through(self, v)
         }
     }
 
