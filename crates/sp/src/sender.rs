@@ -342,8 +342,9 @@ impl<T: Value> Sender<T> {
                 limit,
             );
         }
-        self.check_blob_len(len)?;
         if T::ENCODING == Encoding::Postcard {
+            // Refused before any of it is written (`send_blob` checks for the other encodings).
+            self.check_blob_len(len)?;
             return self
                 .send_blob_in_pieces(value, fds, limit, true)
                 .map(|_| ());

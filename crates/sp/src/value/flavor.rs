@@ -70,21 +70,6 @@ fn varint_through(sink: &mut impl Sink, v: u64) -> Result<()> {
     sink.extend(&buf[..n])
 }
 
-/// Copies `bytes` into `dst` (of the same length): a short run (a float, a short string) byte
-/// by byte, unrolled and with no call; a long one with [`sp_core::copy_bytes`].
-#[inline(always)]
-fn copy_short(dst: &mut [u8], bytes: &[u8]) {
-    if bytes.len() <= VARINT_MAX {
-        for i in 0..VARINT_MAX {
-            if i < bytes.len() {
-                dst[i] = bytes[i];
-            }
-        }
-    } else {
-        sp_core::copy_bytes(dst, bytes);
-    }
-}
-
 /// The encoding written into the start of a slice, as `postcard::to_slice` writes it; the output
 /// is its length.
 pub(super) struct Out<'a> {
@@ -119,7 +104,7 @@ impl Sink for Out<'_> {
             .buf
             .get_mut(self.used..end)
             .ok_or(Error::SerializeBufferFull)?;
-        copy_short(dst, bytes);
+        sp_core::copy_bytes(dst, bytes);
         self.used = end;
         Ok(())
     }
@@ -203,7 +188,7 @@ impl Sink for Pieces<'_> {
             }
         }
         let end = self.used + bytes.len();
-        copy_short(&mut self.buf[self.used..end], bytes);
+        sp_core::copy_bytes(&mut self.buf[self.used..end], bytes);
         self.used = end;
         Ok(())
     }
